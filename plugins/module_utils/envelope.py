@@ -71,8 +71,9 @@ WK_BITS = b"hcp.core/well-known-key/v1"
 # Idempotence fingerprint: scrypt makes offline guessing of low-entropy plaintexts costly.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
 MAX_PAYLOAD = 64 * 1024 * 1024
-# ActivateCredential answers a modified credential blob or encrypted seed with these.
-_TAMPER_RCS = ("INTEGRITY", "SIZE", "VALUE", "ECC_POINT", "KEY", "SCHEME")
+# ActivateCredential answers a modified credential blob or encrypted seed with these;
+# libtpms (swtpm) reports an RSA-OAEP seed that does not decrypt as TPM_RC_FAILURE.
+_TAMPER_RCS = ("INTEGRITY", "SIZE", "VALUE", "ECC_POINT", "KEY", "SCHEME", "FAILURE")
 
 
 def _b64(data):
@@ -277,7 +278,10 @@ def unseal(tpm, envelope):
         if rc_is(exc, TPM2_RC.POLICY_FAIL):
             raise PolicyNotSatisfiedError("the TPM refused the unseal policy: %s" % exc)
         if any(rc_is(exc, getattr(TPM2_RC, rc)) for rc in _TAMPER_RCS):
-            raise EnvelopeIntegrityError("the TPM could not recover the envelope key (tampered credential): %s" % exc)
+            raise EnvelopeIntegrityError(
+                "the TPM could not recover the envelope key (credential tampered with, or not made for this EK): %s"
+                % exc
+            )
         raise TpmError("TPM failed to unseal: %s (rc 0x%x)" % (exc, tss_rc(exc)))
     finally:
         tpm.flush(session)

@@ -1,0 +1,143 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures starting real swtpm processes (no TPM mocks): each test TPM has its own state,
+EK certificate from a private local vendor CA, and loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+
+
+def _free_port_pair():
+    """A free loopback port whose successor is free too: the swtpm TCTI expects ctrl = port + 1."""
+    for _attempt in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free pair of loopback ports")
+
+
+class Swtpm(object):
+    """One swtpm process with its own state directory and local vendor CA."""
+
+    def __init__(self, workdir):
+        self.workdir = str(workdir)
+        self.state = os.path.join(self.workdir, "state")
+        self.ca = os.path.join(self.workdir, "ca")
+        self.proc = None
+        self.port = None
+        for path in (self.state, self.ca):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        self._manufacture()
+
+    def _manufacture(self):
+        conf = os.path.join(self.workdir, "localca.conf")
+        opts = os.path.join(self.workdir, "localca.options")
+        setup = os.path.join(self.workdir, "swtpm_setup.conf")
+        with open(conf, "w") as f:
+            f.write("statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\n"
+                    "certserial = %s/certserial\n" % (self.ca, self.ca, self.ca, self.ca))
+        with open(opts, "w") as f:
+            f.write("--platform-manufacturer hcp-test\n--platform-version 2.1\n--platform-model swtpm\n")
+        with open(setup, "w") as f:
+            f.write("create_certs_tool = %s\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\n"
+                    % (shutil.which("swtpm_localca") or "/usr/bin/swtpm_localca", conf, opts))
+        subprocess.run(
+            ["swtpm_setup", "--tpm2", "--createek", "--create-ek-cert", "--create-platform-cert",
+             "--create-spk", "--tpmstate", self.state, "--config", setup, "--overwrite"],
+            check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def tcti(self):
+        return "swtpm:host=127.0.0.1,port=%d" % self.port
+
+    @property
+    def vendor_ca_files(self):
+        return [os.path.join(self.ca, "issuercert.pem"), os.path.join(self.ca, "swtpm-localca-rootca-cert.pem")]
+
+    def start(self):
+        self.port = _free_port_pair()
+        ctrl = self.port + 1
+        self.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", "dir=%s" % self.state,
+             "--server", "type=tcp,port=%d,bindaddr=127.0.0.1" % self.port,
+             "--ctrl", "type=tcp,port=%d,bindaddr=127.0.0.1" % ctrl,
+             "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                # probe the control channel: the server channel serves one client at a time
+                socket.create_connection(("127.0.0.1", ctrl), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                time.sleep(0.05)
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("swtpm did not start listening on port %d" % self.port)
+
+    def stop(self):
+        if self.proc is None:
+            return
+        # TPM2_Shutdown(STATE) first: a stop without it counts as a dictionary-attack failure.
+        try:
+            with Tpm(self.tcti) as tpm:
+                tpm.shutdown()
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def restart(self):
+        """Power-cycle: PCRs reset, persistent objects and NV survive."""
+        self.stop()
+        return self.start()
+
+    def open(self):
+        return Tpm(self.tcti)
+
+
+@pytest.fixture(scope="session")
+def swtpm(tmp_path_factory):
+    """A session-wide software TPM (PCRs may have been extended by earlier tests)."""
+    tpm = Swtpm(tmp_path_factory.mktemp("swtpm")).start()
+    yield tpm
+    tpm.stop()
+
+
+@pytest.fixture(scope="session")
+def other_swtpm(tmp_path_factory):
+    """A second, unrelated software TPM."""
+    tpm = Swtpm(tmp_path_factory.mktemp("swtpm-other")).start()
+    yield tpm
+    tpm.stop()
+
+
+@pytest.fixture
+def fresh_swtpm(swtpm):
+    """The session TPM just after a reboot: all resettable PCRs are zero again."""
+    return swtpm.restart()
+
+
+@pytest.fixture
+def new_swtpm(tmp_path):
+    """A newly manufactured TPM for tests that change persistent state."""
+    tpm = Swtpm(tmp_path).start()
+    yield tpm
+    tpm.stop()

@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import base64
+import copy
+import os
+
+import pytest
+
+from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod
+from ansible_collections.hcp.core.plugins.module_utils.errors import QuoteVerificationError
+
+
+@pytest.fixture(scope="module")
+def quoted(swtpm):
+    nonce = os.urandom(16)
+    with swtpm.open() as tpm:
+        bundle = quote_mod.quote(tpm, nonce, [0, 7, 11, 16])
+        current = tpm.read_pcrs("sha256", [0, 7, 11, 16])
+    return nonce, bundle, current
+
+
+def test_quote_verifies(quoted):
+    nonce, bundle, current = quoted
+    result = quote_mod.verify_quote(bundle, nonce)
+    assert result["pcrs"]["sha256"] == {str(k): v.hex() for k, v in current.items()}
+    assert len(result["ak_name"]) == 68
+
+
+def test_wrong_nonce_is_rejected(quoted):
+    _nonce, bundle, _current = quoted
+    with pytest.raises(QuoteVerificationError, match="nonce does not match"):
+        quote_mod.verify_quote(bundle, os.urandom(16))
+
+
+def test_forged_pcr_value_is_rejected(quoted):
+    nonce, bundle, _current = quoted
+    forged = copy.deepcopy(bundle)
+    forged["pcrs"]["sha256"]["7"] = "11" * 32
+    with pytest.raises(QuoteVerificationError, match="do not match the quoted PCR digest"):
+        quote_mod.verify_quote(forged, nonce)
+    del forged["pcrs"]["sha256"]["7"]
+    with pytest.raises(QuoteVerificationError, match="PCR 7 but its value is missing"):
+        quote_mod.verify_quote(forged, nonce)
+
+
+def test_bad_signature_is_rejected(quoted):
+    nonce, bundle, _current = quoted
+    forged = copy.deepcopy(bundle)
+    raw = bytearray(base64.b64decode(forged["attest"]))
+    raw[-1] ^= 1
+    forged["attest"] = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises(QuoteVerificationError, match="signature does not verify"):
+        quote_mod.verify_quote(forged, nonce)
+
+
+def test_unrestricted_ak_is_rejected(quoted):
+    """A key without 'restricted' could sign a forged TPMS_ATTEST: never trust it."""
+    nonce, bundle, _current = quoted
+    from tpm2_pytss.constants import TPMA_OBJECT
+    from tpm2_pytss.types import TPM2B_PUBLIC
+
+    ak, _ = TPM2B_PUBLIC.unmarshal(base64.b64decode(bundle["ak_public"]))
+    ak.publicArea.objectAttributes &= ~TPMA_OBJECT.RESTRICTED
+    forged = dict(bundle, ak_public=base64.b64encode(ak.marshal()).decode())
+    with pytest.raises(QuoteVerificationError, match="AK lacks required attributes: restricted"):
+        quote_mod.verify_quote(forged, nonce)
+
+
+def test_unexpected_ak_and_garbage(quoted):
+    nonce, bundle, _current = quoted
+    with pytest.raises(QuoteVerificationError, match="unexpected AK"):
+        quote_mod.verify_quote(bundle, nonce, ak_public=b"other")
+    with pytest.raises(QuoteVerificationError, match="not an hcp.core quote bundle"):
+        quote_mod.verify_quote({"format": "x"}, nonce)
+    with pytest.raises(QuoteVerificationError, match="malformed TPMS_ATTEST"):
+        quote_mod.verify_quote(dict(bundle, attest=base64.b64encode(b"\xff\x54").decode()), nonce)
