@@ -1,0 +1,40 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Atomic, private file writes (no Ansible imports)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+
+def read_if_exists(path):
+    """File bytes, or None when the file does not exist."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def atomic_write(path, data, mode=0o600):
+    """Write ``data`` to ``path`` atomically: a temporary file created with ``mode`` in the
+    same directory (so secrets are never readable by others, not even briefly), fsynced,
+    then renamed over the target. A failure leaves the old file untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            fd = None
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None:
+            os.unlink(tmp)
