@@ -75,5 +75,19 @@ def test_unexpected_ak_and_garbage(quoted):
         quote_mod.verify_quote(bundle, nonce, ak_public=b"other")
     with pytest.raises(QuoteVerificationError, match="not an hcp.core quote bundle"):
         quote_mod.verify_quote({"format": "x"}, nonce)
-    with pytest.raises(QuoteVerificationError, match="malformed TPMS_ATTEST"):
+    # unsigned garbage never reaches the parser: the signature is checked first
+    with pytest.raises(QuoteVerificationError, match="signature does not verify"):
         quote_mod.verify_quote(dict(bundle, attest=base64.b64encode(b"\xff\x54").decode()), nonce)
+    truncated = base64.b64encode(base64.b64decode(bundle["ak_public"])[:-5]).decode()
+    with pytest.raises(QuoteVerificationError, match="malformed AK public"):
+        quote_mod.verify_quote(dict(bundle, ak_public=truncated), nonce)
+    with pytest.raises(QuoteVerificationError, match="not base64"):
+        quote_mod.verify_quote(dict(bundle, signature="***"), nonce)
+
+
+def test_rsa_or_storage_key_is_not_an_ak(swtpm, quoted):
+    nonce, bundle, _current = quoted
+    with swtpm.open() as tpm:
+        ek = tpm.ek_public()  # restricted decrypt RSA key
+    with pytest.raises(QuoteVerificationError, match="AK must be an ECC"):
+        quote_mod.verify_quote(dict(bundle, ak_public=base64.b64encode(ek.marshal()).decode()), nonce)
