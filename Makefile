@@ -1,0 +1,109 @@
+# hcp.core build/test entry points. `make help` lists the targets.
+# The repo root is the collection; `make install` stages it into
+# collections/ansible_collections/hcp/core, which ansible.cfg puts on the collection path.
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.NOTPARALLEL:
+MAKEFLAGS   += --no-print-directory
+
+PY        ?= python3.11
+VENV      := $(CURDIR)/.venv
+BIN       := $(VENV)/bin
+CACHE     := $(CURDIR)/.cache
+COLL_ROOT := $(CURDIR)/collections
+COLL      := $(COLL_ROOT)/ansible_collections/hcp/core
+DIST      := $(CACHE)/dist
+TESTPY    ?= 3.11
+# ansible-test runs in .venv (--local); --venv would rebuild a delegation venv per stage.
+AT_ENV    ?= --local
+INVENTORY ?= inventories/lab
+
+# The venv first; /usr/bin stays on PATH (swtpm, shellcheck, docker).
+export PATH := $(BIN):$(PATH):/usr/sbin:/usr/bin
+export ANSIBLE_COLLECTIONS_PATH := $(COLL_ROOT)
+export HCP_WHEELHOUSE ?= $(CACHE)/wheelhouse
+export DEBIAN_FRONTEND := noninteractive
+export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
+export PIP_NO_INPUT := 1
+
+.PHONY: help setup host-packages venv docker lab-image wheelhouse install get-pip \
+	lint sanity units changelog-lint docs-lint build install-check molecule \
+	test demo lab-up lab-down clean distclean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# ---- set-up (idempotent; stamps and hashes under .cache/) ---------------------------
+setup: host-packages venv docker lab-image wheelhouse ## host packages, .venv, docker engine, lab image, wheelhouse
+
+host-packages: ## apt packages (apt-get update only when something is missing)
+	@tools/host-packages.sh
+
+venv: host-packages ## .venv from requirements-dev.txt (re-done when requirements change)
+	@PY=$(PY) tools/venv.sh
+
+docker: host-packages ## start dockerd when no engine answers
+	@tools/docker-up.sh
+
+lab-image: docker ## build hcp-lab/debian:bookworm (when tools/lab-image.sh changed)
+	@tools/lab-image.sh
+
+wheelhouse: venv lab-image ## .cache/wheelhouse from requirements.txt (+ offline install check)
+	@tools/wheelhouse.sh
+
+# ---- collection -----------------------------------------------------------------
+install: ## stage the work tree into collections/ansible_collections/hcp/core
+	@tools/stage.sh
+
+get-pip:
+	@tools/seed-get-pip.sh
+
+# ---- quality gates ----------------------------------------------------------------
+lint: install ## ansible-lint, production profile, offline
+	ansible-lint $(if $(CI),--nocolor)
+
+sanity: install get-pip ## ansible-test sanity in the stage
+	cd $(COLL) && ansible-test sanity $(AT_ENV) --python $(TESTPY) --color no
+
+units: install get-pip ## ansible-test units in the stage
+	@if [[ -d tests/unit ]]; then \
+	  cd $(COLL) && ansible-test units $(AT_ENV) --python $(TESTPY) --color no; \
+	else echo "no tests/unit: skipped"; fi
+
+changelog-lint: ## antsibull-changelog lint
+	antsibull-changelog lint
+
+docs-lint: install ## antsibull-docs lint-collection-docs --plugin-docs
+	cd $(COLL) && antsibull-docs lint-collection-docs --plugin-docs .
+
+build: install ## ansible-galaxy collection build into .cache/dist
+	@rm -rf $(DIST) && mkdir -p $(DIST)
+	cd $(COLL) && ansible-galaxy collection build --force --output-path $(DIST) .
+
+install-check: build ## install the tarball offline into a temp dir, render its docs
+	@tools/install-check.sh
+
+molecule: install ## molecule test -s NAME for every molecule/NAME/
+	@tools/molecule-all.sh
+
+test: ## the whole suite (what CI runs): setup, then every gate, with a summary
+	@tools/test-all.sh setup install lint sanity units changelog-lint docs-lint install-check molecule
+
+# ---- lab --------------------------------------------------------------------------
+lab-up: setup install ## start the lab containers (playbooks/lab.yml)
+	ansible-playbook -i $(INVENTORY) playbooks/lab.yml
+
+demo: lab-up ## lab-up, then playbooks/site.yml against the lab
+	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+
+lab-down: install ## remove the lab containers and network
+	ansible-playbook -i $(INVENTORY) playbooks/lab.yml -e lab_state=absent
+
+# ---- housekeeping -----------------------------------------------------------------
+clean: ## remove the stage, build output and test output
+	rm -rf collections $(DIST) tests/output .ansible changelogs/.plugin-cache.yaml
+
+distclean: clean ## also the venv and .cache (the docker image stays)
+	rm -rf $(VENV) $(CACHE)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the host (controller) packages the repo needs. apt-get update runs only
+# when something is missing, so a second run costs one dpkg-query.
+set -euo pipefail
+# shellcheck source=tools/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+PACKAGES=(
+  swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
+  docker.io debootstrap git rsync shellcheck
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  status="$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)"
+  [[ "$status" == ii* ]] || missing+=("$p")
+done
+
+if ((${#missing[@]} == 0)); then
+  log "host packages present"
+  exit 0
+fi
+[[ $EUID -eq 0 ]] || die "missing packages (${missing[*]}) and not root: install them with apt-get"
+log "installing: ${missing[*]}"
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
+log "host packages installed"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Shared helpers for the tools/*.sh scripts (sourced, not executed).
+# shellcheck shell=bash
+
+# Repository root (tools/..).
+HCP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HCP_CACHE="${HCP_ROOT}/.cache"
+HCP_STAMPS="${HCP_CACHE}/stamps"
+export HCP_ROOT HCP_CACHE HCP_STAMPS
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '==> [%s] %s\n' "${0##*/}" "$*" >&2; }
+die() { printf 'ERROR [%s] %s\n' "${0##*/}" "$*" >&2; exit 1; }
+
+# hash_files FILE...: one sha256 over the content of the given files (order matters).
+hash_files() { cat -- "$@" | sha256sum | cut -c1-16; }
+
+# stamp_ok NAME HASH: true when the stamp NAME holds HASH.
+stamp_ok() { [[ -f "${HCP_STAMPS}/$1" && "$(cat "${HCP_STAMPS}/$1")" == "$2" ]]; }
+stamp_set() { mkdir -p "${HCP_STAMPS}"; printf '%s\n' "$2" >"${HCP_STAMPS}/$1"; }
+
+# The docker client to use. /usr/local/bin/docker may be a newer client than the
+# Debian engine; API version negotiation makes it work, but prefer the engine's own client.
+if [[ -x /usr/bin/docker ]]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
+export DOCKER
+
+# The Debian mirror configured on this host (first URIs line of debian.sources).
+debian_mirror() {
+  local f=/etc/apt/sources.list.d/debian.sources uri=""
+  if [[ -r "$f" ]]; then
+    uri="$(awk '/^URIs:/ {print $2; exit}' "$f")"
+  fi
+  if [[ -z "$uri" && -r /etc/apt/sources.list ]]; then
+    uri="$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list)"
+  fi
+  printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
