@@ -4,6 +4,7 @@
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
+take_lock docker
 
 SOCK=/var/run/docker.sock
 TIMEOUT="${DOCKERD_TIMEOUT:-60}"

@@ -4,6 +4,7 @@
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
+take_lock apt
 
 PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config

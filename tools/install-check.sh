@@ -18,7 +18,11 @@ bad="$(tar -tzf "$tarball" | grep -E '^(\./)?(\.venv|\.cache|\.git|collections|t
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-"${BIN}/ansible-galaxy" collection install --offline --no-deps -p "$tmp" "$tarball" >/dev/null
+# Only the temp dir on the collection path (not the repo's ./collections stage, which would
+# make ansible-galaxy report "already installed"); run from there, away from ansible.cfg.
+cd "$tmp"
+export ANSIBLE_COLLECTIONS_PATH="$tmp"
+"${BIN}/ansible-galaxy" collection install --offline --no-deps --force -p "$tmp" "$tarball" >/dev/null
 inst="${tmp}/ansible_collections/hcp/core"
 [[ -f "${inst}/MANIFEST.json" ]] || die "install into ${tmp} failed"
 
@@ -32,9 +36,6 @@ for d in "${inst}"/roles/*/; do
   roles+=("hcp.core.$(basename "$d")")
 done
 
-# Run from the temp dir with only the install on the path (not the repo's ./collections).
-cd "$tmp"
-export ANSIBLE_COLLECTIONS_PATH="$tmp"
 n=0
 if ((${#modules[@]})); then
   "${BIN}/ansible-doc" -t module "${modules[@]}" >"${tmp}/modules.txt"

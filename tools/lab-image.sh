@@ -8,12 +8,13 @@
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
+take_lock lab-image
 
 IMAGE="${LAB_IMAGE:-hcp-lab/debian:bookworm}"
 SUITE=bookworm
 LABEL=org.hcp.lab.build-hash
 PACKAGES=(
-  systemd systemd-sysv dbus python3 python3-venv python3-apt ca-certificates
+  systemd systemd-sysv dbus python3 python3-venv python3-apt python3-packaging ca-certificates
   iproute2 procps sudo
   swtpm swtpm-tools tpm2-tools
   libtss2-esys-3.0.2-0 libtss2-tctildr0 libtss2-mu0 libtss2-rc0 libtss2-sys1 libtss2-fapi1
@@ -82,6 +83,7 @@ done
 rm -f "${ROOTFS}/var/lib/dbus/machine-id"
 echo lab >"${ROOTFS}/etc/hostname"
 
+old_id="$("$DOCKER" image inspect -f '{{ .Id }}' "$IMAGE" 2>/dev/null || true)"
 log "importing ${IMAGE}"
 tar -C "${ROOTFS}" --numeric-owner -c . | "$DOCKER" import \
   --change 'CMD ["/sbin/init"]' \
@@ -94,4 +96,6 @@ if ! "$(dirname "$0")/lab-boot-check.sh" "${IMAGE}"; then
   "$DOCKER" image rm -f "${IMAGE}" >/dev/null 2>&1 || true
   die "systemd did not come up in ${IMAGE}; image removed"
 fi
+# Drop the previous build (fails harmlessly while a container still uses it).
+if [[ -n "$old_id" ]]; then "$DOCKER" image rm "$old_id" >/dev/null 2>&1 || true; fi
 log "image ${IMAGE} built ($("$DOCKER" image inspect -f '{{ .Size }}' "${IMAGE}") bytes)"

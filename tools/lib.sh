@@ -8,6 +8,8 @@ HCP_CACHE="${HCP_ROOT}/.cache"
 HCP_STAMPS="${HCP_CACHE}/stamps"
 export HCP_ROOT HCP_CACHE HCP_STAMPS
 export DEBIAN_FRONTEND=noninteractive
+# needrestart (if installed) must neither prompt nor restart services from apt runs.
+export NEEDRESTART_SUSPEND=1
 
 log() { printf '==> [%s] %s\n' "${0##*/}" "$*" >&2; }
 die() { printf 'ERROR [%s] %s\n' "${0##*/}" "$*" >&2; exit 1; }
@@ -34,4 +36,15 @@ debian_mirror() {
     uri="$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list)"
   fi
   printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+# take_lock NAME: serialise concurrent runs of a step (several `make` in one checkout);
+# held until the script exits. Waits at most LOCK_TIMEOUT seconds (default 900).
+take_lock() {
+  mkdir -p "${HCP_CACHE}/locks"
+  exec 9>"${HCP_CACHE}/locks/$1.lock"
+  if ! flock -n 9; then
+    log "waiting for another run of $1"
+    flock -w "${LOCK_TIMEOUT:-900}" 9 || die "lock $1 not obtained"
+  fi
 }

@@ -4,6 +4,7 @@
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
+take_lock venv
 
 PY="${PY:-python3.11}"
 VENV="${HCP_ROOT}/.venv"

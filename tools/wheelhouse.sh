@@ -9,6 +9,7 @@
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
+take_lock wheelhouse
 
 WH="${HCP_WHEELHOUSE:-${HCP_CACHE}/wheelhouse}"
 PIP=("${HCP_ROOT}/.venv/bin/python" -m pip)
@@ -26,14 +27,23 @@ else
   cp requirements.txt "${WH}/requirements.txt"
   stamp_set wheelhouse "$want"
   rm -f "${HCP_STAMPS}/wheelhouse-check"
-fi
-
-# Runtime libraries the compiled tpm2-pytss extension links against -> Debian packages.
-so="$(find "${HCP_ROOT}/.venv/lib" -path '*tpm2_pytss/_libtpm2_pytss*.so' -print -quit)"
-if [[ -n "$so" ]]; then
-  mapfile -t libs < <(readelf -d "$so" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
-  pkgs="$(for l in "${libs[@]}"; do dpkg -S "*/$l" 2>/dev/null | head -n1 | cut -d: -f1; done | sort -u | tr '\n' ' ')"
-  log "tpm2-pytss needs: ${pkgs}(+ the TCTI plugins libtss2-tcti-*, loaded at run time)"
+  # Runtime libraries the compiled tpm2-pytss extension links against -> Debian packages.
+  tmpso="$(mktemp -d)"
+  "${HCP_ROOT}/.venv/bin/python" - "${WH}" "$tmpso" <<'PY'
+import pathlib, sys, zipfile
+for whl in pathlib.Path(sys.argv[1]).glob("tpm2_pytss-*.whl"):
+    with zipfile.ZipFile(whl) as z:
+        for n in z.namelist():
+            if n.endswith(".so"):
+                z.extract(n, sys.argv[2])
+PY
+  so="$(find "$tmpso" -name '_libtpm2_pytss*.so' -print -quit)"
+  if [[ -n "$so" ]]; then
+    mapfile -t libs < <(readelf -d "$so" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+    pkgs="$(for l in "${libs[@]}"; do dpkg -S "*/$l" 2>/dev/null | head -n1 | cut -d: -f1; done | sort -u | tr '\n' ' ')"
+    log "tpm2-pytss needs: ${pkgs}(+ the TCTI plugins libtss2-tcti-*, loaded at run time)"
+  fi
+  rm -rf "$tmpso"
 fi
 
 # Offline install check in a lab container (needs the image and an engine).
