@@ -19,7 +19,9 @@ testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
 ).get_hosts("all")
 
 SERVICE = "hcp-swtpm"
-TCTI = "swtpm:host=127.0.0.1,port=2321"
+TCP_TCTI = "swtpm:host=127.0.0.1,port=2321"
+UNIX_SOCKET = "/run/hcp-swtpm/swtpm.sock"
+UNIX_TCTI = "swtpm:path=" + UNIX_SOCKET
 STATE_DIR = "/var/lib/hcp/swtpm"
 CA_DIR = "/var/lib/hcp/swtpm-localca"
 FACT_FILE = "/etc/ansible/facts.d/hcp_swtpm.fact"
@@ -30,11 +32,20 @@ TEST_HANDLE = "0x81000123"
 RESTARTS = 4
 
 
+def transport(host):
+    """swtpm_transport of the host in molecule.yml (tcp when unset)."""
+    return host.ansible.get_variables().get("swtpm_transport", "tcp")
+
+
+def tcti(host):
+    return UNIX_TCTI if transport(host) == "unix" else TCP_TCTI
+
+
 def tpm(host, script, check=True):
-    """Run a shell script with tpm2-tools pointed at the swtpm TCTI."""
+    """Run a shell script with tpm2-tools pointed at the host's swtpm TCTI."""
     cmd = host.run(
         "set -eu; export TPM2TOOLS_TCTI=%s TSS2_LOG=all+NONE; cd \"$(mktemp -d)\"; %s"
-        % (TCTI, script)
+        % (tcti(host), script)
     )
     if check:
         assert cmd.rc == 0, "rc=%d\nstdout:\n%s\nstderr:\n%s" % (cmd.rc, cmd.stdout, cmd.stderr)
@@ -100,7 +111,25 @@ def _listening(host):
 
 def test_listens_on_loopback_only(host):
     swtpm_sockets = {s for s in _listening(host) if s[1] in (2321, 2322)}
-    assert swtpm_sockets == {("127.0.0.1", 2321), ("127.0.0.1", 2322)}
+    if transport(host) == "unix":
+        assert swtpm_sockets == set()
+    else:
+        assert swtpm_sockets == {("127.0.0.1", 2321), ("127.0.0.1", 2322)}
+
+
+def test_unix_sockets(host):
+    if transport(host) != "unix":
+        pytest.skip("tcp transport")
+    run_dir = host.file(os.path.dirname(UNIX_SOCKET))
+    assert (run_dir.user, run_dir.group, run_dir.mode) == ("tss", "tss", 0o750)
+    for path in (UNIX_SOCKET, UNIX_SOCKET + ".ctrl"):
+        sock = host.file(path)
+        assert sock.is_socket
+        assert (sock.user, sock.mode) == ("tss", 0o660)
+    # the unit has no network at all in this mode
+    assert "PrivateNetwork=yes" in host.run("systemctl show -p PrivateNetwork %s" % SERVICE).stdout
+    # other users cannot reach the TPM
+    assert host.run("runuser -u nobody -- env TSS2_LOG=all+NONE tpm2_getcap -T %s properties-fixed" % UNIX_TCTI).rc != 0
 
 
 def test_state_dir(host):
@@ -130,8 +159,8 @@ def test_fact_file(host):
     assert fact.user == "root"
     assert fact.mode == 0o644
     data = json.loads(fact.content_string)
-    assert data["tcti"] == TCTI
-    assert data["transport"] == "tcp"
+    assert data["tcti"] == tcti(host)
+    assert data["transport"] == transport(host)
     assert data["ek_rsa_handle"] == EK_HANDLE
     assert data["vendor_ca"]["root_cert"] == CA_DIR + "/swtpm-localca-rootca-cert.pem"
     assert data["vendor_ca"]["issuer_cert"] == CA_DIR + "/issuercert.pem"
@@ -141,7 +170,7 @@ def test_fact_file(host):
 
 def test_ansible_local_fact(host):
     facts = host.ansible("ansible.builtin.setup", "filter=ansible_local", check=False)
-    assert facts["ansible_facts"]["ansible_local"]["hcp_swtpm"]["tcti"] == TCTI
+    assert facts["ansible_facts"]["ansible_local"]["hcp_swtpm"]["tcti"] == tcti(host)
 
 
 def test_ek_and_cert_present(host):
@@ -192,7 +221,8 @@ def test_ek_cert_verifies_against_exported_vendor_ca(host):
     for node_path, cert in (("/swtpm-localca-rootca-cert.pem", root), ("/issuercert.pem", issuer)):
         node_pem = host.file(CA_DIR + node_path).content_string.strip()
         assert node_pem == cert.public_bytes(serialization.Encoding.PEM).decode().strip()
-    assert sorted(os.listdir(export_dir)) == [name + "-swtpm-issuer.pem", name + "-swtpm-rootca.pem"]
+    exported = sorted(f for f in os.listdir(export_dir) if f.startswith(name + "-"))
+    assert exported == [name + "-swtpm-issuer.pem", name + "-swtpm-rootca.pem"]
     ek = _ek_cert(host)
     root.verify_directly_issued_by(root)
     issuer.verify_directly_issued_by(root)
