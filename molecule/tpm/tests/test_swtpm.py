@@ -253,7 +253,7 @@ def test_restarts_keep_state_and_do_not_lock_out(host, test_key):
     )
     before = tpm(host, read_keys).stdout.split()
     assert da_state(host) == (0, 0)
-    for _ in range(RESTARTS):
+    for dummy in range(RESTARTS):
         tpm(host, USE_DA_OBJECT)
         restart_and_wait(host)
     assert da_state(host) == (0, 0)
