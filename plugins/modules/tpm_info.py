@@ -20,10 +20,11 @@ author:
 extends_documentation_fragment:
   - hcp.core.tpm
   - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.info_module
 attributes:
   check_mode:
     support: full
+  diff_mode:
+    support: none
   platform:
     platforms: posix
     support: full

@@ -6,8 +6,10 @@ EK certificate from a private local vendor CA, and loopback ports."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -29,6 +31,12 @@ def _free_port_pair():
                 continue
             return port
     raise RuntimeError("no free pair of loopback ports")
+
+
+def _die_with_parent():
+    """swtpm gets SIGTERM when the test process ends, even one that never runs teardown:
+    ansible-test runs every test in a forked child that exits without finalising fixtures."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Swtpm(object):
@@ -78,7 +86,7 @@ class Swtpm(object):
              "--server", "type=tcp,port=%d,bindaddr=127.0.0.1" % self.port,
              "--ctrl", "type=tcp,port=%d,bindaddr=127.0.0.1" % ctrl,
              "--flags", "not-need-init,startup-clear"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
