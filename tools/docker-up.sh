@@ -18,8 +18,9 @@ command -v dockerd >/dev/null || die "dockerd not installed (run tools/host-pack
 
 mkdir -p "${HCP_CACHE}"
 log "starting dockerd (log: ${HCP_CACHE}/dockerd.log)"
-# setsid + nohup: the engine outlives make; stdin closed so nothing waits on a terminal.
-setsid nohup dockerd >>"${HCP_CACHE}/dockerd.log" 2>&1 </dev/null &
+# setsid + nohup: the engine outlives make; stdin closed so nothing waits on a terminal;
+# fd 9 (our lock) closed, or the engine would hold the lock for good.
+setsid nohup dockerd >>"${HCP_CACHE}/dockerd.log" 2>&1 </dev/null 9>&- &
 echo $! >"${HCP_CACHE}/dockerd.pid"
 
 for ((i = 0; i < TIMEOUT * 2; i++)); do
