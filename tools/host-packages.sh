@@ -24,5 +24,5 @@ fi
 [[ $EUID -eq 0 ]] || die "missing packages (${missing[*]}) and not root: install them with apt-get"
 log "installing: ${missing[*]}"
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
+apt-get install -y -qq -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
 log "host packages installed"
