@@ -6,9 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 take_lock docker
 
-SOCK="${DOCKER_SOCK:-/var/run/docker.sock}"
-# Extra dockerd arguments (e.g. a second engine for testing this script); word-split on purpose.
-read -r -a DOCKERD_ARGS <<<"${DOCKERD_ARGS:-}"
+SOCK=/var/run/docker.sock
 TIMEOUT="${DOCKERD_TIMEOUT:-60}"
 
 if "$DOCKER" info >/dev/null 2>&1; then
@@ -22,7 +20,7 @@ mkdir -p "${HCP_CACHE}"
 log "starting dockerd (log: ${HCP_CACHE}/dockerd.log)"
 # setsid + nohup: the engine outlives make; stdin closed so nothing waits on a terminal;
 # fd 9 (our lock) closed, or the engine would hold the lock for good.
-setsid nohup dockerd "${DOCKERD_ARGS[@]}" >>"${HCP_CACHE}/dockerd.log" 2>&1 </dev/null 9>&- &
+setsid nohup dockerd >>"${HCP_CACHE}/dockerd.log" 2>&1 </dev/null 9>&- &
 echo $! >"${HCP_CACHE}/dockerd.pid"
 
 for ((i = 0; i < TIMEOUT * 2; i++)); do

@@ -83,19 +83,23 @@ done
 rm -f "${ROOTFS}/var/lib/dbus/machine-id"
 echo lab >"${ROOTFS}/etc/hostname"
 
-old_id="$("$DOCKER" image inspect -f '{{ .Id }}' "$IMAGE" 2>/dev/null || true)"
+# Import under a candidate tag; IMAGE is re-pointed only once the boot check passed, so a
+# failed build leaves the previous image in place.
+CANDIDATE="${IMAGE%%:*}:candidate-$$"
 log "importing ${IMAGE}"
 tar -C "${ROOTFS}" --numeric-owner -c . | "$DOCKER" import \
   --change 'CMD ["/sbin/init"]' \
   --change 'ENV container=docker' \
   --change "LABEL ${LABEL}=${want}" \
-  - "${IMAGE}" >/dev/null
+  - "${CANDIDATE}" >/dev/null
 
-log "checking that systemd boots in ${IMAGE}"
-if ! "$(dirname "$0")/lab-boot-check.sh" "${IMAGE}"; then
-  "$DOCKER" image rm -f "${IMAGE}" >/dev/null 2>&1 || true
-  die "systemd did not come up in ${IMAGE}; image removed"
+log "checking that systemd boots in ${CANDIDATE}"
+if ! "$(dirname "$0")/lab-boot-check.sh" "${CANDIDATE}"; then
+  "$DOCKER" image rm -f "${CANDIDATE}" >/dev/null 2>&1 || true
+  die "systemd did not come up in the new image; ${IMAGE} left as it was"
 fi
-# Drop the previous build (fails harmlessly while a container still uses it).
-if [[ -n "$old_id" ]]; then "$DOCKER" image rm "$old_id" >/dev/null 2>&1 || true; fi
+"$DOCKER" tag "${CANDIDATE}" "${IMAGE}"
+"$DOCKER" image rm "${CANDIDATE}" >/dev/null
+# Drop earlier builds no container uses any more (untagged images with our label only).
+"$DOCKER" image prune -f --filter "label=${LABEL}" >/dev/null || true
 log "image ${IMAGE} built ($("$DOCKER" image inspect -f '{{ .Size }}' "${IMAGE}") bytes)"
