@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: hcp.core contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -56,7 +56,7 @@ def rate(fn, seconds=2.0, min_runs=20):
 
 def latencies(fn, runs):
     out = []
-    for _ in range(runs):
+    for _run in range(runs):
         start = time.perf_counter()
         fn()
         out.append((time.perf_counter() - start) * 1000)

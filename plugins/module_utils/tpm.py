@@ -39,7 +39,6 @@ try:
         TPMA_OBJECT,
     )
     from tpm2_pytss.types import (
-        TPM2B_PUBLIC,
         TPM2B_SENSITIVE_CREATE,
         TPML_DIGEST_VALUES,
         TPML_PCR_SELECTION,

@@ -16,7 +16,7 @@ description:
   - The EK is used from its TCG persistent handle when present, otherwise derived from the endorsement seed; nothing
     is persisted and nothing in the TPM changes.
 author:
-  - hcp.core contributors
+  - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
   - hcp.core.tpm
   - ansible.builtin.action_common_attributes

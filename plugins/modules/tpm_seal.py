@@ -20,7 +20,7 @@ description:
     the same EK, policy and data is left alone. Set O(fingerprint=false) to omit it; the envelope is then rewritten
     on every run.
 author:
-  - hcp.core contributors
+  - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
   - ansible.builtin.files
   - ansible.builtin.action_common_attributes

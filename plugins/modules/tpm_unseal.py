@@ -19,7 +19,7 @@ description:
   - For a V(one_time) envelope PCR 11 is extended after unsealing (O(extend_pcr)), so it cannot be unsealed again
     until the next boot.
 author:
-  - hcp.core contributors
+  - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
   - hcp.core.tpm
   - ansible.builtin.files

@@ -62,7 +62,7 @@ def test_unrestricted_ak_is_rejected(quoted):
     from tpm2_pytss.constants import TPMA_OBJECT
     from tpm2_pytss.types import TPM2B_PUBLIC
 
-    ak, _ = TPM2B_PUBLIC.unmarshal(base64.b64decode(bundle["ak_public"]))
+    ak, _used = TPM2B_PUBLIC.unmarshal(base64.b64decode(bundle["ak_public"]))
     ak.publicArea.objectAttributes &= ~TPMA_OBJECT.RESTRICTED
     forged = dict(bundle, ak_public=base64.b64encode(ak.marshal()).decode())
     with pytest.raises(QuoteVerificationError, match="AK lacks required attributes: restricted"):

@@ -25,9 +25,9 @@ def test_share_key_lifecycle_survives_restart(new_swtpm):
 
 def test_foreign_object_at_the_first_handle_is_skipped(new_swtpm):
     with new_swtpm.open() as tpm:
-        foreign, *_ = tpm.ectx.create_primary(
+        foreign = tpm.ectx.create_primary(
             TPM2B_SENSITIVE_CREATE(), TPM2B_PUBLIC.parse("ecc256"), ESYS_TR.OWNER
-        )
+        )[0]
         tpm.ectx.evict_control(ESYS_TR.OWNER, foreign, 0x81000002)
         tpm.flush(foreign)
         handle, created = share_key.ensure_share_key(tpm)
