@@ -30,7 +30,7 @@ export PIP_NO_INPUT := 1
 
 .PHONY: help setup host-packages venv docker lab-image wheelhouse install get-pip \
 	lint sanity units changelog-lint docs-lint build install-check molecule \
-	test demo lab-up lab-down clean distclean
+	test demo bench lab-up lab-down clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -97,6 +97,9 @@ lab-up: setup install ## start the lab containers (playbooks/lab.yml)
 
 demo: lab-up ## lab-up, then playbooks/site.yml against the lab
 	ansible-playbook -i $(INVENTORY) playbooks/site.yml
+
+bench: install ## benchmarks/ scripts: print seal/unseal/quote figures (not a test)
+	$(BIN)/python benchmarks/tpm_core.py
 
 lab-down: install ## remove the lab containers and network
 	ansible-playbook -i $(INVENTORY) playbooks/lab.yml -e lab_state=absent
