@@ -188,3 +188,20 @@ def test_fingerprint(ek_pem):
     assert envelope.fingerprint_matches(env, SECRET) is True
     assert envelope.fingerprint_matches(env, SECRET + b"!") is False
     assert envelope.fingerprint_matches(envelope.seal(ek_pem, SECRET, fingerprint=False), SECRET) is None
+
+
+def test_ecc_p256_ek_roundtrip(swtpm):
+    """The optional ECC P-256 EK (template L-2, derived: swtpm_setup persists only RSA and P-384)."""
+    with swtpm.open() as rsa_tpm:
+        rsa_hash = rsa_tpm.ekpubhash()
+    from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+
+    with Tpm(swtpm.tcti, ek_type="ecc") as tpm:
+        public = tpm.ek_public()
+        assert public.publicArea.parameters.eccDetail.curveID == 0x0003
+        assert tpm.ekpubhash() != rsa_hash
+        env = envelope.seal(ek_public_pem(public), SECRET, {"type": "none"})
+        assert envelope.unseal(tpm, env) == SECRET
+    with swtpm.open() as rsa_tpm:  # the RSA EK cannot open it
+        with pytest.raises(WrongTpmError):
+            envelope.unseal(rsa_tpm, env)
