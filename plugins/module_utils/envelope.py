@@ -13,6 +13,7 @@ satisfied, so the TPM itself enforces the policy. Layout: docs/envelope-format.m
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -115,8 +116,12 @@ def well_known_key(digest):
     return public, sensitive
 
 
+@functools.lru_cache(maxsize=256)
 def well_known_name(digest):
-    """TPM name (nameAlg || H(TPMT_PUBLIC)) of the well-known key bound to ``digest``."""
+    """TPM name (nameAlg || H(TPMT_PUBLIC)) of the well-known key bound to ``digest``.
+
+    Cached: building the tpm2-pytss structures was a third of a seal's cost, and a server
+    seals many assets under the same few policies."""
     public, _sensitive = well_known_key(digest)
     return b"\x00\x0b" + hashlib.sha256(public.publicArea.marshal()).digest()
 
