@@ -12,7 +12,7 @@ import os
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
+from ansible_collections.hcp.core.plugins.module_utils.errors import MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 
 TPM_ARGUMENT_SPEC = dict(
@@ -66,4 +66,4 @@ def apply_file_attributes(module, path, changed, params=None):
     return changed
 
 
-__all__ = ["TPM_ARGUMENT_SPEC", "HcpError", "apply_file_attributes", "fail_on_hcp_error", "write_private_file"]
+__all__ = ["TPM_ARGUMENT_SPEC", "apply_file_attributes", "fail_on_hcp_error", "write_private_file"]

@@ -24,6 +24,7 @@ import struct
 from ansible_collections.hcp.core.plugins.module_utils.errors import QuoteVerificationError, TpmError
 from ansible_collections.hcp.core.plugins.module_utils.tpm import (
     parse_pcr_indices,
+    pcr_bitmap_indices,
     pcr_selection_string,
     require_tpm2_pytss,
     tss_rc,
@@ -70,7 +71,7 @@ def ak_template():
     attrs = 0
     for name in AK_ATTRS:
         attrs |= getattr(TPMA_OBJECT, name)
-    return TPM2B_PUBLIC(
+    template = TPM2B_PUBLIC(
         publicArea=TPMT_PUBLIC(
             type=TPM2_ALG.ECC,
             nameAlg=TPM2_ALG.SHA256,
@@ -85,9 +86,6 @@ def ak_template():
             ),
         )
     )
-
-
-def _set_scheme_hash(template):
     template.publicArea.parameters.eccDetail.scheme.details.ecdsa.hashAlg = TPM2_ALG.SHA256
     return template
 
@@ -106,7 +104,7 @@ def quote(tpm, nonce, pcrs=None, bank="sha256"):
     try:
         with tpm.ek_session() as session:
             priv, pub, _cd, _ch, _tk = tpm.ectx.create(
-                ek, TPM2B_SENSITIVE_CREATE(), _set_scheme_hash(ak_template()), session1=session
+                ek, TPM2B_SENSITIVE_CREATE(), ak_template(), session1=session
             )
         with tpm.ek_session() as session:
             ak = tpm.ectx.load(ek, priv, pub, session1=session)
@@ -237,8 +235,7 @@ def parse_attest(raw):
         bank = BANK_BY_ALG.get(alg)
         if bank is None:
             raise QuoteVerificationError("quote selects an unsupported PCR bank 0x%x" % alg)
-        for byte_idx, byte in enumerate(rd.take(size)):
-            selected.extend((bank, byte_idx * 8 + bit) for bit in range(8) if byte & (1 << bit))
+        selected.extend((bank, idx) for idx in pcr_bitmap_indices(rd.take(size)))
     digest = rd.tpm2b()
     rd.done()
     return extra, selected, digest

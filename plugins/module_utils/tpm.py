@@ -383,17 +383,17 @@ class Tpm(object):
             raise TpmError("TPM failed to %s: %s (rc 0x%x)" % (what, exc, tss_rc(exc)))
 
 
+def pcr_bitmap_indices(bitmap):
+    """PCR indices set in a TPMS_PCR_SELECTION bitmap (bit i of byte n is PCR 8n+i)."""
+    return [byte_idx * 8 + bit for byte_idx, byte in enumerate(bitmap) for bit in range(8) if byte & (1 << bit)]
+
+
 def _selected_indices(selection, bank):
     alg = getattr(TPM2_ALG, bank.upper())
     out = []
     for sel in selection.pcrSelections[: selection.count]:
-        if sel.hash != alg:
-            continue
-        bitmap = bytes(sel.pcrSelect)[: sel.sizeofSelect]
-        for byte_idx, byte in enumerate(bitmap):
-            for bit in range(8):
-                if byte & (1 << bit):
-                    out.append(byte_idx * 8 + bit)
+        if sel.hash == alg:
+            out.extend(pcr_bitmap_indices(bytes(sel.pcrSelect)[: sel.sizeofSelect]))
     return out
 
 
