@@ -37,6 +37,7 @@ try:
         TPM2_SE,
         TPM2_SU,
         TPMA_OBJECT,
+        TPMA_SESSION,
     )
     from tpm2_pytss.types import (
         TPM2B_SENSITIVE_CREATE,
@@ -46,7 +47,7 @@ try:
         TPMT_SYM_DEF,
         TPMU_HA,
     )
-    from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
+    from tpm2_pytss.utils import NVReadEK, create_ek_template
 except ImportError as exc:  # pragma: no cover - reported by require_tpm2_pytss()
     TPM2_PYTSS_IMPORT_ERROR = exc
 else:
@@ -179,6 +180,7 @@ class Tpm(object):
         self._ek = None
         self._ek_transient = False
         self._ek_public = None
+        self._ek_cert = None
         try:
             self._tcti_ctx = TCTILdr.parse(self.tcti)
             self.ectx = ESAPI(self._tcti_ctx)
@@ -247,8 +249,6 @@ class Tpm(object):
 
         Used so that secrets passed to or returned by the TPM never cross the bus in clear.
         """
-        from tpm2_pytss.constants import TPMA_SESSION  # pylint: disable=import-outside-toplevel
-
         session = self.ectx.start_auth_session(
             self.ek(), ESYS_TR.NONE, TPM2_SE.HMAC, TPMT_SYM_DEF.parse("aes128cfb"), TPM2_ALG.SHA256
         )
@@ -271,7 +271,8 @@ class Tpm(object):
         if self._ek is not None:
             return self._ek
         spec = EK_TYPES[self.ek_type]
-        _cert, template = self.ek_template()
+        # the template lookup reads the EK certificate from NV: keep it for ek_certificate_der()
+        self._ek_cert, template = self.ek_template()
         try:
             handle = self.ectx.tr_from_tpmpublic(spec["handle"])
             public, _name, _qname = self.ectx.read_public(handle)
@@ -308,12 +309,8 @@ class Tpm(object):
 
     def ek_certificate_der(self):
         """The EK certificate (DER) from its NV index, or None when the TPM has none."""
-        reader = NVReadEK(self.ectx)
-        try:
-            data = reader(EK_TYPES[self.ek_type]["cert_index"])
-        except NoSuchIndex:
-            return None
-        return trim_der(data)
+        self.ek()
+        return trim_der(self._ek_cert) if self._ek_cert else None
 
     # -- PCRs -----------------------------------------------------------------------------
     def read_pcrs(self, bank="sha256", indices=None):
