@@ -1,0 +1,364 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The enrollment database: a bare git repository (real git, no Ansible imports).
+
+Layout (format "hcp.core.enrolldb" v1, docs/enrollment-db.md):
+``ekpubhash/<h[0:2]>/<h[0:6]>/<h[0:32]>/`` holds one entry's files (``ekpubhash`` with
+the full 64-hex hash, ``hostname``, ``ek.pub``, ``clientprofile``, assets, manifest);
+``hn2ek/<sha256(hostname)[0:2]>.json`` are the shards of the hostname index (JSON arrays
+of {hostname, ekpubhash} sorted by hostname); ``FORMAT`` names the format.
+
+Every write is one commit made with ``git fast-import`` under an exclusive lock: it
+touches only the trees on the changed paths (flat cost as the DB grows, unlike an index
+and a work tree) and moves the branch only after the whole commit is written, so a
+crash or kill mid-operation leaves the branch at the previous commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+
+FORMAT = "hcp.core.enrolldb"
+VERSION = 1
+BRANCH = "main"
+EKPUBHASH_RE = re.compile(r"^[0-9a-f]{64}$")
+PREFIX_RE = re.compile(r"^[0-9a-f]{0,64}$")
+FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class EnrollDbError(HcpError):
+    """The enrollment DB cannot perform the operation."""
+
+
+class AlreadyEnrolledError(EnrollDbError):
+    """The EK, or the hostname, is already enrolled."""
+
+
+class NotEnrolledError(EnrollDbError):
+    """No entry matches."""
+
+
+def entry_dir(ekpubhash):
+    """The entry directory of a full ekpubhash."""
+    return "ekpubhash/%s/%s/%s" % (ekpubhash[:2], ekpubhash[:6], ekpubhash[:32])
+
+
+def hostname_shard(hostname):
+    """The hostname index shard holding ``hostname``."""
+    return "hn2ek/%s.json" % hashlib.sha256(hostname.encode("utf-8")).hexdigest()[:2]
+
+
+class EnrollmentDb(object):
+    """A bare git repository at ``path``; writers serialise on ``<path>/hcp-enrolldb.lock``."""
+
+    def __init__(self, path, git="git"):
+        self.path = os.path.abspath(path)
+        self.git_bin = git
+        self.ref = "refs/heads/" + BRANCH
+
+    # -- git plumbing -------------------------------------------------------------
+    def _git(self, *args, **kwargs):
+        cmd = [self.git_bin, "--git-dir", self.path] + list(args)
+        env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+        proc = subprocess.run(cmd, capture_output=True, env=env, check=False, **kwargs)
+        if proc.returncode != 0:
+            raise EnrollDbError(
+                "git %s failed in %s: %s" % (args[0], self.path, proc.stderr.decode("utf-8", "replace").strip()[:500])
+            )
+        return proc.stdout
+
+    def exists(self):
+        """True when the repository exists and has the DB format."""
+        return os.path.isfile(os.path.join(self.path, "HEAD")) and self.head() is not None
+
+    def head(self):
+        """The commit id of the branch, or None before the first commit."""
+        try:
+            return self._git("rev-parse", "--verify", "-q", self.ref).decode().strip() or None
+        except EnrollDbError:
+            return None
+
+    def init(self):
+        """Create the repository with its FORMAT commit; True if created, False if it existed."""
+        if os.path.isfile(os.path.join(self.path, "HEAD")) and self.head():
+            self._check_format()
+            return False
+        os.makedirs(self.path, mode=0o750, exist_ok=True)
+        self._git("init", "-q", "--bare", "--initial-branch", BRANCH)
+        self._git("config", "gc.autoDetach", "false")
+        self._git("config", "receive.denyNonFastForwards", "true")
+        fmt = json.dumps({"format": FORMAT, "version": VERSION}, sort_keys=True).encode() + b"\n"
+        with self.lock():
+            if not self.head():
+                self._commit("init: %s v%d" % (FORMAT, VERSION), {"FORMAT": fmt}, (), parent=False)
+        return True
+
+    def _check_format(self):
+        raw = self.read_file("FORMAT")
+        try:
+            doc = json.loads(raw)
+        except (TypeError, ValueError):
+            doc = None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise EnrollDbError("%s is not an hcp.core enrollment DB" % self.path)
+        if doc.get("version") != VERSION:
+            raise EnrollDbError("enrollment DB %s has format version %r; this code reads %d" % (self.path, doc.get("version"), VERSION))
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive writer lock (across processes)."""
+        fd = os.open(os.path.join(self.path, "hcp-enrolldb.lock"), os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _commit(self, message, files, deletes, parent=True, author="hcp-enrollment <hcp@localhost>"):
+        """One commit: ``deletes`` (paths or directories) then ``files`` {path: bytes}.
+        The stream ends with ``done``: if the writer dies before it, fast-import aborts and
+        the branch does not move."""
+        now = int(time.time())
+        msg = message.encode("utf-8")
+        proc = subprocess.Popen(
+            [self.git_bin, "--git-dir", self.path, "fast-import", "--quiet", "--done"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, LC_ALL="C"),
+        )
+        try:
+            out = proc.stdin
+            out.write(b"commit %s\n" % self.ref.encode())
+            out.write(b"committer %s %d +0000\n" % (author.encode("utf-8"), now))
+            out.write(b"data %d\n%s\n" % (len(msg), msg))
+            if parent:
+                out.write(b"from %s^0\n" % self.ref.encode())
+            for path in deletes:
+                out.write(b"D %s\n" % path.encode("utf-8"))
+            for path in sorted(files):
+                data = files[path]
+                out.write(b"M 100644 inline %s\ndata %d\n" % (path.encode("utf-8"), len(data)))
+                out.write(data)
+                out.write(b"\n")
+            out.write(b"done\n")
+            out.close()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        err = proc.stderr.read()
+        proc.wait()
+        if proc.returncode != 0:
+            raise EnrollDbError("commit failed in %s: %s" % (self.path, err.decode("utf-8", "replace").strip()[:500]))
+        self._git("gc", "--auto", "--quiet")
+        return self.head()
+
+    # -- reads ----------------------------------------------------------------
+    def read_file(self, path, rev=None):
+        """Bytes of ``path`` at ``rev`` (default: branch head), or None when absent."""
+        try:
+            return self._git("cat-file", "blob", "%s:%s" % (rev or self.ref, path))
+        except EnrollDbError:
+            return None
+
+    def _ls(self, path, recursive=False, rev=None):
+        args = ["ls-tree", "-z", "--full-tree"]
+        if recursive:
+            args.append("-r")
+        out = self._git(*(args + [rev or self.ref, "--", path]))
+        rows = []
+        for rec in out.split(b"\0"):
+            if rec:
+                meta, name = rec.split(b"\t", 1)
+                mode, kind, oid = meta.split(b" ")
+                rows.append((kind.decode(), oid.decode(), name.decode("utf-8")))
+        return rows
+
+    def _read_blobs(self, oids):
+        """Contents of many blobs with one git process."""
+        if not oids:
+            return []
+        out = self._git("cat-file", "--batch", input=b"".join(o.encode() + b"\n" for o in oids))
+        result, pos = [], 0
+        for _oid in oids:
+            header_end = out.index(b"\n", pos)
+            size = int(out[pos:header_end].split(b" ")[2])
+            start = header_end + 1
+            result.append(out[start:start + size])
+            pos = start + size + 1
+        return result
+
+    def _index(self, rev=None):
+        """The whole hostname index: list of {hostname, ekpubhash}."""
+        rows = [r for r in self._ls("hn2ek/", rev=rev) if r[0] == "blob"]
+        entries = []
+        for data in self._read_blobs([r[1] for r in rows]):
+            entries.extend(json.loads(data))
+        entries.sort(key=lambda e: (e["hostname"], e["ekpubhash"]))
+        return entries
+
+    def _entry_hashes(self, prefix, rev=None):
+        """Full ekpubhashes of entries whose hash starts with ``prefix``."""
+        if not PREFIX_RE.match(prefix):
+            raise EnrollDbError("ekpubhash prefix must be lowercase hex (at most 64 characters)")
+        if len(prefix) >= 6:
+            base = "ekpubhash/%s/%s/" % (prefix[:2], prefix[:6])
+        elif len(prefix) >= 2:
+            base = "ekpubhash/%s/" % prefix[:2]
+        else:
+            base = "ekpubhash/"
+        rows = [r for r in self._ls(base, recursive=True, rev=rev) if r[2].endswith("/ekpubhash")]
+        rows = [r for r in rows if r[2].split("/")[3].startswith(prefix[:32])]
+        hashes = [h.decode().strip() for h in self._read_blobs([r[1] for r in rows])]
+        return sorted(h for h in hashes if h.startswith(prefix))
+
+    def get(self, ekpubhash, rev=None):
+        """{file name: bytes} of one entry, or None."""
+        rows = self._ls(entry_dir(ekpubhash) + "/", rev=rev)
+        blobs = [r for r in rows if r[0] == "blob"]
+        files = dict(zip([r[2].rsplit("/", 1)[1] for r in blobs], self._read_blobs([r[1] for r in blobs])))
+        if files.get("ekpubhash", b"").strip().decode() != ekpubhash:
+            return None
+        return files
+
+    def query(self, prefix="", nofiles=False, rev=None):
+        """Entries whose ekpubhash starts with ``prefix``: [{ekpubhash, hostname, files}]."""
+        result = []
+        for h in self._entry_hashes(prefix, rev=rev):
+            files = self.get(h, rev=rev) or {}
+            entry = {"ekpubhash": h, "hostname": files.get("hostname", b"").decode().strip()}
+            if not nofiles:
+                entry["files"] = sorted(files)
+            result.append(entry)
+        return result
+
+    def find(self, hostname_regex, rev=None):
+        """Entries whose hostname matches ``hostname_regex`` (re.search): [{hostname, ekpubhash}]."""
+        try:
+            pattern = re.compile(hostname_regex)
+        except (re.error, TypeError) as exc:
+            raise EnrollDbError("invalid hostname regex: %s" % exc)
+        return [e for e in self._index(rev=rev) if pattern.search(e["hostname"])]
+
+    def by_hostname(self, hostname, rev=None):
+        """The ekpubhash enrolled for ``hostname``, or None (reads one index shard)."""
+        data = self.read_file(hostname_shard(hostname), rev=rev)
+        for e in json.loads(data) if data else []:
+            if e["hostname"] == hostname:
+                return e["ekpubhash"]
+        return None
+
+    # -- writes ---------------------------------------------------------------
+    def _shard_update(self, hostname, ekpubhash=None, remove=None):
+        """New content of the index shard of ``hostname`` adding (hostname, ekpubhash) and/or
+        removing the pair ``remove``."""
+        path = hostname_shard(hostname)
+        data = self.read_file(path)
+        rows = json.loads(data) if data else []
+        if remove:
+            rows = [r for r in rows if (r["hostname"], r["ekpubhash"]) != remove]
+        if ekpubhash:
+            rows.append({"hostname": hostname, "ekpubhash": ekpubhash})
+        rows.sort(key=lambda r: (r["hostname"], r["ekpubhash"]))
+        return path, (json.dumps(rows, sort_keys=True, indent=0) + "\n").encode()
+
+    @staticmethod
+    def _check_files(files):
+        for name, data in files.items():
+            if not FILE_NAME_RE.match(name) or not isinstance(data, bytes):
+                raise EnrollDbError("invalid entry file %r" % (name,))
+
+    def add(self, ekpubhash, hostname, files, message=None, replace=False):
+        """Store an entry (``files``: {name: bytes}, without ekpubhash/hostname which are
+        written here). 409-type AlreadyEnrolledError when the EK or the hostname is taken
+        (``replace=True``: re-enrollment of the same EK and hostname replaces the files).
+        Returns the new commit id."""
+        if not EKPUBHASH_RE.match(ekpubhash or ""):
+            raise EnrollDbError("ekpubhash must be 64 lowercase hex characters")
+        self._check_files(files)
+        base = entry_dir(ekpubhash)
+        with self.lock():
+            existing = self.read_file(base + "/ekpubhash")
+            if existing is not None and existing.strip().decode() != ekpubhash:
+                raise EnrollDbError("ekpubhash prefix collision with %s" % existing.strip().decode())
+            owner = self.by_hostname(hostname)
+            if replace:
+                if existing is None:
+                    raise NotEnrolledError("no enrollment for ekpubhash %s" % ekpubhash)
+                if owner != ekpubhash:
+                    raise EnrollDbError("re-enrollment of %s may not change its hostname" % ekpubhash)
+            else:
+                if existing is not None:
+                    raise AlreadyEnrolledError("TPM %s is already enrolled" % ekpubhash)
+                if owner is not None:
+                    raise AlreadyEnrolledError("hostname %s is already enrolled with TPM %s" % (hostname, owner))
+            out = dict(("%s/%s" % (base, k), v) for k, v in files.items())
+            out[base + "/ekpubhash"] = ekpubhash.encode() + b"\n"
+            out[base + "/hostname"] = hostname.encode() + b"\n"
+            deletes = []
+            if replace:
+                deletes.append(base)
+            else:
+                path, data = self._shard_update(hostname, ekpubhash)
+                out[path] = data
+            verb = "reenroll" if replace else "add"
+            return self._commit(message or "%s: %s %s" % (verb, hostname, ekpubhash), out, deletes)
+
+    def delete(self, prefix, message=None):
+        """Delete every entry whose ekpubhash starts with ``prefix`` (non-empty) in one
+        commit; returns the deleted entries [{ekpubhash, hostname}]."""
+        if not prefix:
+            raise EnrollDbError("refusing to delete with an empty ekpubhash prefix")
+        with self.lock():
+            victims = self.query(prefix, nofiles=True)
+            if not victims:
+                raise NotEnrolledError("no enrollment matches ekpubhash prefix %s" % prefix)
+            files, deletes = {}, []
+            shards = {}
+            for v in victims:
+                deletes.append(entry_dir(v["ekpubhash"]))
+                path = hostname_shard(v["hostname"])
+                data = shards.get(path)
+                rows = json.loads(data) if data is not None else json.loads(self.read_file(path) or b"[]")
+                rows = [r for r in rows if (r["hostname"], r["ekpubhash"]) != (v["hostname"], v["ekpubhash"])]
+                shards[path] = json.dumps(rows, sort_keys=True, indent=0) + "\n"
+            for path, data in shards.items():
+                files[path] = data.encode()
+            self._commit(message or "delete: %s" % " ".join(v["ekpubhash"] for v in victims), files, deletes)
+            return victims
+
+    def janitor(self):
+        """Rebuild the hostname index from the entries; commit only when it differs.
+        Returns the number of shards rewritten."""
+        with self.lock():
+            entries = self.query("", nofiles=True)
+            shards = {}
+            for e in entries:
+                shards.setdefault(hostname_shard(e["hostname"]), []).append({"hostname": e["hostname"], "ekpubhash": e["ekpubhash"]})
+            files = {}
+            for path, rows in shards.items():
+                rows.sort(key=lambda r: (r["hostname"], r["ekpubhash"]))
+                files[path] = (json.dumps(rows, sort_keys=True, indent=0) + "\n").encode()
+            current = dict((r[2], r[1]) for r in self._ls("hn2ek/") if r[0] == "blob")
+            stale = [p for p in current if p not in files]
+            changed = dict((p, d) for p, d in files.items() if self.read_file(p) != d)
+            if not stale and not changed:
+                return 0
+            self._commit("janitor: rebuild hostname index", changed, stale)
+            return len(changed) + len(stale)
+
+    def log(self, limit=20):
+        """The latest commits: [{commit, time, message}] (the audit trail)."""
+        out = self._git("log", "-n", str(limit), "--format=%H%x00%ct%x00%s", self.ref).decode("utf-8", "replace")
+        return [dict(zip(("commit", "time", "message"), line.split("\0"))) for line in out.splitlines() if line]

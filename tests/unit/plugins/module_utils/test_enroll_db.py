@@ -1,0 +1,172 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The enrollment DB against real git: layout, one commit per operation, conflicts,
+rollback on a killed writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.hcp.core.plugins.module_utils import enroll_db
+from ansible_collections.hcp.core.plugins.module_utils.enroll_db import (
+    AlreadyEnrolledError,
+    EnrollDbError,
+    EnrollmentDb,
+    NotEnrolledError,
+)
+
+
+def h(n):
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = EnrollmentDb(str(tmp_path / "db"))
+    assert d.init() is True
+    return d
+
+
+def test_init_is_idempotent_and_versioned(db):
+    head = db.head()
+    assert db.init() is False
+    assert db.head() == head
+    assert json.loads(db.read_file("FORMAT")) == {"format": "hcp.core.enrolldb", "version": 1}
+
+
+def test_add_layout_one_commit_and_query(db):
+    before = len(db.log())
+    db.add(h(1), "node1.example.test", {"ek.pub": b"EK", "cert.pem": b"PEM"})
+    assert len(db.log()) == before + 1
+    e = h(1)
+    base = "ekpubhash/%s/%s/%s/" % (e[:2], e[:6], e[:32])
+    assert db.read_file(base + "ekpubhash") == e.encode() + b"\n"
+    assert db.read_file(base + "hostname") == b"node1.example.test\n"
+    assert db.read_file(base + "cert.pem") == b"PEM"
+    assert db.query(e[:3]) == [{"ekpubhash": e, "hostname": "node1.example.test", "files": ["cert.pem", "ek.pub", "ekpubhash", "hostname"]}]
+    assert db.query("", nofiles=True) == [{"ekpubhash": e, "hostname": "node1.example.test"}]
+    assert db.query(e[:8] + ("0" if e[8] != "0" else "1")) == []
+    assert db.by_hostname("node1.example.test") == e
+    assert db.get(e)["ek.pub"] == b"EK"
+
+
+def test_duplicates_are_refused_and_change_nothing(db):
+    db.add(h(1), "a.example.test", {"x": b"1"})
+    head = db.head()
+    with pytest.raises(AlreadyEnrolledError, match="already enrolled"):
+        db.add(h(1), "b.example.test", {"x": b"2"})
+    with pytest.raises(AlreadyEnrolledError, match="hostname a.example.test"):
+        db.add(h(2), "a.example.test", {"x": b"2"})
+    assert db.head() == head
+
+
+def test_find_by_regex_and_bad_regex(db):
+    for i in range(20):
+        db.add(h(i), "node%02d.example.test" % i, {"x": b"1"})
+    found = db.find(r"^node1\d\.")
+    assert [f["hostname"] for f in found] == ["node%02d.example.test" % i for i in range(10, 20)]
+    assert found[0]["ekpubhash"] == h(10)
+    with pytest.raises(EnrollDbError, match="invalid hostname regex"):
+        db.find("(")
+
+
+def test_reenroll_replaces_files(db):
+    db.add(h(1), "a.example.test", {"old": b"1", "keep": b"1"})
+    db.add(h(1), "a.example.test", {"keep": b"2"}, replace=True)
+    assert sorted(db.get(h(1))) == ["ekpubhash", "hostname", "keep"]
+    assert db.get(h(1))["keep"] == b"2"
+    with pytest.raises(NotEnrolledError):
+        db.add(h(2), "b.example.test", {"x": b"1"}, replace=True)
+    with pytest.raises(EnrollDbError, match="may not change its hostname"):
+        db.add(h(1), "other.example.test", {"x": b"1"}, replace=True)
+
+
+def test_delete_by_prefix_updates_index(db):
+    db.add(h(1), "a.example.test", {"x": b"1"})
+    db.add(h(2), "b.example.test", {"x": b"1"})
+    gone = db.delete(h(1)[:10])
+    assert gone == [{"ekpubhash": h(1), "hostname": "a.example.test"}]
+    assert db.get(h(1)) is None
+    assert db.by_hostname("a.example.test") is None
+    assert [e["hostname"] for e in db.find(".")] == ["b.example.test"]
+    with pytest.raises(NotEnrolledError):
+        db.delete(h(1)[:10])
+    with pytest.raises(EnrollDbError, match="empty"):
+        db.delete("")
+    with pytest.raises(EnrollDbError, match="hex"):
+        db.query("XYZ")
+
+
+def test_janitor_repairs_index(db):
+    db.add(h(1), "a.example.test", {"x": b"1"})
+    assert db.janitor() == 0
+    # Break the index behind the DB's back (as a buggy older writer could).
+    db._commit("corrupt", {enroll_db.hostname_shard("a.example.test"): b"[]\n"}, ())
+    assert db.by_hostname("a.example.test") is None
+    assert db.janitor() == 1
+    assert db.by_hostname("a.example.test") == h(1)
+
+
+def test_invalid_names_rejected(db):
+    with pytest.raises(EnrollDbError, match="ekpubhash"):
+        db.add("abc", "a", {})
+    with pytest.raises(EnrollDbError, match="invalid entry file"):
+        db.add(h(1), "a", {"../x": b"1"})
+    assert db.query("") == []
+
+
+def test_killed_writer_leaves_previous_commit(db, tmp_path):
+    """A writer SIGKILLed in the middle of its commit stream: the branch does not move,
+    no part of the entry is visible, and the next write works."""
+    db.add(h(1), "a.example.test", {"x": b"1"})
+    head = db.head()
+    marker = tmp_path / "streaming"
+    child = r'''
+import subprocess, sys, time
+from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
+
+class Stalling(object):
+    """fast-import's stdin that stalls (forever) once part of the commit is written."""
+    def __init__(self, raw):
+        self.raw, self.writes = raw, 0
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 8:
+            self.raw.flush()
+            open(sys.argv[2], "w").close()
+            time.sleep(60)
+        return self.raw.write(data)
+    def close(self):
+        self.raw.close()
+
+class Popen(subprocess.Popen):
+    def __init__(self, args, **kwargs):
+        super().__init__(args, **kwargs)
+        if "fast-import" in args:
+            self.stdin = Stalling(self.stdin)
+
+subprocess.Popen = Popen
+EnrollmentDb(sys.argv[1]).add("%s", "b.example.test", {"a": b"1", "b": b"2", "c": b"3"})
+''' % h(2)
+    proc = subprocess.Popen([sys.executable, "-c", child, db.path, str(marker)], env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    deadline = time.time() + 30
+    while not marker.exists():
+        assert proc.poll() is None and time.time() < deadline, "writer did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.2)  # fast-import sees EOF without "done" and aborts
+    assert db.head() == head
+    assert db.get(h(2)) is None
+    assert db.by_hostname("b.example.test") is None
+    db.add(h(3), "c.example.test", {"x": b"1"})
+    assert db.by_hostname("c.example.test") == h(3)
