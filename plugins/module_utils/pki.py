@@ -1,0 +1,536 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""X.509 for the enrollment pipeline (no Ansible imports): keys, the enrollment CA,
+certificate profiles (HTTPS and Kerberos PKINIT), chain verification and the asset signer.
+
+Private keys leave this module only as PKCS#8 PEM bytes for the caller to seal or write
+0600; no message raised here contains key material.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
+
+try:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+except ImportError:  # pragma: no cover - require_cryptography() reports it
+    x509 = None
+
+KEY_KINDS = ("ec-p256", "rsa-2048", "rsa-3072", "ed25519")
+PROFILES = ("https-server", "https-client", "pkinit-client", "pkinit-kdc", "pkinit-iprop", "pkinit-user")
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+OID_PKINIT_SAN = "1.3.6.1.5.2.2"
+OID_PKINIT_KP_CLIENT = "1.3.6.1.5.2.3.4"
+OID_PKINIT_KP_KDC = "1.3.6.1.5.2.3.5"
+NT_PRINCIPAL = 1
+NT_SRV_INST = 2
+
+
+class PkiError(HcpError):
+    """Bad input to a PKI operation (unknown key kind or profile, malformed principal or PEM)."""
+
+
+class CertificateVerifyError(HcpError):
+    """A certificate chain does not verify (signature, validity, CA flags or no anchor)."""
+
+
+class SignatureError(HcpError):
+    """A signature made by the asset signer does not verify."""
+
+
+def require_cryptography():
+    """Raise MissingDependencyError when the cryptography library is not importable."""
+    if x509 is None:
+        raise MissingDependencyError("the Python library 'cryptography' is required for X.509 operations")
+
+
+def _now(now):
+    if now is None:
+        return datetime.datetime.now(datetime.timezone.utc)
+    if now.tzinfo is None:
+        raise PkiError("'now' must be a timezone-aware datetime")
+    return now
+
+
+# -- keys --------------------------------------------------------------------------------
+
+def new_private_key(kind="ec-p256"):
+    """A new private key: ec-p256 (default), rsa-2048, rsa-3072 or ed25519."""
+    require_cryptography()
+    if kind == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind in ("rsa-2048", "rsa-3072"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[4:]))
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise PkiError("unknown key kind %r (known: %s)" % (kind, ", ".join(KEY_KINDS)))
+
+
+def private_key_pem(key):
+    """PKCS#8 PEM, unencrypted: the caller seals it or writes it 0600."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_private_key(pem):
+    """A private key from PEM bytes (unencrypted)."""
+    require_cryptography()
+    if isinstance(pem, str):
+        pem = pem.encode("ascii")
+    try:
+        return serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        raise PkiError("not an unencrypted PEM private key")
+
+
+def public_key_pem(key):
+    """SubjectPublicKeyInfo PEM of a private or public key."""
+    if hasattr(key, "public_key"):
+        key = key.public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _load_public_key(public_key_or_pem):
+    require_cryptography()
+    if isinstance(public_key_or_pem, (bytes, str)):
+        data = public_key_or_pem.encode("ascii") if isinstance(public_key_or_pem, str) else public_key_or_pem
+        try:
+            return serialization.load_pem_public_key(data)
+        except ValueError:
+            raise PkiError("not a PEM public key")
+    return public_key_or_pem
+
+
+def _hash_for(key):
+    # Ed25519 signs without a separate hash; everything else uses SHA-256.
+    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+
+
+# -- certificates ------------------------------------------------------------------------
+
+def certificate_pem(cert):
+    """PEM bytes of one certificate."""
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_certificates(pem):
+    """Every certificate in a PEM bundle, in order (PkiError when there is none)."""
+    require_cryptography()
+    if isinstance(pem, str):
+        pem = pem.encode("ascii")
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise PkiError("no valid PEM certificate found")
+    return certs
+
+
+def _name(common_name, org=None):
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def _serial():
+    # 159 random bits: positive and at most 20 octets (RFC 5280).
+    return int.from_bytes(os.urandom(20), "big") >> 1 or 1
+
+
+def create_ca(common_name, days=3650, kind="ec-p256", now=None, path_length=0):
+    """A new self-signed CA: returns (private key, certificate)."""
+    require_cryptography()
+    now = _now(now)
+    key = new_private_key(kind)
+    name = _name(common_name)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(_serial())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, _hash_for(key))
+    )
+    return key, cert
+
+
+# -- Kerberos principal names (id-pkinit-san) -----------------------------------------------
+# KRB5PrincipalName (RFC 4556 3.2.2) is encoded by hand: none of our dependencies has an
+# ASN.1 encoder for it (cryptography only carries the otherName as opaque DER), and the
+# structure is tiny. Kerberos ASN.1 uses EXPLICIT tags throughout.
+
+_ESCAPES = {"n": "\n", "t": "\t", "b": "\b", "0": "\0"}
+
+
+def parse_principal(principal):
+    """Split "comp1/comp2@REALM" (krb5 escapes: backslash before / @ \\ n t b 0) into
+    (list of components, realm)."""
+    if not isinstance(principal, str) or not principal:
+        raise PkiError("a Kerberos principal must be a non-empty string")
+    components, current, realm, in_realm = [], [], None, False
+    chars = iter(principal)
+    for char in chars:
+        if char == "\\":
+            nxt = next(chars, None)
+            if nxt is None:
+                raise PkiError("Kerberos principal %r ends with a lone backslash" % principal)
+            current.append(_ESCAPES.get(nxt, nxt))
+        elif char == "/" and not in_realm:
+            components.append("".join(current))
+            current = []
+        elif char == "@" and not in_realm:
+            components.append("".join(current))
+            current, in_realm = [], True
+        else:
+            current.append(char)
+    if not in_realm:
+        raise PkiError("Kerberos principal %r has no realm" % principal)
+    realm = "".join(current)
+    if not realm or not all(components):
+        raise PkiError("Kerberos principal %r has an empty component or realm" % principal)
+    return components, realm
+
+
+def _der_len(length):
+    if length < 0x80:
+        return bytes([length])
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def _tlv(tag, content):
+    return bytes([tag]) + _der_len(len(content)) + content
+
+
+def _der_int(value):
+    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _general_string(text):
+    return _tlv(0x1B, text.encode("utf-8"))
+
+
+def encode_krb5_principal_name(components, realm, name_type=NT_PRINCIPAL):
+    """DER of KRB5PrincipalName ::= SEQUENCE { realm [0] Realm, principalName [1] PrincipalName }."""
+    principal_name = _tlv(0x30, _tlv(0xA0, _der_int(name_type))
+                          + _tlv(0xA1, _tlv(0x30, b"".join(_general_string(c) for c in components))))
+    return _tlv(0x30, _tlv(0xA0, _general_string(realm)) + _tlv(0xA1, principal_name))
+
+
+def _read_tlv(data, pos, tag):
+    if pos + 2 > len(data) or data[pos] != tag:
+        raise PkiError("malformed KRB5PrincipalName: expected tag 0x%02x" % tag)
+    length, pos = data[pos + 1], pos + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, pos = int.from_bytes(data[pos:pos + count], "big"), pos + count
+    if pos + length > len(data):
+        raise PkiError("malformed KRB5PrincipalName: truncated")
+    return data[pos:pos + length], pos + length
+
+
+def decode_krb5_principal_name(der):
+    """(components, realm, name_type) from KRB5PrincipalName DER (the inverse of the encoder)."""
+    body, end = _read_tlv(der, 0, 0x30)
+    if end != len(der):
+        raise PkiError("malformed KRB5PrincipalName: trailing data")
+    realm_tagged, pos = _read_tlv(body, 0, 0xA0)
+    realm = _read_tlv(realm_tagged, 0, 0x1B)[0].decode("utf-8")
+    pn_tagged = _read_tlv(body, pos, 0xA1)[0]
+    pn_body = _read_tlv(pn_tagged, 0, 0x30)[0]
+    nt_tagged, pos = _read_tlv(pn_body, 0, 0xA0)
+    name_type = int.from_bytes(_read_tlv(nt_tagged, 0, 0x02)[0], "big", signed=True)
+    strings = _read_tlv(_read_tlv(pn_body, pos, 0xA1)[0], 0, 0x30)[0]
+    components, pos = [], 0
+    while pos < len(strings):
+        value, pos = _read_tlv(strings, pos, 0x1B)
+        components.append(value.decode("utf-8"))
+    return components, realm, name_type
+
+
+def pkinit_san(principal):
+    """The id-pkinit-san otherName for ``principal`` ("name/inst@REALM")."""
+    components, realm = parse_principal(principal)
+    name_type = NT_SRV_INST if components[0] == "krbtgt" else NT_PRINCIPAL
+    return x509.OtherName(ObjectIdentifier(OID_PKINIT_SAN), encode_krb5_principal_name(components, realm, name_type))
+
+
+def principals_in_certificate(cert):
+    """The Kerberos principals ("a/b@R") named by a certificate's id-pkinit-san entries."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    result = []
+    for other in san.get_values_for_type(x509.OtherName):
+        if other.type_id.dotted_string == OID_PKINIT_SAN:
+            components, realm, _name_type = decode_krb5_principal_name(other.value)
+            result.append("/".join(components) + "@" + realm)
+    return result
+
+
+# -- the issuer --------------------------------------------------------------------------
+
+def _general_names(dns_names, emails):
+    names = []
+    for entry in dns_names:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            names.append(x509.DNSName(entry))
+    names.extend(x509.RFC822Name(email) for email in emails)
+    return names
+
+
+class Issuer(object):
+    """A CA private key and its chain ``[issuing cert, ..., root]``; issues leaf certificates."""
+
+    def __init__(self, key, chain):
+        require_cryptography()
+        if not chain:
+            raise PkiError("an issuer needs at least its own certificate")
+        if public_key_pem(key) != public_key_pem(chain[0].public_key()):
+            raise PkiError("the issuer key does not match the first certificate of the chain")
+        self.key = key
+        self.chain = list(chain)
+
+    def __repr__(self):
+        return "Issuer(%r)" % (self.chain[0].subject.rfc4514_string(),)
+
+    @classmethod
+    def from_pem(cls, key_pem, chain_pem):
+        """An issuer from its PEM private key and PEM chain."""
+        return cls(load_private_key(key_pem), load_certificates(chain_pem))
+
+    @property
+    def certificate(self):
+        """The issuing certificate (first of the chain)."""
+        return self.chain[0]
+
+    def chain_pem(self):
+        """The whole chain as one PEM bundle (issuing certificate first)."""
+        return b"".join(certificate_pem(cert) for cert in self.chain)
+
+    def issue(self, public_key, profile, subject_cn, dns_names=(), emails=(), principal=None,
+              days=30, now=None, serial=None, org=None):
+        """A leaf certificate for ``public_key`` following ``profile`` (see PROFILES).
+
+        https-*: SAN from ``dns_names`` (IP literals become IP entries) and ``emails``;
+        pkinit-client/-iprop/-user: ``principal`` is required; pkinit-kdc: ``principal``
+        defaults to nothing, give "krbtgt/REALM@REALM"."""
+        if profile not in PROFILES:
+            raise PkiError("unknown certificate profile %r (known: %s)" % (profile, ", ".join(PROFILES)))
+        now = _now(now)
+        is_rsa = isinstance(public_key, rsa.RSAPublicKey)
+        ekus, names = [], _general_names(dns_names, emails)
+        if profile == "https-server":
+            ekus.append(ExtendedKeyUsageOID.SERVER_AUTH)
+            if not names:
+                raise PkiError("an https-server certificate needs at least one DNS name")
+        elif profile == "https-client":
+            ekus.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        else:
+            if not principal:
+                raise PkiError("a %s certificate needs a Kerberos principal" % profile)
+            names.insert(0, pkinit_san(principal))
+            if profile == "pkinit-kdc":
+                ekus.extend([ObjectIdentifier(OID_PKINIT_KP_KDC), ExtendedKeyUsageOID.SERVER_AUTH])
+            else:
+                ekus.extend([ObjectIdentifier(OID_PKINIT_KP_CLIENT), ExtendedKeyUsageOID.CLIENT_AUTH])
+        key_usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
+                                  data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                  crl_sign=False, encipher_only=False, decipher_only=False)
+        issuer_ski = self.chain[0].extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(subject_cn, org))
+            .issuer_name(self.chain[0].subject)
+            .public_key(public_key)
+            .serial_number(serial if serial is not None else _serial())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(key_usage, critical=True)
+            .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+                           critical=False)
+        )
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(self.key, _hash_for(self.key))
+
+
+def _check_validity(cert, now):
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise CertificateVerifyError("certificate %s is not valid at %s" % (cert.subject.rfc4514_string(),
+                                                                            now.isoformat()))
+
+
+def _check_ca(cert):
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise CertificateVerifyError("issuer %s is not a CA" % cert.subject.rfc4514_string())
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not usage.key_cert_sign:
+        raise CertificateVerifyError("issuer %s may not sign certificates" % cert.subject.rfc4514_string())
+
+
+def verify_chain(cert, chain, anchors, now=None):
+    """Check that ``cert`` chains through ``chain`` (intermediates, any order) to one of
+    ``anchors``: signatures, validity at ``now`` and CA flags. Raises CertificateVerifyError."""
+    require_cryptography()
+    now = _now(now)
+    anchor_ders = set(a.public_bytes(serialization.Encoding.DER) for a in anchors)
+    candidates = list(anchors) + [c for c in chain if c.public_bytes(serialization.Encoding.DER) not in anchor_ders]
+    current = cert
+    _check_validity(current, now)
+    for _depth in range(len(candidates) + 1):
+        if current.public_bytes(serialization.Encoding.DER) in anchor_ders:
+            return
+        issuer = None
+        for candidate in candidates:
+            if candidate.subject != current.issuer or candidate is current:
+                continue
+            try:
+                current.verify_directly_issued_by(candidate)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            issuer = candidate
+            break
+        if issuer is None:
+            raise CertificateVerifyError("no trusted issuer verifies %s" % current.subject.rfc4514_string())
+        _check_ca(issuer)
+        _check_validity(issuer, now)
+        current = issuer
+    raise CertificateVerifyError("certificate chain too long or looping")
+
+
+# -- the asset signer ------------------------------------------------------------------------
+
+class Signer(object):
+    """Signs asset bytes: ECDSA P-256/SHA-256 (DER signature) or Ed25519."""
+
+    def __init__(self, key):
+        require_cryptography()
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+            raise PkiError("the asset signer key must be EC P-256 or Ed25519")
+        self.key = key
+
+    def __repr__(self):
+        return "Signer(%s)" % type(self.key).__name__
+
+    def public_key_pem(self):
+        """The signer's public key (what clients pre-install)."""
+        return public_key_pem(self.key)
+
+    def sign(self, data):
+        """The signature of ``data`` (bytes)."""
+        if isinstance(self.key, ed25519.Ed25519PrivateKey):
+            return self.key.sign(data)
+        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+def verify_signature(public_key_or_pem, data, signature):
+    """Raise SignatureError unless ``signature`` is the signer's signature of ``data``."""
+    key = _load_public_key(public_key_or_pem)
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise SignatureError("unsupported signer key type %s" % type(key).__name__)
+    except InvalidSignature:
+        raise SignatureError("signature does not verify with the asset signer key")
+
+
+# -- site self-bootstrap -----------------------------------------------------------------------
+
+def _ensure_dir(directory):
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+
+
+def bootstrap_site_credentials(directory, site_name, server_names, client_names, now=None, days=3650,
+                               ca_kind="rsa-3072"):
+    """Create the site's seed credentials in ``directory`` (0700), each only if absent:
+    enrollment CA (ca.key, ca.pem), asset signer (signer.key, signer.pub.pem), server TLS
+    (server.key, server.pem + chain) and one client certificate per name
+    (client-<name>.key/.pem). Returns {"paths": {label: path}, "created": [labels]};
+    never key material. The CA is RSA by default: Heimdal's hx509 (Debian 12) cannot verify
+    ECDSA-signed certificates, so PKINIT certificates must come from an RSA CA."""
+    require_cryptography()
+    now = _now(now)
+    if not server_names:
+        raise PkiError("bootstrap needs at least one server name")
+    _ensure_dir(directory)
+    paths, created = {}, []
+
+    def path(label, filename):
+        paths[label] = os.path.join(directory, filename)
+        return paths[label]
+
+    def write(label, filename, data, mode):
+        atomic_write(path(label, filename), data, mode)
+        created.append(label)
+
+    ca_key_path, ca_pem_path = path("ca_key", "ca.key"), path("ca_cert", "ca.pem")
+    if os.path.exists(ca_key_path) and os.path.exists(ca_pem_path):
+        with open(ca_key_path, "rb") as key_file, open(ca_pem_path, "rb") as pem_file:
+            issuer = Issuer.from_pem(key_file.read(), pem_file.read())
+    else:
+        ca_key, ca_cert = create_ca("%s enrollment CA" % site_name, days=days, now=now, kind=ca_kind)
+        write("ca_key", "ca.key", private_key_pem(ca_key), 0o600)
+        write("ca_cert", "ca.pem", certificate_pem(ca_cert), 0o644)
+        issuer = Issuer(ca_key, [ca_cert])
+
+    if not os.path.exists(path("signer_key", "signer.key")):
+        signer_key = new_private_key("ec-p256")
+        write("signer_key", "signer.key", private_key_pem(signer_key), 0o600)
+        write("signer_pub", "signer.pub.pem", public_key_pem(signer_key), 0o644)
+    elif not os.path.exists(path("signer_pub", "signer.pub.pem")):
+        with open(paths["signer_key"], "rb") as key_file:
+            write("signer_pub", "signer.pub.pem", public_key_pem(load_private_key(key_file.read())), 0o644)
+
+    leaves = [("server", "server", "https-server", list(server_names), server_names[0])]
+    for name in client_names:
+        if not name or "/" in name or name.startswith("."):
+            raise PkiError("invalid client name %r" % (name,))
+        leaves.append(("client_" + name, "client-" + name, "https-client", [], name))
+    for label, stem, profile, dns_names, common_name in leaves:
+        if os.path.exists(path(label + "_key", stem + ".key")) and os.path.exists(path(label + "_cert", stem + ".pem")):
+            continue
+        key = new_private_key("ec-p256")
+        cert = issuer.issue(key.public_key(), profile, common_name, dns_names=dns_names, days=days, now=now,
+                            org=site_name)
+        write(label + "_key", stem + ".key", private_key_pem(key), 0o600)
+        write(label + "_cert", stem + ".pem", certificate_pem(cert) + issuer.chain_pem(), 0o644)
+    return {"paths": paths, "created": created}
