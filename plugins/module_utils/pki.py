@@ -534,3 +534,23 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
         write(label + "_key", stem + ".key", private_key_pem(key), 0o600)
         write(label + "_cert", stem + ".pem", certificate_pem(cert) + issuer.chain_pem(), 0o644)
     return {"paths": paths, "created": created}
+
+
+# -- OpenSSH encodings (ssh host keys) ---------------------------------------------------------
+
+def is_rsa_key(key):
+    """True for an RSA private or public key."""
+    require_cryptography()
+    return isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey))
+
+
+def openssh_private_key(key):
+    """The OpenSSH private key format (unencrypted), as sshd reads host keys."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
+
+
+def openssh_public_key(key, comment):
+    """One authorized_keys-style line: "<type> <base64> <comment>\\n"."""
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line + b" " + comment.encode("utf-8") + b"\n"
