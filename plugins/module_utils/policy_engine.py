@@ -1,0 +1,741 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The HCP JSON policy language: load-time validation, compiled, bounded evaluation.
+
+Pure standard library. Semantics: docs/policy-language.md. Everything that can be checked
+without the request data is checked by :func:`load_policy`, which reports every problem with
+its location; evaluation is bounded (steps, call depth, data size and nesting) and fails
+closed by raising :class:`PolicyEvaluationError`, never by accepting.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+
+ACTIONS = ("accept", "reject", "jump", "call", "return", "next")
+OTHERWISE = ("accept", "reject", "return", "next")
+ON_RETURN = ("accept", "reject")
+FILTER_KEYS = frozenset(("name", "action", "jump", "call", "scope", "on-return", "if", "otherwise", "next"))
+TOP_KEYS = frozenset(("version", "start", "default", "filters"))
+OPERANDS = {"exist": (), "equal": ("value",), "subset": ("value",), "elementof": ("value",),
+            "contains": ("value",), "isinstance": ("type",)}
+TYPES = {
+    "null": "null", "None": "null", "string": "string", "str": "string", "number": "number",
+    "int": "number", "object": "object", "dict": "object", "array": "array", "list": "array",
+    "boolean": "boolean", "bool": "boolean",
+}
+PATH_RE = re.compile(r"^(\.|(\.[A-Za-z0-9_<>-]+)+)$")
+VAR_RE = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+DEFAULT_LIMITS = {
+    "max_call_depth": 32,
+    "max_steps": 10000,
+    "max_data_depth": 64,
+    "max_data_bytes": 1024 * 1024,
+}
+_ENV_PASSES = 10
+_CACHE_SIZE = 64
+
+
+class PolicyError(HcpError):
+    """Base of the policy engine's errors."""
+
+
+class PolicyValidationError(PolicyError):
+    """The policy document is invalid; ``problems`` lists every problem with its location."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("invalid policy (%d problem%s): %s" % (
+            len(self.problems), "" if len(self.problems) == 1 else "s", "; ".join(self.problems)))
+
+
+class PolicyEvaluationError(PolicyError):
+    """Evaluation could not reach a decision (limit hit, bad data, chain fell off); fail closed."""
+
+
+class Decision:
+    """The outcome of one evaluation. ``trace`` holds filter names, match results and actions
+    only, never data values."""
+
+    __slots__ = ("action", "rule", "trace", "reason")
+
+    def __init__(self, action, rule, trace, reason):
+        self.action = action
+        self.rule = rule
+        self.trace = trace
+        self.reason = reason
+
+    @property
+    def accepted(self):
+        return self.action == "accept"
+
+    def as_dict(self):
+        return {"decision": self.action, "accepted": self.accepted, "rule": self.rule,
+                "reason": self.reason, "trace": list(self.trace)}
+
+    def __repr__(self):
+        return "Decision(action=%r, rule=%r)" % (self.action, self.rule)
+
+
+# ---------------------------------------------------------------- values and paths
+
+def _ckey(value):
+    """A hashable key with JSON equality: key order ignored, list order kept, bool is not a
+    number, ``"1"`` is not ``1``, ``1`` equals ``1.0``."""
+    if value is None:
+        return ("z",)
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, (int, float)):
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    if isinstance(value, list):
+        return ("l", tuple(_ckey(item) for item in value))
+    if isinstance(value, dict):
+        return ("d", frozenset((key, _ckey(item)) for key, item in value.items()))
+    raise PolicyEvaluationError("value of unsupported type %s" % type(value).__name__)
+
+
+_MISSING = object()
+
+
+def _resolve(data, nodes):
+    for node in nodes:
+        if not isinstance(data, dict):
+            return _MISSING
+        data = data.get(node, _MISSING)
+        if data is _MISSING:
+            return _MISSING
+    return data
+
+
+def _path_nodes(path):
+    return () if path == "." else tuple(path[1:].split("."))
+
+
+def _type_of(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "other"
+
+
+def _strip_comments(value):
+    """Drop keys exactly ``_`` at any depth (iterative on the way down is not needed: depth
+    is bounded by the caller's checks or by the JSON parser)."""
+    if isinstance(value, dict):
+        return {key: _strip_comments(item) for key, item in value.items() if key != "_"}
+    if isinstance(value, list):
+        return [_strip_comments(item) for item in value]
+    return value
+
+
+def _check_depth(value, limit):
+    """Raise when nesting exceeds ``limit`` (iterative, so hostile depth cannot recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            raise PolicyEvaluationError("data nested deeper than %d levels" % limit)
+        stack.extend((child, depth + 1) for child in children)
+
+
+# ---------------------------------------------------------------- {VAR} expansion
+
+def _expand_str(text, env):
+    if "{" not in text:
+        return text
+    whole = VAR_RE.fullmatch(text)
+    if whole and whole.group(1) in env and not isinstance(env[whole.group(1)], str):
+        return copy.deepcopy(env[whole.group(1)])
+
+    def repl(match):
+        val = env.get(match.group(1))
+        return val if isinstance(val, str) else match.group(0)
+    return VAR_RE.sub(repl, text)
+
+
+def _expand(value, env):
+    if isinstance(value, str):
+        return _expand_str(value, env)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            new_key = _expand_str(key, env)
+            out[new_key if isinstance(new_key, str) else key] = _expand(item, env)
+        return out
+    if isinstance(value, list):
+        return [_expand(item, env) for item in value]
+    return value
+
+
+def _variables(data):
+    """``data.__env`` self-expanded to a fixpoint (at most 10 passes, else an error)."""
+    env = data.get("__env") if isinstance(data, dict) else None
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise PolicyEvaluationError("__env must be an object")
+    for _pass in range(_ENV_PASSES):
+        new = _expand(env, env)
+        if new == env:
+            return env
+        env = new
+    raise PolicyEvaluationError("__env variables do not reach a fixpoint in %d passes" % _ENV_PASSES)
+
+
+def _has_vars(value):
+    if isinstance(value, str):
+        return VAR_RE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_vars(key) or _has_vars(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_vars(item) for item in value)
+    return False
+
+
+# ---------------------------------------------------------------- compilation
+
+class _Filter:
+    __slots__ = ("name", "loc", "action", "target", "scope", "on_return", "conds", "otherwise", "next")
+
+
+def _compile_condition(cond, loc, problems):
+    if not isinstance(cond, dict):
+        problems.append("%s: a condition must be an object" % loc)
+        return None
+    ops = [key for key in cond if key in OPERANDS or (key.startswith("not-") and key[4:] in OPERANDS)]
+    if len(ops) != 1:
+        bad = [key for key in cond if key not in ("value", "type")]
+        if not ops and bad:
+            problems.append('%s: unknown condition "%s"' % (loc, bad[0]))
+        else:
+            problems.append("%s: a condition needs exactly one operator, found %d" % (loc, len(ops)))
+        return None
+    op = ops[0]
+    negate = op.startswith("not-")
+    base = op[4:] if negate else op
+    ok = True
+    for key in cond:
+        if key != op and key not in OPERANDS[base]:
+            problems.append('%s: unexpected key "%s" for condition "%s"' % (loc, key, op))
+            ok = False
+    for key in OPERANDS[base]:
+        if key not in cond:
+            problems.append('%s: condition "%s" needs "%s"' % (loc, op, key))
+            ok = False
+    path = cond[op]
+    if not isinstance(path, str) or not PATH_RE.match(path):
+        problems.append("%s.%s: invalid path %s" % (loc, op, json.dumps(path)))
+        ok = False
+    if not ok:
+        return None
+    nodes = _path_nodes(path)
+    if base == "exist":
+        def test(data):
+            return _resolve(data, nodes) is not _MISSING
+    elif base == "equal":
+        want = _ckey(cond["value"])
+
+        def test(data):
+            got = _resolve(data, nodes)
+            return got is not _MISSING and _ckey(got) == want
+    elif base == "isinstance":
+        if cond["type"] not in TYPES:
+            problems.append("%s.type: unknown type %s (one of %s)" % (loc, json.dumps(cond["type"]), ", ".join(sorted(TYPES))))
+            return None
+        want_type = TYPES[cond["type"]]
+
+        def test(data):
+            got = _resolve(data, nodes)
+            return got is not _MISSING and _type_of(got) == want_type
+    elif base == "contains":
+        want = _ckey(cond["value"])
+
+        def test(data):
+            got = _resolve(data, nodes)
+            return isinstance(got, list) and any(_ckey(item) == want for item in got)
+    else:  # subset, elementof
+        if not isinstance(cond["value"], list):
+            problems.append('%s.value: "%s" needs a list' % (loc, op))
+            return None
+        allowed = frozenset(_ckey(item) for item in cond["value"])
+        if base == "subset":
+            def test(data):
+                got = _resolve(data, nodes)
+                return isinstance(got, list) and all(_ckey(item) in allowed for item in got)
+        else:
+            def test(data):
+                got = _resolve(data, nodes)
+                return got is not _MISSING and _ckey(got) in allowed
+    if negate:
+        return lambda data: not test(data)
+    return test
+
+
+def _check_path(value, loc, problems, nullable=False):
+    if nullable and value is None:
+        return None
+    if not isinstance(value, str) or not PATH_RE.match(value):
+        problems.append("%s: invalid path %s" % (loc, json.dumps(value)))
+        return None
+    return _path_nodes(value)
+
+
+def _compile_scope(scope, loc, problems):
+    if isinstance(scope, str):
+        nodes = _check_path(scope, loc, problems)
+        return None if nodes is None else [("import", (), nodes, None)]
+    if not isinstance(scope, list):
+        problems.append("%s: scope must be a path string or a list of steps" % loc)
+        return None
+    steps = []
+    shapes = {"set": ("value",), "delete": (), "import": ("source",), "union": ("source1", "source2")}
+    for index, step in enumerate(scope):
+        sloc = "%s[%d]" % (loc, index)
+        if not isinstance(step, dict):
+            problems.append("%s: a scope step must be an object" % sloc)
+            continue
+        kinds = [key for key in step if key in shapes]
+        if len(kinds) != 1:
+            problems.append("%s: a scope step needs exactly one of set, delete, import, union" % sloc)
+            continue
+        kind = kinds[0]
+        bad = [key for key in step if key != kind and key not in shapes[kind]]
+        missing = [key for key in shapes[kind] if key not in step]
+        for key in bad:
+            problems.append('%s: unexpected key "%s" in a %s step' % (sloc, key, kind))
+        for key in missing:
+            problems.append('%s: a %s step needs "%s"' % (sloc, kind, key))
+        target = _check_path(step[kind], "%s.%s" % (sloc, kind), problems)
+        if bad or missing or target is None:
+            continue
+        if kind == "set":
+            steps.append(("set", target, step["value"], None))
+        elif kind == "delete":
+            steps.append(("delete", target, None, None))
+        elif kind == "import":
+            src = _check_path(step["source"], sloc + ".source", problems)
+            if src is not None:
+                steps.append(("import", target, src, None))
+        else:
+            src1 = _check_path(step["source1"], sloc + ".source1", problems, nullable=True)
+            src2 = _check_path(step["source2"], sloc + ".source2", problems)
+            if src2 is not None and (src1 is not None or step["source1"] is None):
+                steps.append(("union", target, src1, src2))
+    return steps
+
+
+def _flatten_filters(filters, problems):
+    """Name every filter: an object is one filter, a list is a chain with generated names and
+    ``next`` links. Returns [(name, location, raw filter)]."""
+    entries = []
+    for key, value in filters.items():
+        if isinstance(value, dict):
+            name = value.get("name", key)
+            entries.append((name, "filters.%s" % key, value))
+        elif isinstance(value, list):
+            if not value:
+                problems.append("filters.%s: an empty chain" % key)
+                continue
+            names = []
+            for index, item in enumerate(value):
+                loc = "filters.%s[%d]" % (key, index)
+                if not isinstance(item, dict):
+                    problems.append("%s: a filter must be an object" % loc)
+                    names.append(None)
+                    continue
+                default = key if index == 0 else "%s_%d" % (key, index)
+                names.append(item.get("name", default))
+            for index, item in enumerate(value):
+                if names[index] is None:
+                    continue
+                if index + 1 < len(value) and "next" not in item and names[index + 1] is not None:
+                    item = dict(item, next=names[index + 1])
+                entries.append((names[index], "filters.%s[%d]" % (key, index), item))
+        else:
+            problems.append("filters.%s: must be an object (a filter) or a list (a chain)" % key)
+    return entries
+
+
+def _compile(doc, deferred_refs):
+    """Validate and compile ``doc`` (comments stripped). Returns (start, default, filters).
+    With ``deferred_refs``, references that still hold a ``{VAR}`` are not checked (the policy
+    is re-validated after expansion at evaluation time)."""
+    problems = []
+    if not isinstance(doc, dict):
+        raise PolicyValidationError(["(top): the policy must be a JSON object"])
+    for key in doc:
+        if key not in TOP_KEYS:
+            problems.append('(top): unknown key "%s"' % key)
+    if "version" in doc and (doc["version"] != 1 or isinstance(doc["version"], bool)):
+        problems.append("version: unsupported version %s (this engine reads 1)" % json.dumps(doc["version"]))
+    start = doc.get("start")
+    if not isinstance(start, str):
+        problems.append("start: required, a filter name (string)")
+    default = doc.get("default", "reject")
+    if default not in ("accept", "reject"):
+        problems.append("default: must be accept or reject")
+    filters = doc.get("filters")
+    if not isinstance(filters, dict) or not filters:
+        problems.append("filters: required, a non-empty object")
+        raise PolicyValidationError(problems)
+
+    compiled = {}
+    for name, loc, raw in _flatten_filters(filters, problems):
+        if not isinstance(name, str) or not name:
+            problems.append("%s.name: must be a non-empty string" % loc)
+            continue
+        if name in compiled:
+            problems.append('%s: duplicate filter name "%s" (also %s)' % (loc, name, compiled[name].loc))
+            continue
+        flt = _Filter()
+        flt.name, flt.loc = name, loc
+        for key in raw:
+            if key not in FILTER_KEYS:
+                problems.append('%s: unknown key "%s"' % (loc, key))
+        action = raw.get("action")
+        if action not in ACTIONS:
+            problems.append("%s.action: %s" % (loc, "required" if action is None else 'unknown action %s' % json.dumps(action)))
+        flt.action = action
+        flt.target = None
+        if action in ("jump", "call"):
+            flt.target = raw.get(action)
+            if not isinstance(flt.target, str):
+                problems.append('%s.%s: action "%s" needs a target filter name' % (loc, action, action))
+        for key in ("jump", "call"):
+            if key in raw and action != key:
+                problems.append('%s.%s: only valid with action "%s"' % (loc, key, key))
+        flt.scope = None
+        if "scope" in raw:
+            if action != "call":
+                problems.append('%s.scope: only valid with action "call"' % loc)
+            else:
+                flt.scope = _compile_scope(raw["scope"], loc + ".scope", problems)
+        flt.on_return = raw.get("on-return")
+        if flt.on_return is not None:
+            if action != "call":
+                problems.append('%s.on-return: only valid with action "call"' % loc)
+            elif flt.on_return not in ON_RETURN:
+                problems.append("%s.on-return: must be accept or reject" % loc)
+        flt.otherwise = raw.get("otherwise")
+        if flt.otherwise is not None and flt.otherwise not in OTHERWISE:
+            problems.append("%s.otherwise: must be one of %s" % (loc, ", ".join(OTHERWISE)))
+        conds = raw.get("if", [])
+        if isinstance(conds, dict):
+            conds = [conds]
+        flt.conds = []
+        if not isinstance(conds, list):
+            problems.append("%s.if: a condition or a list of conditions" % loc)
+        else:
+            for index, cond in enumerate(conds):
+                test = _compile_condition(cond, "%s.if[%d]" % (loc, index), problems)
+                if test is not None:
+                    flt.conds.append(test)
+        if flt.otherwise is not None and not conds:
+            problems.append("%s.otherwise: useless without if" % loc)
+        flt.next = raw.get("next")
+        if flt.next is not None and not isinstance(flt.next, str):
+            problems.append("%s.next: must be a filter name" % loc)
+            flt.next = None
+        compiled[name] = flt
+
+    def unresolved(ref):
+        return ref not in compiled and not (deferred_refs and VAR_RE.search(ref))
+
+    if isinstance(start, str) and unresolved(start):
+        problems.append('start: no filter named "%s"' % start)
+    for flt in compiled.values():
+        if isinstance(flt.target, str) and unresolved(flt.target):
+            problems.append('%s.%s: no filter named "%s"' % (flt.loc, flt.action, flt.target))
+        if flt.next is not None and unresolved(flt.next):
+            problems.append('%s.next: no filter named "%s"' % (flt.loc, flt.next))
+        if flt.next is None and "next" in _outcomes(flt):
+            problems.append("%s: can continue to the next filter but has no next (end of chain)" % flt.loc)
+    if not problems:
+        for name in sorted(_stuck(compiled)):
+            problems.append("%s: never exits (every path loops without accept, reject or return)" % compiled[name].loc)
+    if problems:
+        raise PolicyValidationError(problems)
+    return start, default, compiled
+
+
+def _outcomes(flt):
+    """Actions this filter can take: on match, on no match, and after a call returns."""
+    out = {flt.action}
+    if flt.conds:
+        out.add(flt.otherwise or "next")
+    if flt.action == "call":
+        out.add(flt.on_return or "next")
+    return out
+
+
+def _stuck(compiled):
+    """Filters from which no accept/reject/return (nor a call that may decide) is reachable."""
+    can_exit = set()
+    changed = True
+    while changed:
+        changed = False
+        for flt in compiled.values():
+            if flt.name in can_exit:
+                continue
+            exits = _leads_out(flt.action, flt, compiled, can_exit)
+            if flt.conds:
+                exits = exits or _leads_out(flt.otherwise or "next", flt, compiled, can_exit)
+            if exits:
+                can_exit.add(flt.name)
+                changed = True
+    return set(compiled) - can_exit
+
+
+def _leads_out(action, flt, compiled, can_exit):
+    if action in ("accept", "reject", "return"):
+        return True
+    ref = {"jump": flt.target, "call": flt.target, "next": flt.next}.get(action)
+    return ref is not None and (ref not in compiled or ref in can_exit)
+
+
+# ---------------------------------------------------------------- scope execution
+
+def _write(obj, nodes, value):
+    if not nodes:
+        return value
+    cursor = obj
+    if not isinstance(cursor, dict):
+        raise PolicyEvaluationError("scope: cannot write into a non-object")
+    for node in nodes[:-1]:
+        nxt = cursor.get(node)
+        if nxt is None and node not in cursor:
+            nxt = cursor[node] = {}
+        if not isinstance(nxt, dict):
+            raise PolicyEvaluationError("scope: cannot write through a non-object")
+        cursor = nxt
+    cursor[nodes[-1]] = value
+    return obj
+
+
+def _delete(obj, nodes):
+    if not nodes:
+        return {}
+    parent = _resolve(obj, nodes[:-1])
+    if isinstance(parent, dict):
+        parent.pop(nodes[-1], None)
+    return obj
+
+
+def _union(first, second):
+    if isinstance(first, dict) and isinstance(second, dict):
+        out = dict(first)
+        for key, value in second.items():
+            out[key] = _union(out[key], value) if key in out else copy.deepcopy(value)
+        return out
+    if isinstance(first, list) and isinstance(second, list):
+        out, seen = [], set()
+        for item in first + second:
+            key = _ckey(item)
+            if key not in seen:
+                seen.add(key)
+                out.append(copy.deepcopy(item))
+        return out
+    return copy.deepcopy(second)
+
+
+def _build_scope(steps, caller):
+    built = {}
+    for kind, target, arg1, arg2 in steps:
+        if kind == "set":
+            built = _write(built, target, copy.deepcopy(arg1))
+        elif kind == "delete":
+            built = _delete(built, target)
+        elif kind == "import":
+            value = _resolve(caller, arg1)
+            if value is _MISSING:
+                raise PolicyEvaluationError("scope: import source %s does not exist" % _fmt_path(arg1))
+            built = _write(built, target, copy.deepcopy(value))
+        else:
+            second = _resolve(built, arg2)
+            first = None if arg1 is None else _resolve(built, arg1)
+            if second is _MISSING or first is _MISSING:
+                raise PolicyEvaluationError("scope: union source does not exist")
+            built = _write(built, target, _union(first, second) if arg1 is not None else copy.deepcopy(second))
+    return built
+
+
+def _fmt_path(nodes):
+    return "." + ".".join(nodes)
+
+
+# ---------------------------------------------------------------- the policy
+
+class Policy:
+    """A validated, compiled policy. Thread-safe for concurrent evaluations."""
+
+    def __init__(self, doc, limits=None):
+        self.document = doc
+        self.limits = dict(DEFAULT_LIMITS)
+        for key, value in (limits or {}).items():
+            if key not in DEFAULT_LIMITS:
+                raise PolicyError("unknown policy limit %s" % key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise PolicyError("policy limit %s must be a positive integer" % key)
+            self.limits[key] = value
+        self.has_vars = _has_vars(doc)
+        self.start, self.default, self.filters = _compile(doc, deferred_refs=self.has_vars)
+        self._cache = {}
+
+    @property
+    def filter_names(self):
+        return sorted(self.filters)
+
+    def _compiled_for(self, env):
+        if not self.has_vars:
+            return self.start, self.default, self.filters
+        key = json.dumps(env, sort_keys=True)
+        hit = self._cache.get(key)
+        if hit is None:
+            try:
+                hit = _compile(_expand(self.document, env), deferred_refs=False)
+            except PolicyValidationError as exc:
+                raise PolicyEvaluationError("policy invalid after {VAR} expansion: %s" % "; ".join(exc.problems)) from None
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def check_data(self, data, size=None):
+        """Reject data beyond the configured size and nesting limits (before evaluation)."""
+        _check_depth(data, self.limits["max_data_depth"])
+        if size is None:
+            try:
+                size = len(json.dumps(data, separators=(",", ":")).encode("utf-8"))
+            except (TypeError, ValueError):
+                raise PolicyEvaluationError("data is not JSON-serialisable") from None
+        if size > self.limits["max_data_bytes"]:
+            raise PolicyEvaluationError("data larger than %d bytes" % self.limits["max_data_bytes"])
+
+    def evaluate(self, data, hookname=None, request_uid=None, _size=None):
+        """Decide on ``data`` (a JSON object). ``hookname``/``request_uid``, when given, are
+        written into the data as keys of the same name. Raises PolicyEvaluationError when no
+        decision can be reached."""
+        if not isinstance(data, dict):
+            raise PolicyEvaluationError("data must be a JSON object")
+        self.check_data(data, _size)
+        data = _strip_comments(data)
+        if hookname is not None:
+            data["hookname"] = hookname
+        if request_uid is not None:
+            data["request_uid"] = request_uid
+        env = _variables(data)
+        if env:
+            raw_env = data.get("__env")
+            data = _expand(data, env)
+            data["__env"] = raw_env
+        start, default, filters = self._compiled_for(env)
+        trace = []
+        state = {"steps": 0}
+        result = self._run(filters, data, start, 1, trace, state)
+        if result is None:
+            return Decision(default, "default", trace, "no filter decided; policy default")
+        return Decision(result[0], result[1], trace, result[2])
+
+    def _run(self, filters, data, cursor, depth, trace, state):
+        if depth > self.limits["max_call_depth"]:
+            raise PolicyEvaluationError("call depth exceeds %d" % self.limits["max_call_depth"])
+        max_steps = self.limits["max_steps"]
+        while True:
+            state["steps"] += 1
+            if state["steps"] > max_steps:
+                raise PolicyEvaluationError("evaluation exceeds %d steps" % max_steps)
+            flt = filters[cursor]
+            matched = all(test(data) for test in flt.conds)
+            action = flt.action if matched else (flt.otherwise or "next")
+            trace.append({"filter": flt.name, "matched": matched, "action": action})
+            if action in ("accept", "reject"):
+                return action, flt.name, "filter matched" if matched else "filter did not match (otherwise)"
+            if action == "return":
+                return None
+            if action == "jump":
+                cursor = flt.target
+                continue
+            if action == "call":
+                callee = data if flt.scope is None else _build_scope(flt.scope, data)
+                result = self._run(filters, callee, flt.target, depth + 1, trace, state)
+                if result is not None:
+                    return result
+                action = flt.on_return or "next"
+                if action != "next":
+                    trace.append({"filter": flt.name, "matched": True, "action": "on-return " + action})
+                    return action, flt.name, "call returned; on-return"
+            if flt.next is None:
+                raise PolicyEvaluationError("filter %s: no next filter (fell off the chain)" % flt.name)
+            cursor = flt.next
+
+
+def _reject_constant(name):
+    raise ValueError("non-JSON constant %s" % name)
+
+
+def parse_json(text, what="JSON"):
+    """json.loads that refuses NaN/Infinity; bytes must be UTF-8."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PolicyError("%s is not UTF-8" % what) from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise PolicyError("malformed %s: %s" % (what, exc.__class__.__name__ if isinstance(exc, RecursionError) else exc)) from None
+
+
+def load_policy(doc_or_json, limits=None):
+    """A :class:`Policy` from a dict or JSON text/bytes; every problem raises at once as
+    :class:`PolicyValidationError`."""
+    if isinstance(doc_or_json, (str, bytes, bytearray)):
+        try:
+            doc = parse_json(doc_or_json, "policy JSON")
+        except PolicyError as exc:
+            raise PolicyValidationError(["(top): %s" % exc]) from None
+    else:
+        try:
+            doc = json.loads(json.dumps(doc_or_json, allow_nan=False))
+        except (TypeError, ValueError, RecursionError):
+            raise PolicyValidationError(["(top): the policy is not plain JSON data"]) from None
+    try:
+        return Policy(_strip_comments(doc), limits)
+    except RecursionError:
+        raise PolicyValidationError(["(top): the policy is nested too deeply"]) from None
+
+
+def evaluate_json(policy, text, hookname=None, request_uid=None):
+    """Evaluate a raw request body: malformed JSON or oversize raises PolicyEvaluationError."""
+    size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
+    if size > policy.limits["max_data_bytes"]:
+        raise PolicyEvaluationError("data larger than %d bytes" % policy.limits["max_data_bytes"])
+    try:
+        data = parse_json(text, "request JSON")
+    except PolicyError as exc:
+        raise PolicyEvaluationError(str(exc)) from None
+    return policy.evaluate(data, hookname=hookname, request_uid=request_uid, _size=size)
