@@ -9,6 +9,7 @@ take_lock apt
 PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   docker.io debootstrap git rsync shellcheck
+  heimdal-clients softhsm2
 )
 
 missing=()

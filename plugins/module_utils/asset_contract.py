@@ -64,7 +64,7 @@ class GeneratorContext(object):
 
     ``hostname``: validated FQDN or short name. ``ekpubhash``: 64 hex. ``ek_public``:
     TPM2B_PUBLIC bytes. ``profile``: the merged, ``{VAR}``-expanded profile (a dict; each
-    generator reads its own key, see docs/enrollment.md). ``env``: the ``__env`` variables
+    generator reads its own key, see docs/enrollment-assets.md). ``env``: the ``__env`` variables
     (ENROLL_HOSTNAME, ENROLL_DOMAIN, ENROLL_ID, ENROLL_REALM, ...). ``issuer``: a
     ``pki.Issuer`` (enrollment CA key + certificate chain) or None. ``secrets``: operator
     secrets available to this enrollment, name -> bytes. ``now``: aware UTC datetime of
