@@ -308,9 +308,10 @@ def combine_detailed(shares):
         seen[share.index] = label
     threshold = parsed[0][1].threshold
     if len(parsed) < threshold:
-        detail = "; excluded: " + "; ".join(str(e) for e in format_errors) if format_errors else ""
-        error = ShareFormatError if format_errors else NotEnoughSharesError
-        raise error("%d valid share(s), %d needed%s" % (len(parsed), threshold, detail))
+        if format_errors:
+            raise ShareFormatError("%s; %d valid share(s) left, %d needed"
+                                   % ("; ".join(str(e) for e in format_errors), len(parsed), threshold))
+        raise NotEnoughSharesError("%d valid share(s), %d needed" % (len(parsed), threshold))
     good = None
     for tried, subset in enumerate(itertools.combinations(parsed, threshold)):
         if tried >= MAX_COMBINATIONS:
