@@ -49,8 +49,8 @@ def main():
             )
             for name, func in cases:
                 ops = rate(func)
-                print("%-8s %-6s %-22s %12.1f %10.2f" % (label, "%d-of-%d" % (threshold, count), name, ops,
-                                                        ops * size / 1e6))
+                scheme = "%d-of-%d" % (threshold, count)
+                print("%-8s %-6s %-22s %12.1f %10.2f" % (label, scheme, name, ops, ops * size / 1e6))
 
 
 if __name__ == "__main__":
