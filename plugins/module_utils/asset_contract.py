@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+
 ASSET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 # Names the pipeline itself writes into an entry: generators may not produce them.
 RESERVED_NAMES = frozenset(
@@ -21,7 +23,7 @@ RESERVED_NAMES = frozenset(
 )
 
 
-class GeneratorError(Exception):
+class GeneratorError(HcpError):
     """A generator cannot produce its assets from the profile it was given (bad input).
 
     The message names the generator and the offending profile key; it never contains

@@ -17,6 +17,8 @@ import json
 import os
 
 from ansible_collections.hcp.core.plugins.module_utils import asset_contract, enroll_profile, envelope, pki
+# Importing the package registers every asset generator.
+from ansible_collections.hcp.core.plugins.module_utils import generators  # noqa: F401  pylint: disable=unused-import
 from ansible_collections.hcp.core.plugins.module_utils.ekpub import load_ek_public
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError
 from ansible_collections.hcp.core.plugins.module_utils.tpm import ekpubhash as compute_ekpubhash
@@ -102,7 +104,8 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
     now = now or datetime.datetime.now(datetime.timezone.utc)
     hostname = enroll_profile.check_hostname(hostname)
     client = enroll_profile.parse_profile(client_profile)
-    public = check_ek(ek_data, config, now=now)
+    # A re-enrollment rebuilds from the stored EK, whose certificate was checked at add time.
+    public = load_ek_public(ek_data) if operation == "reenroll" else check_ek(ek_data, config, now=now)
     ekhash = compute_ekpubhash(public)
     profile = enroll_profile.effective_profile(
         client, hostname, ekhash, config.preclient, config.postclient, realm=config.realm, extra_env=config.env

@@ -1,0 +1,194 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The enrollment service's operations, independent of HTTP (no Ansible, no Flask).
+
+Privilege separation: the web process (unprivileged user) reads the DB but never writes
+it and never reads the CA or signer keys. Each write is a fresh process of the writer
+command (``writer`` in the config, e.g. ``sudo -n -u hcp-enroll-db /opt/hcp/venv/bin/python
+-m ...enroll_service``) that receives the request as JSON on stdin, runs as the DB user,
+and answers JSON on stdout; its exit code is the outcome. Without ``writer`` (tests,
+benchmarks, the CLI) writes run in-process.
+
+Configuration (JSON, docs/enrollment-service.md): db, credentials_dir (ca.key, ca.pem,
+signer.key, signer.pub.pem), preclient, postclient, realm, env, secrets_dir,
+vendor_ca_dir, require_ek_cert, writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ansible_collections.hcp.core.plugins.module_utils import asset_contract, enroll, enroll_db, enroll_profile, pki
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError
+
+# Exit codes of the writer process <-> HTTP statuses.
+EXIT_STATUS = {0: 200, 2: 400, 3: 409, 4: 404, 5: 403}
+MAX_REQUEST_BYTES = 256 * 1024
+
+
+class ServiceError(HcpError):
+    """An operation failed with an HTTP-like ``status`` (400, 403, 404, 409, 500)."""
+
+    def __init__(self, status, message):
+        HcpError.__init__(self, message)
+        self.status = status
+
+
+def classify(exc):
+    """HTTP status of a library exception."""
+    if isinstance(exc, ServiceError):
+        return exc.status
+    if isinstance(exc, enroll_db.AlreadyEnrolledError):
+        return 409
+    if isinstance(exc, enroll_db.NotEnrolledError):
+        return 404
+    if isinstance(exc, (enroll_profile.ProfileError, asset_contract.GeneratorError, InvalidEkError, enroll_db.EnrollDbError)):
+        return 400
+    return 500
+
+
+def _read(path, required=True):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        if required:
+            raise ServiceError(500, "cannot read %s: %s" % (path, exc.strerror))
+        return None
+
+
+class EnrollmentService(object):
+    """Operations over one enrollment DB, from the JSON configuration ``config``."""
+
+    def __init__(self, config):
+        self.config = config
+        self.db = enroll_db.EnrollmentDb(config["db"])
+        self._enroll_config = None
+
+    # -- reads (any process) -------------------------------------------------------
+    def asset_signer(self):
+        return _read(os.path.join(self.config["credentials_dir"], "signer.pub.pem"))
+
+    def query(self, prefix, nofiles=False):
+        return {"entries": self.db.query(prefix.lower(), nofiles=nofiles)}
+
+    def find(self, regex):
+        return {"entries": self.db.find(regex)}
+
+    def health(self):
+        return {"status": "ok", "db_head": self.db.head()}
+
+    # -- writes (the writer process) -------------------------------------------
+    def enrollment_config(self):
+        if self._enroll_config is None:
+            c = self.config
+            cred = c["credentials_dir"]
+            issuer = pki.Issuer.from_pem(_read(os.path.join(cred, "ca.key")), _read(os.path.join(cred, "ca.pem")))
+            signer = pki.Signer(pki.load_private_key(_read(os.path.join(cred, "signer.key"))))
+            secrets = {}
+            if c.get("secrets_dir") and os.path.isdir(c["secrets_dir"]):
+                for name in sorted(os.listdir(c["secrets_dir"])):
+                    path = os.path.join(c["secrets_dir"], name)
+                    if os.path.isfile(path) and not name.startswith("."):
+                        secrets[name] = _read(path)
+            vendor = enroll.load_vendor_cas(c["vendor_ca_dir"]) if c.get("vendor_ca_dir") else []
+            self._enroll_config = enroll.EnrollmentConfig(
+                issuer, signer, preclient=c.get("preclient"), postclient=c.get("postclient"), realm=c.get("realm"),
+                env=c.get("env"), secrets=secrets, vendor_cas=vendor, require_ek_cert=bool(c.get("require_ek_cert")),
+            )
+        return self._enroll_config
+
+    def _write(self, request):
+        writer = self.config.get("writer")
+        if not writer:
+            return self.perform(request)
+        proc = subprocess.run(writer, input=json.dumps(request).encode(), capture_output=True, timeout=120, check=False)
+        try:
+            body = json.loads(proc.stdout or b"{}")
+        except ValueError:
+            body = {}
+        if proc.returncode != 0:
+            raise ServiceError(EXIT_STATUS.get(proc.returncode, 500), body.get("error") or "enrollment writer failed")
+        return body
+
+    def add(self, ekpub, hostname, profile, caller=None):
+        return self._write({"op": "add", "ekpub": ekpub, "hostname": hostname, "profile": profile, "caller": caller})
+
+    def reenroll(self, ekpubhash, caller=None):
+        return self._write({"op": "reenroll", "ekpubhash": ekpubhash, "caller": caller})
+
+    def delete(self, prefix, caller=None):
+        return self._write({"op": "delete", "prefix": prefix, "caller": caller})
+
+    def janitor(self):
+        return self._write({"op": "janitor"})
+
+    def perform(self, request):
+        """Run one write request in this process (the writer side)."""
+        op = request.get("op")
+        who = ((request.get("caller") or {}).get("subject")) or "local"
+        if op == "add":
+            ekpub = request.get("ekpub")
+            if not isinstance(ekpub, str):
+                raise ServiceError(400, "ekpub must be text (PEM, base64 TPM2B_PUBLIC or PEM certificate)")
+            data = ekpub.encode()
+            if "-----BEGIN" not in ekpub:
+                import base64  # pylint: disable=import-outside-toplevel
+
+                try:
+                    data = base64.b64decode(ekpub, validate=True)
+                except ValueError:
+                    raise ServiceError(400, "ekpub is neither PEM nor base64")
+            h, host, files, summary = enroll.build_entry(self.enrollment_config(), data, request.get("hostname"), request.get("profile"))
+            self.db.add(h, host, files, message="add: %s %s by %s" % (host, h, who))
+            return summary
+        if op == "reenroll":
+            h = request.get("ekpubhash") or ""
+            if not enroll_db.EKPUBHASH_RE.match(h):
+                raise ServiceError(400, "ekpubhash must be 64 lowercase hex characters")
+            current = self.db.get(h)
+            if current is None:
+                raise enroll_db.NotEnrolledError("no enrollment for ekpubhash %s" % h)
+            host = current["hostname"].decode().strip()
+            _h, _host, files, summary = enroll.build_entry(
+                self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll")
+            self.db.add(h, host, files, message="reenroll: %s %s by %s" % (host, h, who), replace=True)
+            return summary
+        if op == "delete":
+            prefix = (request.get("prefix") or "").lower()
+            return {"entries": self.db.delete(prefix, message="delete: %s by %s" % (prefix, who))}
+        if op == "janitor":
+            return {"rewritten_shards": self.db.janitor()}
+        raise ServiceError(400, "unknown operation %r" % (op,))
+
+
+def main(argv=None):
+    """Writer entry point: ``python -m ...enroll_service CONFIG`` with the request on stdin."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if len(argv) != 1:
+            raise ServiceError(400, "usage: enroll_service CONFIG_JSON < request.json")
+        config = json.loads(_read(argv[0]))
+        raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ServiceError(400, "request larger than %d bytes" % MAX_REQUEST_BYTES)
+        request = json.loads(raw)
+        if not isinstance(request, dict):
+            raise ServiceError(400, "request must be a JSON object")
+        config.pop("writer", None)  # the writer never re-spawns itself
+        result = EnrollmentService(config).perform(request)
+    except (HcpError, ValueError) as exc:
+        status = classify(exc) if isinstance(exc, HcpError) else 400
+        sys.stdout.write(json.dumps({"error": str(exc)}))
+        code = dict((v, k) for k, v in EXIT_STATUS.items()).get(status, 1)
+        return code
+    sys.stdout.write(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The enrollment API through Flask's test client, with a real swtpm EK, real git, and the
+privilege-separated writer running as a separate process."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from urllib.parse import quote
+
+import pytest
+
+from ansible_collections.hcp.core.plugins.module_utils import envelope, pki
+from ansible_collections.hcp.core.plugins.module_utils.ekpub import ek_public_pem
+from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.services.enroll_app import create_app
+
+PROFILE = {"assets": ["hostname", "rootfs-key", "https-server"]}
+
+
+@pytest.fixture
+def site(tmp_path, swtpm, monkeypatch):
+    cred = tmp_path / "cred"
+    paths = pki.bootstrap_site_credentials(str(cred), "test", ["enroll.example.test"], ["orchestrator"])["paths"]
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    config = {"db": db.path, "credentials_dir": str(cred), "postclient": {"seal_policy": {"type": "none"}}}
+    config_path = tmp_path / "enroll.json"
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    config["writer"] = [sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enroll_service", str(config_path)]
+    with swtpm.open() as tpm:
+        ek = ek_public_pem(tpm.ek_public())
+        h = tpm.ekpubhash()
+    with open(paths["client_orchestrator_cert"]) as handle:
+        client_pem = handle.read()
+    env = {"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": quote(client_pem)}
+    return {"app": create_app(config), "env": env, "ek": ek, "hash": h, "db": db}
+
+
+def call(site, method, path, auth=True, **kwargs):
+    client = site["app"].test_client()
+    return getattr(client, method)(path, environ_base=site["env"] if auth else {}, **kwargs)
+
+
+def test_add_query_find_reenroll_delete(site, swtpm):
+    db = site["db"]
+    start = len(db.log())
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node1.example.test", "profile": json.dumps(PROFILE)})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["ekpubhash"] == site["hash"]
+    assert len(db.log()) == start + 1
+    assert "orchestrator" in db.log()[0]["message"]
+    q = call(site, "get", "/v1/query", query_string={"ekpubhash": site["hash"][:6]}).get_json()
+    assert q["entries"][0]["hostname"] == "node1.example.test"
+    assert "rootfs.key.sealed" in q["entries"][0]["files"]
+    assert call(site, "get", "/v1/find", query_string={"hostname_regex": "^node1"}).get_json()["entries"][0]["ekpubhash"] == site["hash"]
+    old = db.get(site["hash"])["https-server.pem"]
+    r = call(site, "post", "/v1/reenroll", data={"ekpubhash": site["hash"]})
+    assert r.status_code == 201, r.get_json()
+    entry = db.get(site["hash"])
+    assert entry["https-server.pem"] != old
+    with swtpm.open() as tpm:
+        assert len(envelope.unseal(tpm, envelope.loads(entry["rootfs.key.sealed"]))) == 64
+    signer = call(site, "get", "/v1/get-asset-signer")
+    assert b"PUBLIC KEY" in signer.data
+    r = call(site, "post", "/v1/delete", data={"ekpubhash": site["hash"]})
+    assert r.status_code == 200 and r.get_json()["entries"][0]["hostname"] == "node1.example.test"
+    assert db.get(site["hash"]) is None
+    assert call(site, "get", "/healthcheck").get_json()["db_head"] == db.head()
+
+
+@pytest.mark.parametrize(
+    "data,status,match",
+    [
+        ({"hostname": "", "profile": "{}"}, 400, "hostname"),
+        ({"hostname": "node1.example.test", "profile": "{nope"}, 400, "JSON"),
+        ({"hostname": "node1.example.test", "profile": json.dumps({"assets": ["nope"]})}, 400, "unknown asset generator"),
+        ({"hostname": "node1.example.test", "profile": "x" * 70000}, 400, "larger"),
+    ],
+)
+def test_bad_add_writes_nothing(site, data, status, match):
+    head = site["db"].head()
+    r = call(site, "post", "/v1/add", data=dict(data, ekpub=site["ek"]))
+    assert r.status_code == status
+    assert match in r.get_json()["error"]
+    assert site["db"].head() == head
+
+
+def test_malformed_ek_duplicate_unknown_and_unauthenticated(site):
+    head = site["db"].head()
+    r = call(site, "post", "/v1/add", data={"ekpub": "bm90IGFuIEVL", "hostname": "a.example.test"})
+    assert r.status_code == 400 and "EK" in r.get_json()["error"]
+    assert call(site, "post", "/v1/add", auth=False, data={"ekpub": site["ek"], "hostname": "a.example.test"}).status_code == 403
+    assert call(site, "get", "/v1/query", auth=False).status_code == 403
+    assert site["db"].head() == head
+    assert call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "a.example.test"}).status_code == 201
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "b.example.test"})
+    assert r.status_code == 409
+    assert call(site, "post", "/v1/reenroll", data={"ekpubhash": "0" * 64}).status_code == 404
+    assert call(site, "post", "/v1/delete", data={"ekpubhash": "0" * 64}).status_code == 404
+    assert call(site, "post", "/v1/reenroll", data={"ekpubhash": "xyz"}).status_code == 400
