@@ -350,8 +350,10 @@ def _compile_scope(scope, loc, problems):
 
 def _flatten_filters(filters, problems):
     """Name every filter: an object is one filter, a list is a chain with generated names and
-    ``next`` links. Returns [(name, location, raw filter)]."""
+    ``next`` links. Returns [(name, location, raw filter)] and the aliases {chain key: name of
+    its first entry} (a chain's key always names its first entry, even when it has a name)."""
     entries = []
+    aliases = {}
     for key, value in filters.items():
         if isinstance(value, dict):
             name = value.get("name", key)
@@ -369,6 +371,8 @@ def _flatten_filters(filters, problems):
                     continue
                 default = key if index == 0 else "%s_%d" % (key, index)
                 names.append(item.get("name", default))
+            if names[0] is not None and names[0] != key:
+                aliases[key] = names[0]
             for index, item in enumerate(value):
                 if names[index] is None:
                     continue
@@ -377,7 +381,7 @@ def _flatten_filters(filters, problems):
                 entries.append((names[index], "filters.%s[%d]" % (key, index), item))
         else:
             problems.append("filters.%s: must be an object (a filter) or a list (a chain)" % key)
-    return entries
+    return entries, aliases
 
 
 def _compile(doc, deferred_refs):
@@ -404,7 +408,8 @@ def _compile(doc, deferred_refs):
         raise PolicyValidationError(problems)
 
     compiled = {}
-    for name, loc, raw in _flatten_filters(filters, problems):
+    entries, aliases = _flatten_filters(filters, problems)
+    for name, loc, raw in entries:
         if not isinstance(name, str) or not name:
             problems.append("%s.name: must be a non-empty string" % loc)
             continue
@@ -461,13 +466,20 @@ def _compile(doc, deferred_refs):
             problems.append("%s.next: must be a filter name" % loc)
             flt.next = None
         compiled[name] = flt
+    for alias, name in aliases.items():
+        if alias in compiled:
+            problems.append('filters.%s: chain name "%s" is also the name of %s' % (alias, alias, compiled[alias].loc))
+        elif name in compiled:
+            compiled[alias] = compiled[name]
 
     def unresolved(ref):
         return ref not in compiled and not (deferred_refs and VAR_RE.search(ref))
 
     if isinstance(start, str) and unresolved(start):
         problems.append('start: no filter named "%s"' % start)
-    for flt in compiled.values():
+    for key, flt in compiled.items():
+        if key != flt.name:
+            continue  # a chain alias of a filter checked under its own name
         if isinstance(flt.target, str) and unresolved(flt.target):
             problems.append('%s.%s: no filter named "%s"' % (flt.loc, flt.action, flt.target))
         if flt.next is not None and unresolved(flt.next):
@@ -507,14 +519,14 @@ def _stuck(compiled):
             if exits:
                 can_exit.add(flt.name)
                 changed = True
-    return set(compiled) - can_exit
+    return {flt.name for flt in compiled.values()} - can_exit
 
 
 def _leads_out(action, flt, compiled, can_exit):
     if action in ("accept", "reject", "return"):
         return True
     ref = {"jump": flt.target, "call": flt.target, "next": flt.next}.get(action)
-    return ref is not None and (ref not in compiled or ref in can_exit)
+    return ref is not None and (ref not in compiled or compiled[ref].name in can_exit)
 
 
 # ---------------------------------------------------------------- scope execution
@@ -607,7 +619,7 @@ class Policy:
 
     @property
     def filter_names(self):
-        return sorted(self.filters)
+        return sorted({flt.name for flt in self.filters.values()})
 
     def _compiled_for(self, env):
         if not self.has_vars:

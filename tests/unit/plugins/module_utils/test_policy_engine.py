@@ -413,3 +413,13 @@ def test_example_policy_operation_and_hostname_type():
     data = enrollment("ws1.example.test", [])
     data["hostname"] = ["ws1.example.test"]
     assert not pol.evaluate(data, hookname="enrollsvc::add_request").accepted
+
+
+def test_chain_key_names_first_entry_even_when_it_has_a_name():
+    chain = [{"name": "first", "if": {"exist": ".x"}, "action": "accept"},
+             {"action": "jump", "jump": "c_2"}, {"action": "reject"}]
+    pol = load_policy({"start": "c", "filters": {"c": chain}})
+    assert pol.filter_names == ["c_1", "c_2", "first"]
+    assert decide(pol, {"x": 1}) == ("accept", "first")
+    assert decide(pol, {}) == ("reject", "c_2")
+    assert problems_of({"start": "c", "filters": {"c": [{"name": "first", "action": "accept"}], "d": {"name": "c", "action": "reject"}}})

@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""PolicyClient against the real policy app served over loopback HTTP, and LocalPolicy."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from ansible_collections.hcp.core.plugins.module_utils.policy_client import (
+    LocalPolicy,
+    PolicyClient,
+    PolicyUnavailableError,
+)
+from ansible_collections.hcp.core.plugins.module_utils.policy_engine import PolicyValidationError
+from ansible_collections.hcp.core.plugins.module_utils.services import policy_app
+
+POLICY = {"start": "main", "filters": {"main": [
+    {"name": "needs-host", "if": {"not-isinstance": ".hostname", "type": "string"}, "action": "reject"},
+    {"name": "loop", "if": {"exist": ".loop"}, "action": "call", "call": "main", "on-return": "accept"},
+    {"name": "ok", "action": "accept"}]}}
+
+
+def write(path, doc, bump=0):
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(doc))
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump * 1000000000))
+
+
+@pytest.fixture
+def server(tmp_path):
+    policy_file = str(tmp_path / "policy.json")
+    write(policy_file, POLICY)
+    app = policy_app.create_app({"policy_file": policy_file, "audit_log": str(tmp_path / "audit")})
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d" % httpd.server_port
+    httpd.shutdown()
+
+
+def test_client_accept_reject_and_error(server):
+    client = PolicyClient(server, timeout=5)
+    result = client.check("enrollsvc::add_request", "u1", {"hostname": "h"})
+    assert result.accepted and result.decision == "accept" and result.rule == "ok" and result.params == {"hostname": "h"}
+    result = client.check("enrollsvc::add_request", "u2", {"hostname": 5})
+    assert not result.accepted and result.rule == "needs-host" and result.params is None
+    with pytest.raises(PolicyUnavailableError, match="HTTP 500"):
+        client.check("enrollsvc::add_request", "u3", {"hostname": "h", "loop": 1})
+    with pytest.raises(PolicyUnavailableError, match="params must be a JSON object"):
+        client.check("h", "u", [1])
+
+
+def test_client_unreachable_and_non_policy_server():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(PolicyUnavailableError, match="unreachable"):
+        PolicyClient("http://127.0.0.1:%d" % port, timeout=2).check("h", "u", {})
+    with pytest.raises(PolicyUnavailableError):
+        PolicyClient("ftp://x").check("h", "u", {})
+
+
+def test_client_wrong_service_answering_200_is_not_an_accept(tmp_path):
+    from flask import Flask  # pylint: disable=import-outside-toplevel
+
+    app = Flask("liar")
+    app.add_url_rule("/run", "run", lambda: "OK", methods=["POST"])
+    httpd = make_server("127.0.0.1", 0, app)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(PolicyUnavailableError, match="HTTP 200"):
+            PolicyClient("http://127.0.0.1:%d" % httpd.server_port).check("h", "u", {})
+    finally:
+        httpd.shutdown()
+
+
+def test_local_policy_same_api_and_reload(tmp_path):
+    path = str(tmp_path / "p.json")
+    write(path, POLICY)
+    local = LocalPolicy(path)
+    assert local.check("h", "u", {"hostname": "x"}).accepted
+    assert local.check("h", "u", {}).rule == "needs-host"
+    with pytest.raises(PolicyUnavailableError, match="call depth"):
+        local.check("h", "u", {"hostname": "x", "loop": 1})
+    write(path, {"start": "r", "filters": {"r": {"action": "reject"}}}, bump=1)
+    assert not local.check("h", "u", {"hostname": "x"}).accepted
+    write(path, {"start": "r"}, bump=2)
+    assert not local.check("h", "u", {"hostname": "x"}).accepted
+    assert "filters: required" in local.stale_error
+    os.unlink(path)
+    assert not local.check("h", "u", {"hostname": "x"}).accepted
+    assert "cannot read" in local.stale_error
+
+
+def test_local_policy_first_load_must_succeed(tmp_path):
+    with pytest.raises(PolicyValidationError, match="cannot read"):
+        LocalPolicy(str(tmp_path / "missing.json"))
+    path = str(tmp_path / "bad.json")
+    write(path, {"start": 1})
+    with pytest.raises(PolicyValidationError, match="invalid"):
+        LocalPolicy(path)
