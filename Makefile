@@ -98,8 +98,12 @@ lab-up: setup install ## start the lab containers (playbooks/lab.yml)
 demo: lab-up ## lab-up, then playbooks/site.yml against the lab
 	ansible-playbook -i $(INVENTORY) playbooks/site.yml
 
-bench: install ## benchmarks/ scripts: print seal/unseal/quote figures (not a test)
+bench: install ## benchmarks/ scripts: print figures (not a test)
 	$(BIN)/python benchmarks/tpm_core.py
+	$(BIN)/python benchmarks/enroll_db.py
+	$(BIN)/python benchmarks/enroll.py
+	$(BIN)/python benchmarks/shamir.py
+	$(BIN)/python benchmarks/policy.py
 
 lab-down: install ## remove the lab containers and network
 	ansible-playbook -i $(INVENTORY) playbooks/lab.yml -e lab_state=absent
