@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -72,6 +73,20 @@ def main():
         json_per_s, _json_count = rate(lambda b=body: evaluate_json(policy, b, hookname="enrollsvc::add_request"))
         print("%-42s %-6s rule=%-18s %8.0f decisions/s (dict, %d runs, %.1f us each)  %8.0f/s (raw JSON %d bytes)"
               % (label, decision.action, decision.rule, per_s, count, 1e6 / per_s, json_per_s, len(body)))
+    try:
+        from ansible_collections.hcp.core.plugins.module_utils.services import policy_app  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return
+    if policy_app.common.flask is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        policy_file = os.path.join(tmp, "policy.json")
+        with open(policy_file, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        client = policy_app.create_app({"policy_file": policy_file, "audit_log": os.path.join(tmp, "audit")}).test_client()
+        body = {"hookname": "enrollsvc::add_request", "request_uid": "bench", "params": cases["accept ws1 (user check via call+scope)"]}
+        per_s, count = rate(lambda: client.post("/run", json=body))
+        print("through the Flask test client (POST /run, audit to file): %.0f requests/s (%d runs)" % (per_s, count))
 
 
 if __name__ == "__main__":
