@@ -96,8 +96,16 @@ def check_ek(data, config, now=None):
     return load_ek_public(data)
 
 
-def build_entry(config, ek_data, hostname, client_profile, now=None, operation="add"):
+class PolicyRejectedError(HcpError):
+    """The policy service rejected the enrollment, or could not be asked (fail closed)."""
+
+
+def build_entry(config, ek_data, hostname, client_profile, now=None, operation="add", policy_check=None, caller=None):
     """Everything one entry holds: (ekpubhash, hostname, files {name: bytes}, summary).
+
+    ``policy_check(params)``: called with the hook payload (hostname, ekpubhash, operation,
+    auth.client_cert = ``caller``, the merged profile, and ``__env`` at the top level) after
+    the profile merge and before any asset is generated; it raises to refuse.
 
     ``summary`` (safe to return/log): ekpubhash, hostname, assets [{name, sensitive}],
     profile (the effective profile without ``__env``)."""
@@ -110,6 +118,10 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
     profile = enroll_profile.effective_profile(
         client, hostname, ekhash, config.preclient, config.postclient, realm=config.realm, extra_env=config.env
     )
+    if policy_check is not None:
+        view = dict((k, v) for k, v in profile.items() if k != "__env")
+        policy_check({"hostname": hostname, "ekpubhash": ekhash, "operation": operation,
+                      "auth": {"client_cert": caller}, "profile": view, "__env": profile["__env"]})
     names = profile.get("assets", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise enroll_profile.ProfileError("profile 'assets' must be a list of distinct generator names")

@@ -21,8 +21,9 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
-from ansible_collections.hcp.core.plugins.module_utils import asset_contract, enroll, enroll_db, enroll_profile, pki
+from ansible_collections.hcp.core.plugins.module_utils import asset_contract, enroll, enroll_db, enroll_profile, pki, policy_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError
 
 # Exit codes of the writer process <-> HTTP statuses.
@@ -42,6 +43,8 @@ def classify(exc):
     """HTTP status of a library exception."""
     if isinstance(exc, ServiceError):
         return exc.status
+    if isinstance(exc, enroll.PolicyRejectedError):
+        return 403
     if isinstance(exc, enroll_db.AlreadyEnrolledError):
         return 409
     if isinstance(exc, enroll_db.NotEnrolledError):
@@ -102,6 +105,28 @@ class EnrollmentService(object):
             )
         return self._enroll_config
 
+    def policy_check(self, operation):
+        """The ``enrollsvc::add_request`` hook from config ``policy``: {"file": path} (in
+        process) or {"url", "ca_file", "client_cert", "client_key", "timeout"}; None = no
+        policy service. An unreachable or failing service rejects (fail closed)."""
+        conf = self.config.get("policy")
+        if not conf:
+            return None
+        if conf.get("file"):
+            checker = policy_client.LocalPolicy(conf["file"])
+        else:
+            checker = policy_client.PolicyClient(conf["url"], ca_file=conf.get("ca_file"), client_cert=conf.get("client_cert"),
+                                                 client_key=conf.get("client_key"), timeout=conf.get("timeout", 5))
+
+        def check(params):
+            try:
+                result = checker.check("enrollsvc::add_request", "%s-%s" % (operation, uuid.uuid4().hex), params)
+            except HcpError as exc:
+                raise enroll.PolicyRejectedError("policy service unavailable, enrollment refused: %s" % exc)
+            if not result.accepted:
+                raise enroll.PolicyRejectedError("enrollment rejected by policy (rule %s)" % (result.rule,))
+        return check
+
     def _write(self, request):
         writer = self.config.get("writer")
         if not writer:
@@ -143,7 +168,9 @@ class EnrollmentService(object):
                     data = base64.b64decode(ekpub, validate=True)
                 except ValueError:
                     raise ServiceError(400, "ekpub is neither PEM nor base64")
-            h, host, files, summary = enroll.build_entry(self.enrollment_config(), data, request.get("hostname"), request.get("profile"))
+            h, host, files, summary = enroll.build_entry(
+                self.enrollment_config(), data, request.get("hostname"), request.get("profile"),
+                policy_check=self.policy_check("add"), caller=request.get("caller"))
             self.db.add(h, host, files, message="add: %s %s by %s" % (host, h, who))
             return summary
         if op == "reenroll":
@@ -155,7 +182,8 @@ class EnrollmentService(object):
                 raise enroll_db.NotEnrolledError("no enrollment for ekpubhash %s" % h)
             host = current["hostname"].decode().strip()
             _h, _host, files, summary = enroll.build_entry(
-                self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll")
+                self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll",
+                policy_check=self.policy_check("reenroll"), caller=request.get("caller"))
             self.db.add(h, host, files, message="reenroll: %s %s by %s" % (host, h, who), replace=True)
             return summary
         if op == "delete":

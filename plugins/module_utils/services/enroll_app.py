@@ -29,6 +29,7 @@ def create_app(config=None):
     ``require_client_cert`` (default true) refuses requests without a verified client cert."""
     config = config if config is not None else load_config(CONFIG_ENV, required=True)
     app = create_app_base("hcp-enroll", config)
+    app.config["HCP_CONFIG"] = config
     service = EnrollmentService(config)
     require_cert = config.get("require_client_cert", True)
 

@@ -102,3 +102,37 @@ def test_malformed_ek_duplicate_unknown_and_unauthenticated(site):
     assert call(site, "post", "/v1/reenroll", data={"ekpubhash": "0" * 64}).status_code == 404
     assert call(site, "post", "/v1/delete", data={"ekpubhash": "0" * 64}).status_code == 404
     assert call(site, "post", "/v1/reenroll", data={"ekpubhash": "xyz"}).status_code == 400
+
+
+EXAMPLE_POLICY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "examples", "policy", "enrollment-policy.json")
+
+
+def with_policy(site, policy):
+    """The same site with a policy, for the web process and the writer alike."""
+    config = dict(site["app"].config["HCP_CONFIG"], policy=policy)
+    path = config["writer"][-1] + ".policy.json"
+    with open(path, "w") as handle:
+        json.dump(dict((k, v) for k, v in config.items() if k != "writer"), handle)
+    config["writer"] = config["writer"][:-1] + [path]
+    return dict(site, app=create_app(config))
+
+
+@pytest.mark.parametrize("policy", [{"file": EXAMPLE_POLICY}, {"url": "https://127.0.0.1:9", "timeout": 2}])
+def test_policy_rejected_enrollment_writes_nothing(site, policy):
+    """The example policy refuses a pkinit-kdc certificate to a non-KDC host; an unreachable
+    policy service refuses everything (fail closed). Neither writes to the DB."""
+    guarded = with_policy(site, policy)
+    head = site["db"].head()
+    r = call(guarded, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "ws9.example.test",
+                                                "profile": json.dumps({"assets": ["hostname", "pkinit-kdc"]})})
+    assert r.status_code == 403, r.get_json()
+    assert "polic" in r.get_json()["error"]
+    assert site["db"].head() == head
+    assert site["db"].query("") == []
+
+
+def test_policy_accepted_enrollment(site):
+    guarded = with_policy(site, {"file": EXAMPLE_POLICY})
+    r = call(guarded, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "ws1.example.test",
+                                                "profile": json.dumps({"assets": ["hostname"]})})
+    assert r.status_code == 201, r.get_json()
