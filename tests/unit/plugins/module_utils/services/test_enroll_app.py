@@ -123,8 +123,8 @@ def test_policy_rejected_enrollment_writes_nothing(site, policy):
     policy service refuses everything (fail closed). Neither writes to the DB."""
     guarded = with_policy(site, policy)
     head = site["db"].head()
-    r = call(guarded, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "ws9.example.test",
-                                                "profile": json.dumps({"assets": ["hostname", "pkinit-kdc"]})})
+    data = {"ekpub": site["ek"], "hostname": "ws9.example.test", "profile": json.dumps({"assets": ["hostname", "pkinit-kdc"]})}
+    r = call(guarded, "post", "/v1/add", data=data)
     assert r.status_code == 403, r.get_json()
     assert "polic" in r.get_json()["error"]
     assert site["db"].head() == head
@@ -133,6 +133,6 @@ def test_policy_rejected_enrollment_writes_nothing(site, policy):
 
 def test_policy_accepted_enrollment(site):
     guarded = with_policy(site, {"file": EXAMPLE_POLICY})
-    r = call(guarded, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "ws1.example.test",
-                                                "profile": json.dumps({"assets": ["hostname"]})})
+    data = {"ekpub": site["ek"], "hostname": "ws1.example.test", "profile": json.dumps({"assets": ["hostname"]})}
+    r = call(guarded, "post", "/v1/add", data=data)
     assert r.status_code == 201, r.get_json()
