@@ -1,0 +1,156 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Helpers shared by the hcp.core WSGI applications.
+
+Role hcp.core.webapi runs every app behind nginx, which terminates TLS and passes the
+client certificate (when the site requires one) as WSGI environ entries:
+
+* ``SSL_CLIENT_VERIFY``: ``SUCCESS`` only when nginx verified the certificate against the
+  configured CA bundle; anything else (empty, ``NONE``, ``FAILED:...``) is unauthenticated.
+* ``SSL_CLIENT_CERT``: the URL-escaped PEM certificate (nginx ``$ssl_client_escaped_cert``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import unquote
+
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
+
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+except ImportError:  # pragma: no cover - exercised by the sanity import test only
+    x509 = None
+    hashes = None
+    NameOID = None
+
+try:
+    import flask
+except ImportError:  # pragma: no cover - exercised by the sanity import test only
+    flask = None
+
+VERIFY_SUCCESS = "SUCCESS"
+DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
+
+
+class ServiceConfigError(HcpError):
+    """A service configuration file is missing, unreadable or not a JSON object."""
+
+
+def _require_cryptography():
+    if x509 is None:
+        raise MissingDependencyError("the Python library 'cryptography' is required to read client certificates")
+
+
+def _require_flask():
+    if flask is None:
+        raise MissingDependencyError("the Python library 'flask' is required to run hcp.core web services")
+
+
+def client_identity(environ):
+    """Return the verified client certificate identity from a WSGI environ, or None.
+
+    None unless nginx reported ``SSL_CLIENT_VERIFY == "SUCCESS"`` and passed a parsable
+    certificate. The result is a dict: ``subject`` (RFC 4514 string), ``cn`` (first common
+    name or None), ``emails`` and ``dns`` (subjectAltName entries), ``pem`` (the certificate,
+    public) and ``fingerprint_sha256`` (lowercase hex of the DER).
+    """
+    if environ.get("SSL_CLIENT_VERIFY") != VERIFY_SUCCESS:
+        return None
+    escaped = environ.get("SSL_CLIENT_CERT") or ""
+    if not escaped:
+        return None
+    _require_cryptography()
+    pem = unquote(escaped)
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    emails = []
+    dns = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        emails = san.get_values_for_type(x509.RFC822Name)
+        dns = san.get_values_for_type(x509.DNSName)
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "cn": str(cns[0].value) if cns else None,
+        "emails": list(emails),
+        "dns": list(dns),
+        "pem": pem,
+        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(),
+    }
+
+
+def json_error(status, message, **extra):
+    """Flask JSON error response ``{"error": message, **extra}`` with the given status."""
+    _require_flask()
+    body = {"error": message}
+    body.update(extra)
+    response = flask.jsonify(body)
+    response.status_code = status
+    return response
+
+
+def load_config(env_var, required=False):
+    """Read the JSON object named by environment variable ``env_var``.
+
+    Returns {} when the variable is unset and ``required`` is false.
+    """
+    path = os.environ.get(env_var)
+    if not path:
+        if required:
+            raise ServiceConfigError("environment variable %s (configuration file path) is not set" % env_var)
+        return {}
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise ServiceConfigError("cannot read configuration file %s: %s" % (path, exc.strerror)) from None
+    except ValueError:
+        raise ServiceConfigError("configuration file %s is not valid JSON" % path) from None
+    if not isinstance(data, dict):
+        raise ServiceConfigError("configuration file %s must hold a JSON object" % path)
+    return data
+
+
+def create_app_base(name, config=None):
+    """Flask app with JSON 404/405/413/500 handlers, MAX_CONTENT_LENGTH and GET /healthcheck.
+
+    ``config`` may set ``max_content_length`` (bytes, default 1 MiB).
+    """
+    _require_flask()
+    config = config or {}
+    app = flask.Flask(name)
+    app.config["MAX_CONTENT_LENGTH"] = int(config.get("max_content_length", DEFAULT_MAX_CONTENT_LENGTH))
+    app.json.sort_keys = True
+
+    @app.errorhandler(404)
+    def _not_found(exc):  # pylint: disable=unused-argument
+        return json_error(404, "not found")
+
+    @app.errorhandler(405)
+    def _not_allowed(exc):  # pylint: disable=unused-argument
+        return json_error(405, "method not allowed")
+
+    @app.errorhandler(413)
+    def _too_large(exc):  # pylint: disable=unused-argument
+        return json_error(413, "request body too large")
+
+    @app.errorhandler(500)
+    def _internal(exc):  # pylint: disable=unused-argument
+        return json_error(500, "internal error")
+
+    @app.get("/healthcheck")
+    def _healthcheck():
+        return flask.jsonify({"status": "ok"})
+
+    return app
