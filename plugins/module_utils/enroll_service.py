@@ -77,7 +77,14 @@ class EnrollmentService(object):
         return _read(os.path.join(self.config["credentials_dir"], "signer.pub.pem"))
 
     def query(self, prefix, nofiles=False):
-        return {"entries": self.db.query(prefix.lower(), nofiles=nofiles)}
+        """Entries by ekpubhash prefix; with files, each carries its client profile (what
+        the client sent, not secret) so clients can enroll idempotently."""
+        entries = self.db.query(prefix.lower(), nofiles=nofiles)
+        if not nofiles:
+            for entry in entries:
+                raw = self.db.read_file(enroll_db.entry_dir(entry["ekpubhash"]) + "/clientprofile")
+                entry["clientprofile"] = json.loads(raw) if raw else None
+        return {"entries": entries}
 
     def find(self, regex):
         return {"entries": self.db.find(regex)}
