@@ -260,18 +260,15 @@ class EnrollmentDb(object):
         return None
 
     # -- writes ---------------------------------------------------------------
-    def _shard_update(self, hostname, ekpubhash=None, remove=None):
-        """New content of the index shard of ``hostname`` adding (hostname, ekpubhash) and/or
-        removing the pair ``remove``."""
-        path = hostname_shard(hostname)
+    @staticmethod
+    def _shard_bytes(rows):
+        """The stored form of an index shard (sorted, so equal content gives equal blobs)."""
+        rows = sorted(rows, key=lambda r: (r["hostname"], r["ekpubhash"]))
+        return (json.dumps(rows, sort_keys=True, indent=0) + "\n").encode()
+
+    def _shard_rows(self, path):
         data = self.read_file(path)
-        rows = json.loads(data) if data else []
-        if remove:
-            rows = [r for r in rows if (r["hostname"], r["ekpubhash"]) != remove]
-        if ekpubhash:
-            rows.append({"hostname": hostname, "ekpubhash": ekpubhash})
-        rows.sort(key=lambda r: (r["hostname"], r["ekpubhash"]))
-        return path, (json.dumps(rows, sort_keys=True, indent=0) + "\n").encode()
+        return json.loads(data) if data else []
 
     @staticmethod
     def _check_files(files):
@@ -310,8 +307,8 @@ class EnrollmentDb(object):
             if replace:
                 deletes.append(base)
             else:
-                path, data = self._shard_update(hostname, ekpubhash)
-                out[path] = data
+                path = hostname_shard(hostname)
+                out[path] = self._shard_bytes(self._shard_rows(path) + [{"hostname": hostname, "ekpubhash": ekpubhash}])
             verb = "reenroll" if replace else "add"
             return self._commit(message or "%s: %s %s" % (verb, hostname, ekpubhash), out, deletes)
 
@@ -324,17 +321,13 @@ class EnrollmentDb(object):
             victims = self.query(prefix, nofiles=True)
             if not victims:
                 raise NotEnrolledError("no enrollment matches ekpubhash prefix %s" % prefix)
-            files, deletes = {}, []
-            shards = {}
+            deletes, shards = [], {}
             for v in victims:
                 deletes.append(entry_dir(v["ekpubhash"]))
                 path = hostname_shard(v["hostname"])
-                data = shards.get(path)
-                rows = json.loads(data) if data is not None else json.loads(self.read_file(path) or b"[]")
-                rows = [r for r in rows if (r["hostname"], r["ekpubhash"]) != (v["hostname"], v["ekpubhash"])]
-                shards[path] = json.dumps(rows, sort_keys=True, indent=0) + "\n"
-            for path, data in shards.items():
-                files[path] = data.encode()
+                rows = shards[path] if path in shards else self._shard_rows(path)
+                shards[path] = [r for r in rows if (r["hostname"], r["ekpubhash"]) != (v["hostname"], v["ekpubhash"])]
+            files = dict((path, self._shard_bytes(rows)) for path, rows in shards.items())
             self._commit(message or "delete: %s" % " ".join(v["ekpubhash"] for v in victims), files, deletes)
             return victims
 
@@ -346,10 +339,7 @@ class EnrollmentDb(object):
             shards = {}
             for e in entries:
                 shards.setdefault(hostname_shard(e["hostname"]), []).append({"hostname": e["hostname"], "ekpubhash": e["ekpubhash"]})
-            files = {}
-            for path, rows in shards.items():
-                rows.sort(key=lambda r: (r["hostname"], r["ekpubhash"]))
-                files[path] = (json.dumps(rows, sort_keys=True, indent=0) + "\n").encode()
+            files = dict((path, self._shard_bytes(rows)) for path, rows in shards.items())
             current = dict((r[2], r[1]) for r in self._ls("hn2ek/") if r[0] == "blob")
             stale = [p for p in current if p not in files]
             changed = dict((p, d) for p, d in files.items() if self.read_file(p) != d)

@@ -154,3 +154,17 @@ def create_app_base(name, config=None):
         return flask.jsonify({"status": "ok"})
 
     return app
+
+
+class LazyApplication(object):
+    """WSGI callable building its app with ``factory()`` on the first request, so a service
+    module imports without its configuration (or without Flask: import sanity)."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._app = None
+
+    def __call__(self, environ, start_response):
+        if self._app is None:
+            self._app = self._factory()
+        return self._app(environ, start_response)

@@ -16,6 +16,7 @@ from ansible_collections.hcp.core.plugins.module_utils.enroll_service import Enr
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.services.common import (
     client_identity,
+    LazyApplication,
     create_app_base,
     json_error,
     load_config,
@@ -121,12 +122,5 @@ def create_app(config=None):
     return app
 
 
-_APP = None
-
-
-def application(environ, start_response):
-    """WSGI entry point for uwsgi (the app is built on first request from $HCP_ENROLL_CONFIG)."""
-    global _APP  # pylint: disable=global-statement
-    if _APP is None:
-        _APP = create_app()
-    return _APP(environ, start_response)
+# WSGI entry point for uwsgi (built on the first request from $HCP_ENROLL_CONFIG).
+application = LazyApplication(create_app)

@@ -34,19 +34,7 @@ def create_app(config=None):
     return app
 
 
-class _LazyApplication:
-    """WSGI callable building the app on first request (used when Flask is not importable)."""
-
-    def __init__(self):
-        self._app = None
-
-    def __call__(self, environ, start_response):
-        if self._app is None:
-            self._app = create_app()
-        return self._app(environ, start_response)
-
-
 # Built at import when Flask is there, so uwsgi (need-app) refuses to start on a bad
 # configuration; without Flask importing still works (ansible-test import sanity) and the
 # first request reports the missing dependency.
-application = create_app() if common.flask is not None else _LazyApplication()
+application = create_app() if common.flask is not None else common.LazyApplication(create_app)

@@ -146,17 +146,4 @@ def create_app(config=None):
     return app
 
 
-class _LazyApplication:
-    """WSGI callable building the app on first request (used when Flask is not importable
-    or no configuration is named)."""
-
-    def __init__(self):
-        self._app = None
-
-    def __call__(self, environ, start_response):
-        if self._app is None:
-            self._app = create_app()
-        return self._app(environ, start_response)
-
-
-application = _LazyApplication()
+application = common.LazyApplication(create_app)
