@@ -223,6 +223,22 @@ class EnrollmentDb(object):
         hashes = [h.decode().strip() for h in self._read_blobs([r[1] for r in rows])]
         return sorted(h for h in hashes if h.startswith(prefix))
 
+    def entry_files_named(self, name, rev=None):
+        """{ekpubhash: bytes} of the file ``name`` in every entry that has one (one ls-tree
+        and one cat-file whatever the DB size; the re-enroller reads every reenroll-hint so)."""
+        rows = [r for r in self._ls("ekpubhash/", recursive=True, rev=rev) if r[0] == "blob" and r[2].count("/") == 4]
+        wanted, hash_oids = {}, {}
+        for _kind, oid, path in rows:
+            directory, base = path.rsplit("/", 1)
+            if base == name:
+                wanted[directory] = oid
+            if base == "ekpubhash":
+                hash_oids[directory] = oid
+        dirs = sorted(d for d in wanted if d in hash_oids)
+        blobs = self._read_blobs([hash_oids[d] for d in dirs] + [wanted[d] for d in dirs])
+        hashes = [h.decode().strip() for h in blobs[:len(dirs)]]
+        return dict(zip(hashes, blobs[len(dirs):]))
+
     def get(self, ekpubhash, rev=None):
         """{file name: bytes} of one entry, or None."""
         rows = self._ls(entry_dir(ekpubhash) + "/", rev=rev)

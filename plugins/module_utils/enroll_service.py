@@ -12,7 +12,7 @@ benchmarks, the CLI) writes run in-process.
 
 Configuration (JSON, docs/enrollment-service.md): db, credentials_dir (ca.key, ca.pem,
 signer.key, signer.pub.pem), preclient, postclient, realm, env, secrets_dir,
-vendor_ca_dir, require_ek_cert, writer.
+vendor_ca_dir, require_ek_cert, writer, signer_pub, policy.
 """
 
 from __future__ import annotations
@@ -74,7 +74,8 @@ class EnrollmentService(object):
 
     # -- reads (any process) -------------------------------------------------------
     def asset_signer(self):
-        return _read(os.path.join(self.config["credentials_dir"], "signer.pub.pem"))
+        # signer_pub: a copy the web user may read when credentials_dir is closed to it.
+        return _read(self.config.get("signer_pub") or os.path.join(self.config["credentials_dir"], "signer.pub.pem"))
 
     def query(self, prefix, nofiles=False):
         """Entries by ekpubhash prefix; with files, each carries its client profile (what
