@@ -7,6 +7,8 @@ Wire format: docs/enrollment-service.md. Logic: enroll_service.py."""
 
 from __future__ import annotations
 
+import fnmatch
+
 try:
     import flask
 except ImportError:  # pragma: no cover - checked by create_app_base
@@ -33,11 +35,17 @@ def create_app(config=None):
     app.config["HCP_CONFIG"] = config
     service = EnrollmentService(config)
     require_cert = config.get("require_client_cert", True)
+    # Enrolled hosts may hold client certificates from the same CA: only these common
+    # names (shell patterns) may use the API. None = any verified certificate.
+    authorized = config.get("authorized_clients")
 
     def caller():
         ident = client_identity(flask.request.environ)
         if ident is None and require_cert:
             raise ServiceError(403, "a verified client certificate is required")
+        if ident is not None and authorized is not None and not any(
+                fnmatch.fnmatchcase(ident.get("cn") or "", pattern) for pattern in authorized):
+            raise ServiceError(403, "client %r is not authorized for the enrollment API" % (ident.get("cn"),))
         return dict((k, v) for k, v in (ident or {}).items() if k != "pem")
 
     def run(func):

@@ -136,3 +136,16 @@ def test_policy_accepted_enrollment(site):
     data = {"ekpub": site["ek"], "hostname": "ws1.example.test", "profile": json.dumps({"assets": ["hostname"]})}
     r = call(guarded, "post", "/v1/add", data=data)
     assert r.status_code == 201, r.get_json()
+
+
+def test_only_authorized_client_names_may_call(site):
+    """A certificate from the same CA (e.g. an enrolled host's) but with a name outside
+    authorized_clients is refused; the orchestrator's name passes."""
+    head = site["db"].head()
+    denied = dict(site, app=create_app(dict(site["app"].config["HCP_CONFIG"], authorized_clients=["attest-*"])))
+    r = call(denied, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "a.example.test"})
+    assert r.status_code == 403 and "orchestrator" in r.get_json()["error"]
+    assert call(denied, "get", "/v1/query").status_code == 403
+    assert site["db"].head() == head
+    allowed = dict(site, app=create_app(dict(site["app"].config["HCP_CONFIG"], authorized_clients=["orch*"])))
+    assert call(allowed, "get", "/v1/query").status_code == 200
