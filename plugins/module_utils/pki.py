@@ -479,6 +479,22 @@ def _ensure_dir(directory):
     os.chmod(directory, 0o700)
 
 
+def site_credential_files(client_names):
+    """{label: file name} of the seed credentials bootstrap_site_credentials manages."""
+    files = {"ca_key": "ca.key", "ca_cert": "ca.pem", "signer_key": "signer.key", "signer_pub": "signer.pub.pem",
+             "server_key": "server.key", "server_cert": "server.pem"}
+    for name in client_names:
+        files["client_%s_key" % name] = "client-%s.key" % name
+        files["client_%s_cert" % name] = "client-%s.pem" % name
+    return files
+
+
+def missing_site_credentials(directory, client_names):
+    """Labels of the seed credentials absent from ``directory`` (what a bootstrap would create)."""
+    return sorted(label for label, name in site_credential_files(client_names).items()
+                  if not os.path.exists(os.path.join(directory, name)))
+
+
 def bootstrap_site_credentials(directory, site_name, server_names, client_names, now=None, days=3650,
                                ca_kind="rsa-3072"):
     """Create the site's seed credentials in ``directory`` (0700), each only if absent:
@@ -491,6 +507,9 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
     now = _now(now)
     if not server_names:
         raise PkiError("bootstrap needs at least one server name")
+    for name in client_names:  # checked before anything is written
+        if not name or "/" in name or name.startswith("."):
+            raise PkiError("invalid client name %r" % (name,))
     _ensure_dir(directory)
     paths, created = {}, []
 

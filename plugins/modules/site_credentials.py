@@ -1,0 +1,154 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: site_credentials
+short_description: Create a site's seed credentials (enrollment CA, asset signer, TLS certificates)
+version_added: 0.1.0
+description:
+  - Creates, in O(path), each seed credential a site needs that is not there yet, so a fresh site needs no
+    hand-made keys or certificates. Existing files are never replaced, so running it again changes nothing.
+  - The enrollment CA (C(ca.key), C(ca.pem); RSA-3072, because Heimdal's PKINIT cannot verify ECDSA-signed
+    certificates), the asset signer (C(signer.key), C(signer.pub.pem); ECDSA P-256), the server TLS certificate
+    (C(server.key), C(server.pem) with the CA chain) for O(server_names), and one TLS client certificate per
+    O(client_names) entry (C(client-NAME.key), C(client-NAME.pem)).
+  - Private keys are written atomically with mode V(0600) in a V(0700) directory; certificates and public keys
+    V(0644). O(owner) and O(group) are applied to the directory and every file.
+  - Nothing secret is returned; only the paths and the public CA certificate and signer key.
+author:
+  - HCP maintainers (@hcp-core)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports what would be created without creating it.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    support: full
+requirements:
+  - cryptography (on the target; the hcp.core runtime venv has it)
+options:
+  path:
+    description: Directory of the credentials (created V(0700) when absent).
+    type: path
+    required: true
+  site:
+    description: Site name, used in the CA's common name and the certificates' organisation.
+    type: str
+    required: true
+  server_names:
+    description: DNS names of the server TLS certificate (the first one is also its common name).
+    type: list
+    elements: str
+    required: true
+  client_names:
+    description: One TLS client certificate is made per name (its common name), for example V(orchestrator).
+    type: list
+    elements: str
+    default: []
+  owner:
+    description: Owner of the directory and the files.
+    type: str
+  group:
+    description: Group of the directory and the files.
+    type: str
+notes:
+  - The server certificate's names are fixed at creation; to change them remove C(server.key) and C(server.pem).
+seealso:
+  - role: hcp.core.enrollment_server
+"""
+
+EXAMPLES = r"""
+- name: Seed the site credentials on the enrollment server
+  hcp.core.site_credentials:
+    path: /etc/hcp/enroll/pki
+    site: lab
+    server_names: [enroll.example.net, localhost]
+    client_names: [orchestrator]
+    owner: hcp-enroll-db
+    group: hcp-enroll-db
+  register: creds
+"""
+
+RETURN = r"""
+paths:
+  description: Path of every credential file by label (C(ca_key), C(ca_cert), C(signer_key), C(signer_pub),
+    C(server_key), C(server_cert), C(client_NAME_key), C(client_NAME_cert)).
+  returned: always
+  type: dict
+created:
+  description: Labels of the files created by this run (in check mode, that would be created).
+  returned: always
+  type: list
+  elements: str
+ca_cert:
+  description: The enrollment CA certificate (PEM; public). Empty in check mode before the first run.
+  returned: always
+  type: str
+signer_public_key:
+  description: The asset signer's public key (PEM; public). Empty in check mode before the first run.
+  returned: always
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
+
+
+def _read_text(path):
+    try:
+        with open(path, "r") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            site=dict(type="str", required=True),
+            server_names=dict(type="list", elements="str", required=True),
+            client_names=dict(type="list", elements="str", default=[]),
+            owner=dict(type="str"),
+            group=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    directory = params["path"]
+    if not params["server_names"]:
+        module.fail_json(msg="server_names must name at least one DNS name")
+    files = pki.site_credential_files(params["client_names"])
+    paths = dict((label, os.path.join(directory, name)) for label, name in files.items())
+    try:
+        if module.check_mode:
+            created = pki.missing_site_credentials(directory, params["client_names"])
+        else:
+            created = sorted(pki.bootstrap_site_credentials(directory, params["site"], params["server_names"],
+                                                           params["client_names"])["created"])
+    except HcpError as exc:
+        fail_on_hcp_error(module, exc)
+    changed = bool(created)
+    for target in [directory] + sorted(paths.values()):
+        if os.path.exists(target):
+            changed = module.set_owner_if_different(target, params["owner"], changed)
+            changed = module.set_group_if_different(target, params["group"], changed)
+    module.exit_json(changed=changed, paths=paths, created=created, ca_cert=_read_text(paths["ca_cert"]),
+                     signer_public_key=_read_text(paths["signer_pub"]))
+
+
+if __name__ == "__main__":
+    main()

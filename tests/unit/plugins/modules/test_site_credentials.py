@@ -1,0 +1,58 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""hcp.core.site_credentials on real files: check mode, creation, idempotence, modes, no secrets out."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.modules import site_credentials
+
+
+def run(args, capsys):
+    with patch_module_args(args):
+        with pytest.raises(SystemExit) as exit_info:
+            site_credentials.main()
+    raw = capsys.readouterr().out
+    out = json.loads(raw)
+    out["rc"] = exit_info.value.code
+    out["raw"] = raw
+    return out
+
+
+def test_bootstrap_check_mode_idempotence(tmp_path, capsys):
+    path = str(tmp_path / "pki")
+    args = {"path": path, "site": "lab", "server_names": ["enroll.example.test", "localhost"],
+            "client_names": ["orchestrator"]}
+    out = run(dict(args, _ansible_check_mode=True), capsys)
+    assert out["changed"] and "client_orchestrator_key" in out["created"] and not os.path.exists(path)
+    out = run(args, capsys)
+    assert out["rc"] == 0 and out["changed"] and len(out["created"]) == 8
+    assert "PRIVATE KEY" not in out["raw"] and "BEGIN CERTIFICATE" in out["ca_cert"]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(out["paths"]["ca_key"]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(out["paths"]["server_cert"]).st_mode) == 0o644
+    with open(out["paths"]["server_cert"], "rb") as handle:
+        chain = pki.load_certificates(handle.read())
+    assert len(chain) == 2
+    before = dict((p, open(p, "rb").read()) for p in out["paths"].values())
+    again = run(args, capsys)
+    assert not again["changed"] and again["created"] == []
+    assert dict((p, open(p, "rb").read()) for p in again["paths"].values()) == before
+    # A new client name adds only its pair.
+    more = run(dict(args, client_names=["orchestrator", "attest-1"]), capsys)
+    assert sorted(more["created"]) == ["client_attest-1_cert", "client_attest-1_key"]
+
+
+def test_bad_input(tmp_path, capsys):
+    out = run({"path": str(tmp_path / "p"), "site": "lab", "server_names": []}, capsys)
+    assert out["failed"] and "server_names" in out["msg"]
+    out = run({"path": str(tmp_path / "p2"), "site": "lab", "server_names": ["a"], "client_names": ["../x"]}, capsys)
+    assert out["failed"] and "invalid client name" in out["msg"]
+    assert not os.path.exists(str(tmp_path / "p2"))
