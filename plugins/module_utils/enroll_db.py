@@ -24,6 +24,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
@@ -97,6 +98,8 @@ class EnrollmentDb(object):
         self._git("init", "-q", "--bare", "--initial-branch", BRANCH)
         self._git("config", "gc.autoDetach", "false")
         self._git("config", "receive.denyNonFastForwards", "true")
+        # erepl serves the DB read-only over git-http-backend: never accept a push.
+        self._git("config", "http.receivepack", "false")
         fmt = json.dumps({"format": FORMAT, "version": VERSION}, sort_keys=True).encode() + b"\n"
         with self.lock():
             if not self.head():
@@ -368,3 +371,28 @@ class EnrollmentDb(object):
         """The latest commits: [{commit, time, message}] (the audit trail)."""
         out = self._git("log", "-n", str(limit), "--format=%H%x00%ct%x00%s", self.ref).decode("utf-8", "replace")
         return [dict(zip(("commit", "time", "message"), line.split("\0"))) for line in out.splitlines() if line]
+
+
+def main(argv=None):
+    """``python -m ...enroll_db init PATH`` (create if absent; prints {"created", "head"}) or
+    ``... log PATH [N]`` (the audit trail as JSON lines)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2 or argv[0] not in ("init", "log"):
+        sys.stderr.write("usage: enroll_db init PATH | enroll_db log PATH [N]\n")
+        return 2
+    db = EnrollmentDb(argv[1])
+    try:
+        if argv[0] == "init":
+            created = db.init()
+            sys.stdout.write(json.dumps({"created": created, "head": db.head()}) + "\n")
+        else:
+            for entry in db.log(limit=int(argv[2]) if len(argv) > 2 else 20):
+                sys.stdout.write(json.dumps(entry, sort_keys=True) + "\n")
+    except (EnrollDbError, ValueError, OSError) as exc:
+        sys.stderr.write("enroll_db: %s\n" % exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -170,3 +170,19 @@ EnrollmentDb(sys.argv[1]).add("%s", "b.example.test", {"a": b"1", "b": b"2", "c"
     assert db.by_hostname("b.example.test") is None
     db.add(h(3), "c.example.test", {"x": b"1"})
     assert db.by_hostname("c.example.test") == h(3)
+
+
+def test_command_line_init_and_log(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enroll_db"]
+    path = str(tmp_path / "cli-db")
+    first = subprocess.run(cmd + ["init", path], capture_output=True, env=env, check=True)
+    assert json.loads(first.stdout)["created"] is True
+    again = subprocess.run(cmd + ["init", path], capture_output=True, env=env, check=True)
+    assert json.loads(again.stdout) == {"created": False, "head": json.loads(first.stdout)["head"]}
+    log = subprocess.run(cmd + ["log", path], capture_output=True, env=env, check=True)
+    assert json.loads(log.stdout.splitlines()[0])["message"].startswith("init:")
+    cfg = subprocess.run(["git", "--git-dir", path, "config", "http.receivepack"], capture_output=True, check=True)
+    assert cfg.stdout.strip() == b"false"
+    bad = subprocess.run(cmd + ["frob", path], capture_output=True, env=env, check=False)
+    assert bad.returncode == 2 and b"usage" in bad.stderr
