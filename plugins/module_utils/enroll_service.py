@@ -12,13 +12,15 @@ benchmarks, the CLI) writes run in-process.
 
 Configuration (JSON, docs/enrollment-service.md): db, credentials_dir (ca.key, ca.pem,
 signer.key, signer.pub.pem), preclient, postclient, realm, env, secrets_dir,
-vendor_ca_dir, require_ek_cert, writer, signer_pub, policy.
+vendor_ca_dir, require_ek_cert, writer (argv) or writer_socket (unix socket path), signer_pub,
+policy, authorized_clients.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -29,6 +31,37 @@ from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, I
 # Exit codes of the writer process <-> HTTP statuses.
 EXIT_STATUS = {0: 200, 2: 400, 3: 409, 4: 404, 5: 403}
 MAX_REQUEST_BYTES = 256 * 1024
+
+
+WRITER_TIMEOUT = 120
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+def _socket_write(path, request):
+    """Send one request to the socket-activated writer (a fresh process per connection,
+    run by systemd as the DB user); returns (exit code, body)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(WRITER_TIMEOUT)
+            conn.connect(path)
+            conn.sendall(json.dumps(request).encode())
+            conn.shutdown(socket.SHUT_WR)
+            chunks, size = [], 0
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise ServiceError(500, "enrollment writer answer too large")
+                chunks.append(chunk)
+    except OSError as exc:
+        raise ServiceError(500, "enrollment writer unreachable: %s" % (exc.strerror or exc))
+    try:
+        framed = json.loads(b"".join(chunks))
+        return int(framed["exit"]), framed["result"]
+    except (ValueError, KeyError, TypeError):
+        raise ServiceError(500, "enrollment writer gave no valid answer")
 
 
 class ServiceError(HcpError):
@@ -136,16 +169,21 @@ class EnrollmentService(object):
         return check
 
     def _write(self, request):
-        writer = self.config.get("writer")
-        if not writer:
+        if self.config.get("writer_socket"):
+            code, body = _socket_write(self.config["writer_socket"], request)
+        elif self.config.get("writer"):
+            proc = subprocess.run(self.config["writer"], input=json.dumps(request).encode(), capture_output=True,
+                                  timeout=WRITER_TIMEOUT, check=False)
+            code = proc.returncode
+            try:
+                body = json.loads(proc.stdout or b"{}")
+            except ValueError:
+                body = {}
+        else:
             return self.perform(request)
-        proc = subprocess.run(writer, input=json.dumps(request).encode(), capture_output=True, timeout=120, check=False)
-        try:
-            body = json.loads(proc.stdout or b"{}")
-        except ValueError:
-            body = {}
-        if proc.returncode != 0:
-            raise ServiceError(EXIT_STATUS.get(proc.returncode, 500), body.get("error") or "enrollment writer failed")
+        if code != 0:
+            body = body if isinstance(body, dict) else {}
+            raise ServiceError(EXIT_STATUS.get(code, 500), body.get("error") or "enrollment writer failed")
         return body
 
     def add(self, ekpub, hostname, profile, caller=None):
@@ -202,28 +240,42 @@ class EnrollmentService(object):
         raise ServiceError(400, "unknown operation %r" % (op,))
 
 
-def main(argv=None):
-    """Writer entry point: ``python -m ...enroll_service CONFIG`` with the request on stdin."""
-    argv = sys.argv[1:] if argv is None else argv
+def handle(config_path, raw):
+    """One writer request: (exit code, JSON-able body). Never raises for bad input."""
     try:
-        if len(argv) != 1:
-            raise ServiceError(400, "usage: enroll_service CONFIG_JSON < request.json")
-        config = json.loads(_read(argv[0]))
-        raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+        config = json.loads(_read(config_path))
         if len(raw) > MAX_REQUEST_BYTES:
             raise ServiceError(400, "request larger than %d bytes" % MAX_REQUEST_BYTES)
         request = json.loads(raw)
         if not isinstance(request, dict):
             raise ServiceError(400, "request must be a JSON object")
         config.pop("writer", None)  # the writer never re-spawns itself
-        result = EnrollmentService(config).perform(request)
+        config.pop("writer_socket", None)
+        return 0, EnrollmentService(config).perform(request)
     except (HcpError, ValueError) as exc:
         status = classify(exc) if isinstance(exc, HcpError) else 400
-        sys.stdout.write(json.dumps({"error": str(exc)}))
-        code = dict((v, k) for k, v in EXIT_STATUS.items()).get(status, 1)
-        return code
-    sys.stdout.write(json.dumps(result))
-    return 0
+        return dict((v, k) for k, v in EXIT_STATUS.items()).get(status, 1), {"error": str(exc)}
+
+
+def main(argv=None):
+    """Writer entry point: ``python -m ...enroll_service [--socket] CONFIG`` with the request
+    on stdin. Plain: the body on stdout, the outcome as exit code (``writer`` argv). With
+    ``--socket`` (stdin/stdout are a connection of the ``hcp-enroll-writer.socket`` unit,
+    Accept=yes): one JSON object {"exit": code, "result": body} and exit status 0."""
+    argv = sys.argv[1:] if argv is None else argv
+    framed = bool(argv) and argv[0] == "--socket"
+    if framed:
+        argv = argv[1:]
+    if len(argv) != 1:
+        code, body = 2, {"error": "usage: enroll_service [--socket] CONFIG_JSON < request.json"}
+    else:
+        code, body = handle(argv[0], sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1))
+    if framed:
+        sys.stdout.write(json.dumps({"exit": code, "result": body}))
+        sys.stdout.flush()
+        return 0
+    sys.stdout.write(json.dumps(body))
+    return code
 
 
 if __name__ == "__main__":

@@ -149,3 +149,48 @@ def test_only_authorized_client_names_may_call(site):
     assert site["db"].head() == head
     allowed = dict(site, app=create_app(dict(site["app"].config["HCP_CONFIG"], authorized_clients=["orch*"])))
     assert call(allowed, "get", "/v1/query").status_code == 200
+
+
+@pytest.fixture
+def socket_site(site, tmp_path):
+    """The same site with the writer behind a real socket-activated listener (systemd's
+    systemd-socket-activate with --accept --inetd: one writer process per connection, the
+    connection as its stdin/stdout, as the hcp-enroll-writer.socket unit runs it)."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+
+    activate = shutil.which("systemd-socket-activate")
+    if not activate:
+        pytest.skip("systemd-socket-activate is not installed")
+    config = dict(site["app"].config["HCP_CONFIG"])
+    config_path = config["writer"][-1]
+    sock = str(tmp_path / "writer.sock")
+    proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        [activate, "-l", sock, "--accept", "--inetd", "-E", "PYTHONPATH=" + os.pathsep.join(sys.path),
+         sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enroll_service", "--socket", config_path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _attempt in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    config.pop("writer")
+    config["writer_socket"] = sock
+    yield dict(site, app=create_app(config), sock=sock)
+    proc.terminate()
+    proc.wait()
+
+
+def test_socket_activated_writer(socket_site):
+    site = socket_site
+    head = site["db"].head()
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node1.example.test", "profile": json.dumps(PROFILE)})
+    assert r.status_code == 201, r.get_json()
+    assert site["db"].head() != head
+    assert call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node2.example.test"}).status_code == 409
+    assert call(site, "post", "/v1/delete", data={"ekpubhash": "0" * 64}).status_code == 404
+    assert call(site, "post", "/v1/reenroll", data={"ekpubhash": site["hash"]}).status_code == 201
+    os.unlink(site["sock"])
+    r = call(site, "post", "/v1/delete", data={"ekpubhash": site["hash"]})
+    assert r.status_code == 500 and r.get_json()["error"] == "internal error"
+    assert site["db"].get(site["hash"]) is not None
