@@ -1,0 +1,175 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: control_tower_site
+short_description: Manage a site at the hcp.core control tower (registration, re-allow of the unwrap)
+version_added: 0.1.0
+description:
+  - Operator side of site unseal (C(docs/site-unseal.md)), over HTTPS with an operator client certificate.
+  - O(state=present) ensures the site is registered with O(public_key) (optional once registered);
+    O(state=absent) forgets the site (key, token and stored bundle).
+  - A site's stored seal-key bundle unwraps only once. O(reallow_unwrap=true) lets the site unwrap it once more,
+    for example after a controller was restored onto another TPM and the site must re-initialise.
+  - Returns the site's status; never a token or key material.
+author:
+  - HCP maintainers (@hcp-core)
+attributes:
+  check_mode:
+    support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
+  diff_mode:
+    support: none
+    description: No diff is shown (share and key material must not appear in diffs).
+  idempotent:
+    support: full
+    description: Running the same task twice changes nothing the second time.
+options:
+  url:
+    description: Base URL of the control tower, for example V(https://tower.example.test:8443).
+    type: str
+    required: true
+  ca_file:
+    description: CA bundle verifying the tower's TLS certificate (system CAs when omitted).
+    type: path
+  client_cert:
+    description: Operator client certificate (PEM).
+    type: path
+    required: true
+  client_key:
+    description: Private key of O(client_cert).
+    type: path
+  timeout:
+    description: Seconds to wait for each request.
+    type: int
+    default: 30
+  site:
+    description: Site name.
+    type: str
+    required: true
+  state:
+    description: V(present) or V(absent).
+    type: str
+    choices: [present, absent]
+    default: present
+  public_key:
+    description:
+      - The site public key (PEM, as returned by M(hcp.core.site_unseal) in RV(hcp.core.site_unseal#module:public_key)).
+      - Required to register a new site. A different key for a registered site is refused unless O(replace_key=true).
+    type: str
+  replace_key:
+    description: Replace the public key of a registered site (drops its token and bundle).
+    type: bool
+    default: false
+  reallow_unwrap:
+    description: Allow the site's stored bundle to be unwrapped once more (no change when it is already allowed).
+    type: bool
+    default: false
+seealso:
+  - module: hcp.core.site_unseal
+"""
+
+EXAMPLES = r"""
+- name: Let site-a unwrap its bundle again after a controller's TPM was replaced
+  hcp.core.control_tower_site:
+    url: https://tower.example.test:8443
+    ca_file: /etc/hcp/tower-ca.pem
+    client_cert: /etc/hcp/operator.pem
+    client_key: /etc/hcp/operator.key
+    site: site-a
+    reallow_unwrap: true
+  delegate_to: localhost
+
+- name: Forget a decommissioned site
+  hcp.core.control_tower_site:
+    url: https://tower.example.test:8443
+    client_cert: /etc/hcp/operator.pem
+    client_key: /etc/hcp/operator.key
+    site: old-site
+    state: absent
+"""
+
+RETURN = r"""
+status:
+  description: >-
+    The site's status at the tower: registered, has_token, has_bundle, unwrap_allowed, last_unwrap, counts
+    (tokens_issued, stores, unwraps, refused_unwraps, reallows), public_key and timestamps.
+  returned: always
+  type: dict
+  sample: {"site": "site-a", "registered": true, "has_bundle": true, "unwrap_allowed": false}
+actions:
+  description: What was (or would be) done, among V(registered), V(replaced_key), V(reallowed), V(deleted).
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.site_unseal import ControlTowerClient
+
+
+def _same_key(a, b):
+    return (a or "").strip() == (b or "").strip()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            url=dict(type="str", required=True),
+            ca_file=dict(type="path"),
+            client_cert=dict(type="path", required=True),
+            client_key=dict(type="path", no_log=False),
+            timeout=dict(type="int", default=30),
+            site=dict(type="str", required=True),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            public_key=dict(type="str"),
+            replace_key=dict(type="bool", default=False),
+            reallow_unwrap=dict(type="bool", default=False),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    site = p["site"]
+    actions = []
+    try:
+        client = ControlTowerClient(p["url"], p["ca_file"], p["client_cert"], p["client_key"], p["timeout"])
+        status = client.status(site)
+        if p["state"] == "absent":
+            if status["registered"]:
+                actions.append("deleted")
+                if not module.check_mode:
+                    client.delete_site(site)
+                    status = {"site": site, "registered": False}
+            module.exit_json(changed=bool(actions), status=status, actions=actions)
+        if not status["registered"]:
+            if not p["public_key"]:
+                module.fail_json(msg="site %s is not registered: public_key is required to register it" % site,
+                                 status=status)
+            actions.append("registered")
+        elif p["public_key"] and not _same_key(p["public_key"], status["public_key"]):
+            if not p["replace_key"]:
+                module.fail_json(msg="site %s is registered with another public key (set replace_key to replace it)"
+                                 % site, status=status)
+            actions.append("replaced_key")
+        if actions and not module.check_mode:
+            status = client.register_site(site, p["public_key"], replace=p["replace_key"])[0]
+        if p["reallow_unwrap"]:
+            if not status.get("has_bundle"):
+                module.warn("site %s has no stored bundle: nothing to re-allow" % site)
+            elif not status["unwrap_allowed"]:
+                actions.append("reallowed")
+                if not module.check_mode:
+                    status = client.reallow_unwrap(site)[0]
+    except HcpError as exc:
+        module.fail_json(msg=str(exc), error=type(exc).__name__, status_code=getattr(exc, "status", None))
+    module.exit_json(changed=bool(actions), status=status, actions=actions)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: shamir_share
+short_description: Write, read or inspect this host's protected Shamir share
+version_added: 0.1.0
+description:
+  - Manages the site unseal share of one controller host (see C(docs/site-unseal.md) and
+    C(docs/shamir-share-format.md)).
+  - V(write) protects the share with the host's TPM (a persistent AES-256 key at 0x81000002, or the next free
+    handle up to 0x81000005), with a PKCS#11 HSM when O(hsm) is given, or stores it in plaintext, according to
+    O(protect_with_tpm). The file is written atomically with mode V(0600).
+  - V(read) decrypts the share and returns it in RV(share). A share the TPM or HSM can no longer decrypt (TPM
+    replaced or cleared) is reported with RV(reinit_needed=true) instead of a failure.
+  - V(inspect) reports the protection recorded in the file without decrypting it.
+author:
+  - HCP maintainers (@hcp-core)
+attributes:
+  check_mode:
+    support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
+  diff_mode:
+    support: none
+    description: No diff is shown (share and key material must not appear in diffs).
+  idempotent:
+    support: full
+    description: Writing the same share with the same protection changes nothing.
+  platform:
+    platforms: posix
+    support: full
+    description: Target OS/families that can be operated against.
+options:
+  path:
+    description: The share file.
+    type: path
+    required: true
+  state:
+    description: V(write), V(read) or V(inspect).
+    type: str
+    choices: [write, read, inspect]
+    default: write
+  share:
+    description: The share text (C(hcpshare1.)...), required for O(state=write).
+    type: str
+  protect_with_tpm:
+    description:
+      - V(best-effort) uses the TPM when usable, else plaintext.
+      - V(require) refuses to write when the TPM is unusable on a host that is not O(operational) yet (the host stays
+        sealed); on an operational host it falls back to plaintext. Both raise the C(tpm-protection-unavailable) alert
+        (RV(alert)).
+      - V(never) always stores plaintext.
+    type: str
+    choices: [best-effort, require, never]
+    default: best-effort
+  operational:
+    description: Whether this host has already been operational (changes the V(require) behaviour).
+    type: bool
+    default: false
+  tcti:
+    description: TCTI of the TPM, for example V(device:/dev/tpmrm0) or V(swtpm:host=127.0.0.1,port=2321).
+    type: str
+  hsm:
+    description: Protect with a PKCS#11 token instead of the TPM (unless O(protect_with_tpm=never)).
+    type: dict
+    suboptions:
+      module:
+        description: Path of the PKCS#11 library, for example C(/usr/lib/softhsm/libsofthsm2.so).
+        type: path
+        required: true
+      token_label:
+        description: Label of the token.
+        type: str
+        required: true
+      pin:
+        description: User PIN of the token.
+        type: str
+        required: true
+      key_label:
+        description: Label of the AES-256 key (created when absent).
+        type: str
+        default: hcp-share-key
+  hostname:
+    description: Hostname reported in the alert (default the system hostname).
+    type: str
+notes:
+  - O(state=read) returns the share in clear in RV(share); tasks using it must set C(no_log=true).
+seealso:
+  - module: hcp.core.site_unseal
+"""
+
+EXAMPLES = r"""
+- name: Store this controller's share, TPM-protected when possible
+  hcp.core.shamir_share:
+    path: /var/lib/hcp/unseal.share
+    share: "{{ site_init.shares[inventory_hostname] }}"
+    protect_with_tpm: best-effort
+  no_log: true
+
+- name: Is the share TPM-protected?
+  hcp.core.shamir_share:
+    path: /var/lib/hcp/unseal.share
+    state: inspect
+  register: share_facts
+
+- name: Read the share to hand it to the unsealing controller
+  hcp.core.shamir_share:
+    path: /var/lib/hcp/unseal.share
+    state: read
+  register: my_share
+  no_log: true
+"""
+
+RETURN = r"""
+path:
+  description: The share file.
+  returned: always
+  type: str
+exists:
+  description: Whether the share file exists.
+  returned: always
+  type: bool
+protection:
+  description: V(tpm), V(hsm) or V(plaintext), as recorded in the file.
+  returned: when the file exists (or would in check mode)
+  type: str
+protected_with_tpm:
+  description: Whether the on-disk share is protected by the TPM.
+  returned: when the file exists
+  type: bool
+handle:
+  description: Persistent handle of the TPM share key (hex string), or null.
+  returned: when the file exists
+  type: str
+alert:
+  description: The C(tpm-protection-unavailable) alert (name, severity, kind, hostname, reason), or null.
+  returned: always
+  type: dict
+reason:
+  description: Why the TPM was not used, or null.
+  returned: always
+  type: str
+index:
+  description: Index of the share.
+  returned: when the file exists
+  type: int
+threshold:
+  description: Shares needed to unseal.
+  returned: when the file exists
+  type: int
+count:
+  description: Shares in the set.
+  returned: when the file exists
+  type: int
+set_id:
+  description: Share-set id (hex), the same on every controller of one site generation.
+  returned: when the file exists
+  type: str
+share:
+  description: The share text. Secret; use no_log.
+  returned: O(state=read) and the share decrypted
+  type: str
+reinit_needed:
+  description: The share cannot be decrypted on this host any more (TPM replaced); the site must re-initialise it.
+  returned: O(state=read)
+  type: bool
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hcp.core.plugins.module_utils import share_key
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.hsm import Hsm
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
+from ansible_collections.hcp.core.plugins.module_utils.shamir import Share
+from ansible_collections.hcp.core.plugins.module_utils.share_store import (
+    ProtectionUnavailableError,
+    ShareUndecryptableError,
+    inspect_share,
+    make_alert,
+    read_share,
+    write_share,
+)
+from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+
+
+class _NoHsm(object):
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+def _hsm_context(params):
+    spec = params["hsm"]
+    if not spec:
+        return _NoHsm()
+    return Hsm(spec["module"], spec["token_label"], spec["pin"])
+
+
+def _tpm_usable(tpm_factory):
+    """(usable, reason): can a share key be found or created on this TPM?"""
+    try:
+        with tpm_factory() as tpm:
+            share_key.ensure_share_key(tpm, create=False)
+    except HcpError as exc:
+        return False, "no usable TPM: %s" % exc
+    return True, None
+
+
+def _facts(path):
+    facts = inspect_share(path)
+    return dict(exists=True, protection=facts["protection"], protected_with_tpm=facts["protected_with_tpm"],
+                handle=facts["handle"], index=facts["index"], threshold=facts["threshold"], count=facts["count"],
+                set_id=facts["set_id"])
+
+
+def _write(module, params, tpm_factory, hsm):
+    path, mode = params["path"], params["protect_with_tpm"]
+    try:
+        wanted = Share.from_text(params["share"], "share")
+    except HcpError as exc:
+        module.fail_json(msg=str(exc))
+    current = facts = None
+    if os.path.exists(path):
+        try:
+            facts = inspect_share(path)
+            current = read_share(path, tpm_factory=tpm_factory, hsm=hsm)
+        except HcpError:
+            current = None
+    alert = reason = None
+    if current == wanted:
+        protection = facts["protection"]
+        if mode == "never":
+            up_to_date = protection == "plaintext"
+        elif hsm is not None:
+            up_to_date = protection == "hsm"
+        elif protection == "tpm":
+            up_to_date = True
+        else:  # plaintext now, TPM wanted: rewrite only when the TPM became usable
+            usable, reason = _tpm_usable(tpm_factory)
+            up_to_date = not usable
+            if up_to_date and mode == "require":
+                alert = make_alert(reason, params["hostname"])
+        if up_to_date:
+            return dict(changed=False, alert=alert, reason=reason, **_facts(path))
+    if module.check_mode:
+        return dict(changed=True, exists=os.path.exists(path), alert=None, reason=None)
+    try:
+        result = write_share(path, wanted, mode, tpm_factory=tpm_factory, hsm=hsm, operational=params["operational"],
+                             hostname=params["hostname"])
+    except ProtectionUnavailableError as exc:
+        module.fail_json(msg=str(exc), alert=exc.alert, error=type(exc).__name__)
+    return dict(changed=True, alert=result.alert, reason=result.reason, **_facts(path))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            state=dict(type="str", default="write", choices=["write", "read", "inspect"]),
+            share=dict(type="str", no_log=True),
+            protect_with_tpm=dict(type="str", default="best-effort", choices=["best-effort", "require", "never"]),
+            operational=dict(type="bool", default=False),
+            tcti=dict(type="str"),
+            hsm=dict(type="dict", options=dict(
+                module=dict(type="path", required=True),
+                token_label=dict(type="str", required=True, no_log=False),
+                pin=dict(type="str", required=True, no_log=True),
+                key_label=dict(type="str", default="hcp-share-key", no_log=False),
+            )),
+            hostname=dict(type="str"),
+        ),
+        required_if=[("state", "write", ["share"])],
+        supports_check_mode=True,
+    )
+    params = module.params
+    path = params["path"]
+
+    def tpm_factory():
+        return Tpm(params["tcti"])
+
+    try:
+        if params["state"] == "inspect":
+            if not os.path.exists(path):
+                module.exit_json(changed=False, path=path, exists=False, alert=None, reason=None)
+            module.exit_json(changed=False, path=path, alert=None, reason=None, **_facts(path))
+        if params["state"] == "read":
+            if not os.path.exists(path):
+                module.fail_json(msg="no share file at %s" % path, path=path, exists=False)
+            with _hsm_context(params) as hsm:
+                if hsm is not None:
+                    hsm.ensure_key(params["hsm"]["key_label"])
+                try:
+                    share = read_share(path, tpm_factory=tpm_factory, hsm=hsm)
+                except ShareUndecryptableError as exc:
+                    module.exit_json(changed=False, path=path, reinit_needed=True, reason=str(exc), alert=None,
+                                     **_facts(path))
+            module.exit_json(changed=False, path=path, reinit_needed=False, share=share.to_text(), reason=None,
+                             alert=None, **_facts(path))
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            module.fail_json(msg="directory %s does not exist" % directory)
+        with _hsm_context(params) as hsm:
+            if hsm is not None and params["protect_with_tpm"] != "never":
+                hsm.ensure_key(params["hsm"]["key_label"])
+            elif hsm is not None:
+                hsm = None
+            result = _write(module, params, tpm_factory, hsm)
+    except HcpError as exc:
+        fail_on_hcp_error(module, exc)
+    except OSError as exc:
+        module.fail_json(msg="cannot use %s: %s" % (path, exc.strerror or exc))
+    module.exit_json(path=path, **result)
+
+
+if __name__ == "__main__":
+    main()
