@@ -183,3 +183,61 @@ def test_control_tower_site_present_absent(tower, capsys):
     gone = run(control_tower_site, dict(op, state="absent"), capsys)
     assert gone["changed"] and gone["actions"] == ["deleted"]
     assert run(control_tower_site, dict(op, state="absent"), capsys)["changed"] is False
+
+
+def test_best_effort_upgrades_a_plaintext_share_when_the_tpm_is_usable(tmp_path, capsys, new_swtpm):
+    from ansible_collections.hcp.core.plugins.module_utils import shamir
+    text = shamir.split(b"x" * 64, 3)[0].to_text()
+    path = str(tmp_path / "s")
+    args = {"path": path, "share": text, "tcti": new_swtpm.tcti}
+    assert run(shamir_share, dict(args, protect_with_tpm="never"), capsys)["protection"] == "plaintext"
+    checked = run(shamir_share, dict(args, _ansible_check_mode=True), capsys)
+    assert checked["changed"] is True and run(shamir_share, dict(args, state="inspect"), capsys)["protection"] == "plaintext"
+    upgraded = run(shamir_share, args, capsys)
+    assert upgraded["changed"] and upgraded["protected_with_tpm"] is True
+    assert run(shamir_share, args, capsys)["changed"] is False
+    downgraded = run(shamir_share, dict(args, protect_with_tpm="never"), capsys)
+    assert downgraded["changed"] and downgraded["protected_with_tpm"] is False
+
+
+SOFTHSM = next((m for m in ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+                if os.path.exists(m)), None)
+
+
+@pytest.mark.skipif(SOFTHSM is None, reason="libsofthsm2.so not installed (apt-get install softhsm2)")
+def test_hsm_protected_share_in_a_separate_process(tmp_path):
+    """The module as Ansible runs it (a separate Python process with an args file), so SoftHSM2
+    reads this test's own configuration at C_Initialize."""
+    import subprocess
+    import sys
+    from ansible_collections.hcp.core.plugins.module_utils import shamir
+    tokens = tmp_path / "tokens"
+    tokens.mkdir(mode=0o700)
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n" % tokens)
+    env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+    root = os.path.abspath(shamir_share.__file__)
+    for dummy in range(6):
+        root = os.path.dirname(root)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "hcp-mod", "--pin", "1234-pin",
+                    "--so-pin", "5678-so"], check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    text = shamir.split(b"h" * 48, 3)[1].to_text()
+    path = str(tmp_path / "share")
+
+    def module(args):
+        args_file = tmp_path / "args.json"
+        args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        proc = subprocess.run([sys.executable, shamir_share.__file__, str(args_file)], env=env, check=False,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+        return json.loads(proc.stdout)
+
+    hsm = {"module": SOFTHSM, "token_label": "hcp-mod", "pin": "1234-pin"}
+    wrote = module({"path": path, "share": text, "hsm": hsm, "tcti": NO_TPM})
+    assert wrote["changed"] and wrote["protection"] == "hsm" and wrote["protected_with_tpm"] is False
+    assert "1234-pin" not in json.dumps(wrote)
+    assert module({"path": path, "share": text, "hsm": hsm, "tcti": NO_TPM})["changed"] is False
+    read = module({"path": path, "state": "read", "hsm": hsm})
+    assert read["share"] == text and read["reinit_needed"] is False
+    wrong_pin = module({"path": path, "state": "read", "hsm": dict(hsm, pin="0000-bad")})
+    assert wrong_pin["failed"] and "PIN" in wrong_pin["msg"] and "0000-bad" not in wrong_pin["msg"]
