@@ -193,7 +193,6 @@ from ansible_collections.hcp.core.plugins.module_utils import site_unseal as su
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
     apply_file_attributes,
-    fail_on_hcp_error,
     write_private_file,
 )
 
@@ -279,8 +278,8 @@ def main():
     except su.InsufficientSharesError as exc:
         module.fail_json(msg=str(exc), valid=exc.valid, needed=exc.needed, excluded=exc.excluded,
                          error=type(exc).__name__)
-    except HcpError as exc:
-        fail_on_hcp_error(module, exc)
+    except HcpError as exc:  # MissingDependencyError names cryptography or requests itself
+        module.fail_json(msg=str(exc), error=type(exc).__name__, status_code=getattr(exc, "status", None))
     changed = write_private_file(module, dest, _encode(seal_key, p["key_format"]), True)
     module.exit_json(changed=changed, **out)
 
