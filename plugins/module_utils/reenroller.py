@@ -123,8 +123,8 @@ def main(argv=None):
         with open(argv[0], "rb") as handle:
             config = json.loads(handle.read())
         config.pop("writer", None)  # the timer already runs as the DB user
-        state_path = argv[1] if len(argv) == 2 else os.path.join(os.path.dirname(config["db"].rstrip("/")),
-                                                                  "reenroll-state.json")
+        default_state = os.path.join(os.path.dirname(config["db"].rstrip("/")), "reenroll-state.json")
+        state_path = argv[1] if len(argv) == 2 else default_state
         summary = run(enroll_service.EnrollmentService(config), state_path,
                       backoff_base=int(config.get("reenroll_backoff_base", 300)),
                       backoff_max=int(config.get("reenroll_backoff_max", 86400)),

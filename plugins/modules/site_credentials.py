@@ -62,7 +62,7 @@ options:
 notes:
   - The server certificate's names are fixed at creation; to change them remove C(server.key) and C(server.pem).
 seealso:
-  - role: hcp.core.enrollment_server
+  - module: hcp.core.enrollment
 """
 
 EXAMPLES = r"""
@@ -137,8 +137,9 @@ def main():
         if module.check_mode:
             created = pki.missing_site_credentials(directory, params["client_names"])
         else:
-            created = sorted(pki.bootstrap_site_credentials(directory, params["site"], params["server_names"],
-                                                           params["client_names"])["created"])
+            result = pki.bootstrap_site_credentials(directory, params["site"], params["server_names"],
+                                                    params["client_names"])
+            created = sorted(result["created"])
     except HcpError as exc:
         fail_on_hcp_error(module, exc)
     changed = bool(created)
