@@ -38,8 +38,8 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 def _socket_write(path, request):
-    """Send one request to the socket-activated writer (a fresh process per connection,
-    run by systemd as the DB user); returns (exit code, body)."""
+    """Send one request to the writer daemon (socket-activated, running as the DB user);
+    returns (exit code, body)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(WRITER_TIMEOUT)
@@ -240,40 +240,78 @@ class EnrollmentService(object):
         raise ServiceError(400, "unknown operation %r" % (op,))
 
 
-def handle(config_path, raw):
-    """One writer request: (exit code, JSON-able body). Never raises for bad input."""
+def handle(config_path, raw, service=None):
+    """One writer request: (exit code, JSON-able body). Never raises for bad input.
+    ``service`` (an EnrollmentService) is reused when given: keys stay loaded."""
     try:
-        config = json.loads(_read(config_path))
+        if service is None:
+            service = writer_service(config_path)
         if len(raw) > MAX_REQUEST_BYTES:
             raise ServiceError(400, "request larger than %d bytes" % MAX_REQUEST_BYTES)
         request = json.loads(raw)
         if not isinstance(request, dict):
             raise ServiceError(400, "request must be a JSON object")
-        config.pop("writer", None)  # the writer never re-spawns itself
-        config.pop("writer_socket", None)
-        return 0, EnrollmentService(config).perform(request)
+        return 0, service.perform(request)
     except (HcpError, ValueError) as exc:
         status = classify(exc) if isinstance(exc, HcpError) else 400
         return dict((v, k) for k, v in EXIT_STATUS.items()).get(status, 1), {"error": str(exc)}
 
 
+def writer_service(config_path):
+    """The in-process service of the writer side (never re-spawns a writer)."""
+    config = json.loads(_read(config_path))
+    config.pop("writer", None)
+    config.pop("writer_socket", None)
+    return EnrollmentService(config)
+
+
+def _read_request(conn):
+    chunks, size = [], 0
+    while size <= MAX_REQUEST_BYTES:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def serve(config_path, listen_fd=3):
+    """The writer daemon (unit hcp-enroll-writer.service, as the DB user): accept connections
+    on the listening socket systemd passes as fd 3 and answer each request in turn with
+    {"exit": code, "result": body} (writer protocol v1). One process for all writes: keys
+    and libraries are loaded once; writes are serialised anyway by the DB lock."""
+    if os.environ.get("LISTEN_FDS") != "1" or os.environ.get("LISTEN_PID") not in (None, str(os.getpid())):
+        raise ServiceError(500, "--serve needs exactly one listening socket from systemd (LISTEN_FDS=1)")
+    listener = socket.socket(fileno=listen_fd)
+    service = writer_service(config_path)
+    while True:
+        conn, _addr = listener.accept()
+        with conn:
+            try:
+                conn.settimeout(WRITER_TIMEOUT)
+                code, body = handle(config_path, _read_request(conn), service)
+                conn.sendall(json.dumps({"exit": code, "result": body}).encode())
+            except OSError:
+                continue  # the client went away; its request may or may not have been applied
+
+
 def main(argv=None):
-    """Writer entry point: ``python -m ...enroll_service [--socket] CONFIG`` with the request
-    on stdin. Plain: the body on stdout, the outcome as exit code (``writer`` argv). With
-    ``--socket`` (stdin/stdout are a connection of the ``hcp-enroll-writer.socket`` unit,
-    Accept=yes): one JSON object {"exit": code, "result": body} and exit status 0."""
+    """Writer entry points: ``python -m ...enroll_service CONFIG`` (one request on stdin, the
+    body on stdout, the outcome as exit status: config ``writer``) or ``... --serve CONFIG``
+    (the socket-activated daemon: config ``writer_socket``)."""
     argv = sys.argv[1:] if argv is None else argv
-    framed = bool(argv) and argv[0] == "--socket"
-    if framed:
-        argv = argv[1:]
+    if len(argv) == 2 and argv[0] == "--serve":
+        try:
+            serve(argv[1])
+        except (HcpError, ValueError) as exc:
+            sys.stderr.write("enrollment writer: %s\n" % exc)
+            return 1
+        return 0
     if len(argv) != 1:
-        code, body = 2, {"error": "usage: enroll_service [--socket] CONFIG_JSON < request.json"}
+        code, body = 2, {"error": "usage: enroll_service CONFIG_JSON < request.json | enroll_service --serve CONFIG_JSON"}
     else:
         code, body = handle(argv[0], sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1))
-    if framed:
-        sys.stdout.write(json.dumps({"exit": code, "result": body}))
-        sys.stdout.flush()
-        return 0
     sys.stdout.write(json.dumps(body))
     return code
 

@@ -153,9 +153,9 @@ def test_only_authorized_client_names_may_call(site):
 
 @pytest.fixture
 def socket_site(site, tmp_path):
-    """The same site with the writer behind a real socket-activated listener (systemd's
-    systemd-socket-activate with --accept --inetd: one writer process per connection, the
-    connection as its stdin/stdout, as the hcp-enroll-writer.socket unit runs it)."""
+    """The same site with the writer daemon behind a real socket-activated listener
+    (systemd's systemd-socket-activate passes the listening socket as fd 3, as the
+    hcp-enroll-writer.socket unit does)."""
     import shutil  # pylint: disable=import-outside-toplevel
     import subprocess  # pylint: disable=import-outside-toplevel
     import time  # pylint: disable=import-outside-toplevel
@@ -167,8 +167,8 @@ def socket_site(site, tmp_path):
     config_path = config["writer"][-1]
     sock = str(tmp_path / "writer.sock")
     proc = subprocess.Popen(  # pylint: disable=consider-using-with
-        [activate, "-l", sock, "--accept", "--inetd", "-E", "PYTHONPATH=" + os.pathsep.join(sys.path),
-         sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enroll_service", "--socket", config_path],
+        [activate, "-l", sock, "-E", "PYTHONPATH=" + os.pathsep.join(sys.path),
+         sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enroll_service", "--serve", config_path],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _attempt in range(100):
         if os.path.exists(sock):
