@@ -102,6 +102,7 @@ bench: install ## benchmarks/ scripts: print figures (not a test)
 	$(BIN)/python benchmarks/tpm_core.py
 	$(BIN)/python benchmarks/enroll_db.py
 	$(BIN)/python benchmarks/enroll.py
+	$(BIN)/python benchmarks/enroll_http.py
 	$(BIN)/python benchmarks/shamir.py
 	$(BIN)/python benchmarks/policy.py
 	$(BIN)/python benchmarks/site_unseal.py
