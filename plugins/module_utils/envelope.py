@@ -126,6 +126,37 @@ def well_known_name(digest):
     return b"\x00\x0b" + hashlib.sha256(public.publicArea.marshal()).digest()
 
 
+def make_credential_to_ek(ek_public, credential, object_name):
+    """TPM2_MakeCredential in software: wrap ``credential`` (bytes, at most 64) to the EK
+    ``ek_public`` (TPM2B_PUBLIC) for the object named ``object_name`` (bytes, nameAlg || digest).
+
+    Only the TPM owning that EK, with an object of that name loaded (and its authorisation
+    satisfied), can recover ``credential`` with ActivateCredential. Returns
+    (credential_blob, encrypted_secret) as the bytes of TPM2B_ID_OBJECT / TPM2B_ENCRYPTED_SECRET
+    contents. Used for envelopes (well-known key name) and attestation (AK name)."""
+    require_tpm2_pytss()
+    with warnings.catch_warnings():
+        # tpm2-pytss imports AES-CFB from its deprecated cryptography location.
+        warnings.simplefilter("ignore")
+        blob, secret = make_credential(ek_public, credential, TPM2B_NAME(bytes(object_name)))
+    return bytes(blob), bytes(secret)
+
+
+def activate_credential(tpm, object_handle, credential_blob, encrypted_secret, object_session=None):
+    """TPM2_ActivateCredential(activateHandle=``object_handle``, keyHandle=EK): the inverse of
+    make_credential_to_ek() on the TPM. ``object_session`` authorises the object (default: a
+    password session, empty auth); the EK is authorised with PolicySecret(endorsement).
+    Returns the credential bytes; TSS2_Exception propagates for the caller to classify."""
+    blob = TPM2B_ID_OBJECT(credential=bytes(credential_blob))
+    secret = TPM2B_ENCRYPTED_SECRET(secret=bytes(encrypted_secret))
+    ek = tpm.ek()
+    with tpm.ek_session() as ek_session:
+        return bytes(tpm.ectx.activate_credential(
+            object_handle, ek, blob, secret,
+            session1=ESYS_TR.PASSWORD if object_session is None else object_session, session2=ek_session,
+        ))
+
+
 def _header_aad(envelope):
     """The AEAD associated data: canonical JSON of everything but the ciphertext."""
     header = {k: v for k, v in envelope.items() if k != "ciphertext"}
@@ -153,10 +184,7 @@ def seal(ek_public, plaintext, policy=None, fingerprint=True):
     policy = tpm_policy.normalize_policy(policy)
     digest = tpm_policy.policy_digest(policy)
     key = os.urandom(32)
-    with warnings.catch_warnings():
-        # tpm2-pytss imports AES-CFB from its deprecated cryptography location.
-        warnings.simplefilter("ignore")
-        blob, secret = make_credential(public, key, TPM2B_NAME(well_known_name(digest)))
+    blob, secret = make_credential_to_ek(public, key, well_known_name(digest))
     envelope = {
         "format": FORMAT,
         "version": VERSION,
@@ -165,8 +193,8 @@ def seal(ek_public, plaintext, policy=None, fingerprint=True):
         "policy_digest": digest.hex(),
         "kem": {
             "alg": KEM_ALG,
-            "credential_blob": _b64(bytes(blob)),
-            "encrypted_secret": _b64(bytes(secret)),
+            "credential_blob": _b64(blob),
+            "encrypted_secret": _b64(secret),
         },
         "dem": {"alg": DEM_ALG, "nonce": _b64(os.urandom(12))},
     }
@@ -269,16 +297,15 @@ def unseal(tpm, envelope):
         tpm_policy.check_pcrs(policy, tpm.read_pcrs(bank, sorted(wanted)))
     digest = bytes.fromhex(envelope["policy_digest"])
     wk_public, wk_sensitive = well_known_key(digest)
-    blob = TPM2B_ID_OBJECT(credential=_unb64(envelope, "kem", "credential_blob"))
-    secret = TPM2B_ENCRYPTED_SECRET(secret=_unb64(envelope, "kem", "encrypted_secret"))
-    ek = tpm.ek()
+    blob = _unb64(envelope, "kem", "credential_blob")
+    secret = _unb64(envelope, "kem", "encrypted_secret")
+    tpm.ek()
     wk = session = None
     try:
         wk = tpm.ectx.load_external(wk_public, wk_sensitive, ESYS_TR.NULL)
         session = tpm.policy_session()
         tpm_policy.apply_policy(tpm, session, policy)
-        with tpm.ek_session() as ek_session:
-            key = bytes(tpm.ectx.activate_credential(wk, ek, blob, secret, session1=session, session2=ek_session))
+        key = activate_credential(tpm, wk, blob, secret, object_session=session)
     except TSS2_Exception as exc:
         if rc_is(exc, TPM2_RC.POLICY_FAIL):
             raise PolicyNotSatisfiedError("the TPM refused the unseal policy: %s" % exc)

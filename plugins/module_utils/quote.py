@@ -17,6 +17,7 @@ lets a verifier run without libtss2.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import struct
@@ -90,6 +91,57 @@ def ak_template():
     return template
 
 
+@contextlib.contextmanager
+def ephemeral_ak(tpm):
+    """Create and load a fresh AK (ak_template()) under the EK; yields (handle, TPM2B_PUBLIC).
+
+    The AK stays loaded inside the block (the attestation client needs it for
+    ActivateCredential after the server's answer) and is flushed on exit."""
+    require_tpm2_pytss()
+    ek = tpm.ek()
+    ak = None
+    try:
+        try:
+            with tpm.ek_session() as session:
+                priv, pub, _cd, _ch, _tk = tpm.ectx.create(
+                    ek, TPM2B_SENSITIVE_CREATE(), ak_template(), session1=session
+                )
+            with tpm.ek_session() as session:
+                ak = tpm.ectx.load(ek, priv, pub, session1=session)
+        except TSS2_Exception as exc:
+            raise TpmError("TPM failed to create the attestation key: %s (rc 0x%x)" % (exc, tss_rc(exc)))
+        yield ak, pub
+    finally:
+        tpm.flush(ak)
+
+
+def quote_with_ak(tpm, ak, ak_public, nonce, pcrs=None, bank="sha256"):
+    """Quote ``pcrs`` (default 0-23) over ``nonce`` with the loaded AK ``ak`` (from ephemeral_ak()).
+
+    Returns the bundle dict (all binary fields base64)."""
+    require_tpm2_pytss()
+    if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+        raise QuoteVerificationError("nonce must be %d-%d bytes" % (MIN_NONCE, MAX_NONCE))
+    indices = parse_pcr_indices(range(24) if pcrs is None else pcrs)
+    try:
+        scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+        scheme.details.any.hashAlg = TPM2_ALG.SHA256
+        attest, signature = tpm.ectx.quote(
+            ak, TPML_PCR_SELECTION.parse(pcr_selection_string(bank, indices)), nonce, scheme
+        )
+    except TSS2_Exception as exc:
+        raise TpmError("TPM failed to quote: %s (rc 0x%x)" % (exc, tss_rc(exc)))
+    values = tpm.read_pcrs(bank, indices)
+    return {
+        "format": QUOTE_FORMAT,
+        "version": QUOTE_VERSION,
+        "ak_public": base64.b64encode(ak_public.marshal()).decode("ascii"),
+        "attest": base64.b64encode(bytes(attest)).decode("ascii"),
+        "signature": base64.b64encode(signature.marshal()).decode("ascii"),
+        "pcrs": {bank: {str(i): values[i].hex() for i in indices}},
+    }
+
+
 def quote(tpm, nonce, pcrs=None, bank="sha256"):
     """Quote ``pcrs`` (default 0-23) over ``nonce`` with a fresh AK under the EK.
 
@@ -98,34 +150,8 @@ def quote(tpm, nonce, pcrs=None, bank="sha256"):
     require_tpm2_pytss()
     if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
         raise QuoteVerificationError("nonce must be %d-%d bytes" % (MIN_NONCE, MAX_NONCE))
-    indices = parse_pcr_indices(range(24) if pcrs is None else pcrs)
-    ek = tpm.ek()
-    ak = None
-    try:
-        with tpm.ek_session() as session:
-            priv, pub, _cd, _ch, _tk = tpm.ectx.create(
-                ek, TPM2B_SENSITIVE_CREATE(), ak_template(), session1=session
-            )
-        with tpm.ek_session() as session:
-            ak = tpm.ectx.load(ek, priv, pub, session1=session)
-        scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-        scheme.details.any.hashAlg = TPM2_ALG.SHA256
-        attest, signature = tpm.ectx.quote(
-            ak, TPML_PCR_SELECTION.parse(pcr_selection_string(bank, indices)), nonce, scheme
-        )
-    except TSS2_Exception as exc:
-        raise TpmError("TPM failed to quote: %s (rc 0x%x)" % (exc, tss_rc(exc)))
-    finally:
-        tpm.flush(ak)
-    values = tpm.read_pcrs(bank, indices)
-    return {
-        "format": QUOTE_FORMAT,
-        "version": QUOTE_VERSION,
-        "ak_public": base64.b64encode(pub.marshal()).decode("ascii"),
-        "attest": base64.b64encode(bytes(attest)).decode("ascii"),
-        "signature": base64.b64encode(signature.marshal()).decode("ascii"),
-        "pcrs": {bank: {str(i): values[i].hex() for i in indices}},
-    }
+    with ephemeral_ak(tpm) as (ak, pub):
+        return quote_with_ak(tpm, ak, pub, nonce, pcrs, bank)
 
 
 TPM_ALG_NULL, TPM_ALG_ECC, TPM_ALG_ECDSA, TPM_ALG_SHA256 = 0x0010, 0x0023, 0x0018, 0x000B

@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ahcp, the attestation service's HTTP face (Flask): POST /v1/initiate, POST /v1/complete,
+GET /healthcheck (snapshot head and age), GET /metrics (Prometheus text format).
+Protocol and wire formats: docs/attestation.md. Logic: attest.py; snapshot: arepl.py.
+
+Configuration (JSON file named by $HCP_ATTEST_CONFIG):
+``db`` (path of arepl's ``current`` link, or of any enrollment DB), ``arepl_state`` (arepl's
+state.json, for lag metrics; default: state.json beside ``db``), ``ticket_key_file``,
+``asset_signer_pub`` (PEM file; optional), ``vendor_ca_dir``, ``require_ek_cert``,
+``max_ticket_age``, ``pcr_selection``, ``used_ticket_dir``, ``max_content_length``,
+``max_snapshot_age`` (healthcheck reports ``stale`` when the snapshot is older; default 600 s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+try:
+    import flask
+except ImportError:  # pragma: no cover - checked by create_app_base
+    flask = None
+
+from ansible_collections.hcp.core.plugins.module_utils import attest
+from ansible_collections.hcp.core.plugins.module_utils.arepl import snapshot_db_provider
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.services.common import (
+    LazyApplication,
+    create_app_base,
+    json_error,
+    load_config,
+)
+
+CONFIG_ENV = "HCP_ATTEST_CONFIG"
+DEFAULT_MAX_CONTENT_LENGTH = 256 * 1024
+DEFAULT_MAX_SNAPSHOT_AGE = 600
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+RESULTS = ("ok", "bad_request", "bad_ticket", "expired_ticket", "replay", "ek_rejected", "quote_rejected",
+           "pcr_policy", "not_enrolled", "unavailable", "error")
+RESULT_BY_CLASS = (
+    (attest.TicketInvalidError, "bad_ticket"), (attest.TicketExpiredError, "expired_ticket"),
+    (attest.ReplayError, "replay"), (attest.EkRejectedError, "ek_rejected"),
+    (attest.QuoteRejectedError, "quote_rejected"), (attest.PcrPolicyError, "pcr_policy"),
+    (attest.NotEnrolledError, "not_enrolled"), (attest.AttestUnavailableError, "unavailable"),
+    (attest.AttestRequestError, "bad_request"),
+)
+
+
+class Metrics(object):
+    """Counters of completed attestations by result and a latency histogram (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.results = dict((r, 0) for r in RESULTS)
+        self.buckets = [0] * len(LATENCY_BUCKETS)
+        self.count = 0
+        self.total = 0.0
+        self.initiated = 0
+
+    def observe(self, result, seconds):
+        with self._lock:
+            self.results[result] = self.results.get(result, 0) + 1
+            self.count += 1
+            self.total += seconds
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    self.buckets[i] += 1
+
+    def render(self, snapshot):
+        lines = ["# HELP hcp_attest_total Completed attestation requests by result.",
+                 "# TYPE hcp_attest_total counter"]
+        with self._lock:
+            for result in sorted(self.results):
+                lines.append('hcp_attest_total{result="%s"} %d' % (result, self.results[result]))
+            lines += ["# HELP hcp_attest_initiate_total Initiated attestations.", "# TYPE hcp_attest_initiate_total counter",
+                      "hcp_attest_initiate_total %d" % self.initiated,
+                      "# HELP hcp_attest_complete_seconds Latency of /v1/complete.",
+                      "# TYPE hcp_attest_complete_seconds histogram"]
+            for bound, count in zip(LATENCY_BUCKETS, self.buckets):
+                lines.append('hcp_attest_complete_seconds_bucket{le="%s"} %d' % (bound, count))
+            lines.append('hcp_attest_complete_seconds_bucket{le="+Inf"} %d' % self.count)
+            lines.append("hcp_attest_complete_seconds_sum %.6f" % self.total)
+            lines.append("hcp_attest_complete_seconds_count %d" % self.count)
+        lines += ["# HELP hcp_attest_snapshot_age_seconds Seconds since arepl last confirmed the snapshot current.",
+                  "# TYPE hcp_attest_snapshot_age_seconds gauge"]
+        age = snapshot.get("age_seconds")
+        lines.append("hcp_attest_snapshot_age_seconds %s" % ("NaN" if age is None else "%.3f" % age))
+        lines += ["# HELP hcp_attest_replication_failures Consecutive arepl sync failures.",
+                  "# TYPE hcp_attest_replication_failures gauge",
+                  "hcp_attest_replication_failures %d" % (snapshot.get("consecutive_failures") or 0)]
+        return "\n".join(lines) + "\n"
+
+
+def _result_of(exc):
+    for cls, name in RESULT_BY_CLASS:
+        if isinstance(exc, cls):
+            return name
+    return "error"
+
+
+def _read_file(path, what):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise attest.AttestError("cannot read %s %s: %s" % (what, path, exc.strerror))
+
+
+def build_attestor(config):
+    """An attest.Attestor from the service configuration dict."""
+    if not config.get("db") or not config.get("ticket_key_file"):
+        raise attest.AttestError("the attestation service needs 'db' and 'ticket_key_file'")
+    signer = config.get("asset_signer_pub")
+    return attest.Attestor(
+        snapshot_db_provider(config["db"]),
+        attest.load_ticket_keys(config["ticket_key_file"]),
+        signer_pub=_read_file(signer, "asset signer key") if signer else None,
+        vendor_cas=config.get("vendor_ca_dir") or None,
+        require_ek_cert=bool(config.get("require_ek_cert", False)),
+        max_ticket_age=int(config.get("max_ticket_age", attest.DEFAULT_MAX_TICKET_AGE)),
+        pcr_selection=config.get("pcr_selection"),
+        used_dir=config.get("used_ticket_dir"),
+    )
+
+
+def create_app(config=None, attestor=None):
+    """The Flask app for ``config`` (dict; default: the JSON file named by $HCP_ATTEST_CONFIG)."""
+    config = config if config is not None else load_config(CONFIG_ENV, required=True)
+    config = dict(config)
+    config.setdefault("max_content_length", DEFAULT_MAX_CONTENT_LENGTH)
+    app = create_app_base("hcp-attest", config)
+    attestor = attestor or build_attestor(config)
+    metrics = Metrics()
+    db_link = config.get("db")
+    state_path = config.get("arepl_state") or (os.path.join(os.path.dirname(os.path.abspath(db_link)), "state.json")
+                                               if db_link else None)
+    max_age = float(config.get("max_snapshot_age", DEFAULT_MAX_SNAPSHOT_AGE))
+
+    def snapshot():
+        """Head and age of the snapshot served (age from arepl's state; None if unknown)."""
+        info = {"head": None, "age_seconds": None, "consecutive_failures": None, "last_error": None}
+        try:
+            info["head"] = attestor.db_provider().head()
+        except HcpError:
+            pass
+        try:
+            with open(state_path, "r", encoding="utf-8") as handle:
+                state = json.load(handle)
+            if state.get("last_success") is not None:
+                info["age_seconds"] = max(0.0, time.time() - float(state["last_success"]))
+            info["consecutive_failures"] = state.get("consecutive_failures")
+            info["last_error"] = state.get("last_error")
+        except (OSError, TypeError, ValueError, AttributeError):
+            pass
+        return info
+
+    def body():
+        data = flask.request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise attest.AttestRequestError("request body must be a JSON object")
+        return data
+
+    @app.post("/v1/initiate")
+    def initiate():
+        try:
+            result = attestor.initiate(body().get("ekpubhash"))
+        except HcpError as exc:
+            status = attest.classify(exc)
+            return json_error(status, str(exc) if status < 500 else "internal error")
+        metrics.initiated += 1
+        return flask.jsonify(result)
+
+    @app.post("/v1/complete")
+    def complete():
+        started = time.monotonic()
+        try:
+            result = attestor.complete(body())
+        except HcpError as exc:
+            metrics.observe(_result_of(exc), time.monotonic() - started)
+            status = attest.classify(exc)
+            app.logger.warning("attestation refused (%d): %s", status, exc)
+            return json_error(status, str(exc) if status < 500 or status == 503 else "internal error")
+        metrics.observe("ok", time.monotonic() - started)
+        return flask.jsonify(result)
+
+    def health():
+        # A stale snapshot still serves attestations (a dead erepl must not stop them):
+        # it is reported ("stale") for alerting, but only a missing snapshot is a 503.
+        info = snapshot()
+        stale = info["age_seconds"] is not None and info["age_seconds"] > max_age
+        info["status"] = "unavailable" if info["head"] is None else ("stale" if stale else "ok")
+        response = flask.jsonify(info)
+        response.status_code = 503 if info["head"] is None else 200
+        return response
+
+    app.view_functions["_healthcheck"] = health
+
+    @app.get("/metrics")
+    def prometheus():
+        return flask.Response(metrics.render(snapshot()), mimetype="text/plain; version=0.0.4")
+
+    app.config["HCP_METRICS"] = metrics
+    return app
+
+
+# WSGI entry point for uwsgi (built on the first request from $HCP_ATTEST_CONFIG).
+application = LazyApplication(create_app)

@@ -1,0 +1,275 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Attestation protocol v1 end to end with real swtpm TPMs, real enrolled entries in a
+real git DB, the server logic (attest.Attestor) and the client (attest_client.attest)."""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from tpm2_pytss import TSS2_Exception
+
+from ansible_collections.hcp.core.plugins.module_utils import attest, attest_client, enroll, envelope, pki
+from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod
+from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.errors import PolicyNotSatisfiedError
+
+PROFILE = {"assets": ["hostname", "rootfs-key"]}
+
+
+def _vendor_cas(swtpm):
+    cas = []
+    for path in swtpm.vendor_ca_files:
+        with open(path, "rb") as handle:
+            cas.extend(pki.load_certificates(handle.read()))
+    return cas
+
+
+def _config(swtpm, policy=None):
+    ca_key, ca_cert = pki.create_ca("HCP test attest CA")
+    return enroll.EnrollmentConfig(
+        issuer=pki.Issuer(ca_key, [ca_cert]), signer=pki.Signer(pki.new_private_key("ec-p256")),
+        postclient={"seal_policy": policy or {"type": "none"}}, vendor_cas=_vendor_cas(swtpm),
+    )
+
+
+def _enroll(db, config, tpm_fixture, hostname, profile=None):
+    with tpm_fixture.open() as tpm:
+        # PEM: ekpub.load_ek_public() strips DER input and breaks certificates ending in whitespace bytes
+        cert = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
+    h, host, files, _summary = enroll.build_entry(config, cert, hostname, profile or PROFILE)
+    db.add(h, host, files)
+    return h, files
+
+
+@pytest.fixture(scope="module")
+def site(swtpm, tmp_path_factory):
+    db = EnrollmentDb(str(tmp_path_factory.mktemp("attest") / "db"))
+    db.init()
+    config = _config(swtpm)
+    h, files = _enroll(db, config, swtpm, "node1.example.test")
+    return {"db": db, "config": config, "hash": h, "files": files, "key": os.urandom(32),
+            "signer": config.signer.public_key_pem(), "cas": _vendor_cas(swtpm)}
+
+
+def _attestor(site, **kwargs):
+    kwargs.setdefault("signer_pub", site["signer"])
+    kwargs.setdefault("vendor_cas", site["cas"])
+    return attest.Attestor(lambda: site["db"], kwargs.pop("key", site["key"]), **kwargs)
+
+
+def _evidence(tpm, started, nonce=None, pcrs=None):
+    """A complete request as the client builds it (the AK is flushed afterwards)."""
+    nonce = nonce or base64.b64decode(started["nonce"])
+    bundle = quote_mod.quote(tpm, nonce, pcrs or started["pcrs"]["sha256"])
+    return {"ticket": started["ticket"], "ekpub": base64.b64encode(tpm.ek_public().marshal()).decode(),
+            "ek_cert": base64.b64encode(tpm.ek_certificate_der()).decode(), "quote": bundle}
+
+
+def test_enrolled_host_attests_and_gets_its_assets(swtpm, site):
+    server = _attestor(site)
+    with swtpm.open() as tpm:
+        result = attest_client.attest(tpm, attest_client.attestor_transport(server), site["signer"])
+        expected_key = envelope.unseal(tpm, site["files"]["rootfs.key.sealed"])
+    assert result["hostname"] == "node1.example.test" and result["ekpubhash"] == site["hash"]
+    assert result["assets"]["rootfs.key"] == expected_key and len(expected_key) == 64
+    assert result["assets"]["etc-hostname"] == b"node1.example.test\n"
+    assert result["snapshot"] == site["db"].head() and result["pcr_extended"] is False
+    view = attest_client.summary(result)
+    assert {"name": "rootfs.key", "sensitive": True, "size": 64} in view["assets"]
+    assert expected_key.hex() not in json.dumps(view)
+
+
+def test_unenrolled_tpm_gets_404(other_swtpm, site):
+    server = _attestor(site, vendor_cas=None)
+    with other_swtpm.open() as tpm:
+        with pytest.raises(attest_client.AttestServerError, match="not enrolled") as info:
+            attest_client.attest(tpm, attest_client.attestor_transport(server), site["signer"])
+    assert info.value.status == 404
+
+
+def test_replayed_ticket_and_complete_are_rejected(swtpm, site, tmp_path):
+    used = str(tmp_path / "used")
+    server = _attestor(site, used_dir=used)
+    replica = _attestor(site, used_dir=used)  # another replica sharing the key and used-ticket directory
+    with swtpm.open() as tpm:
+        started = server.initiate(site["hash"])
+        request = _evidence(tpm, started)
+        assert server.complete(copy.deepcopy(request))["ekpubhash"] == site["hash"]
+        with pytest.raises(attest.ReplayError) as info:
+            server.complete(copy.deepcopy(request))  # replayed complete
+        assert info.value.status == 409
+        with pytest.raises(attest.ReplayError):
+            replica.complete(copy.deepcopy(request))  # replayed at another replica
+        fresh_quote = _evidence(tpm, started)  # same ticket, new quote over its nonce
+        with pytest.raises(attest.ReplayError):
+            server.complete(fresh_quote)
+    # without a shared directory a second replica only has its memory: documented (sticky routing)
+    assert len(os.listdir(used)) == 1
+    assert server.used.purge_directory(now=time.time() + 10 ** 6) == 1
+
+
+def test_stale_forged_and_foreign_tickets(swtpm, site):
+    server = _attestor(site, max_ticket_age=60)
+    with swtpm.open() as tpm:
+        stale = server.initiate(site["hash"], now=time.time() - 61)
+        with pytest.raises(attest.TicketExpiredError) as info:
+            server.complete(_evidence(tpm, stale))
+        assert info.value.status == 403
+        started = server.initiate(site["hash"])
+        request = _evidence(tpm, started)
+    parts = request["ticket"].split(".")
+    body = bytearray(base64.urlsafe_b64decode(parts[2]))
+    body[20] ^= 1
+    forged = dict(request, ticket="%s.%s.%s" % (parts[0], parts[1], base64.urlsafe_b64encode(bytes(body)).decode()))
+    with pytest.raises(attest.TicketInvalidError, match="forged") as info:
+        server.complete(forged)
+    assert info.value.status == 401
+    other = _attestor(site, key=os.urandom(32))
+    with pytest.raises(attest.TicketInvalidError, match="unknown key"):
+        other.complete(request)
+    # key rotation: a server holding [new, old] accepts tickets of the old key
+    rotated = _attestor(site, key=[os.urandom(32), site["key"]])
+    assert rotated.complete(request)["ekpubhash"] == site["hash"]
+    for bad in ("", "x" * 2000, "hcpt2.a.b", None):
+        with pytest.raises(attest.TicketInvalidError):
+            server.complete(dict(request, ticket=bad))
+
+
+def test_wrong_nonce_tampered_quote_and_short_selection(swtpm, site):
+    server = _attestor(site)
+    with swtpm.open() as tpm:
+        started = server.initiate(site["hash"])
+        with pytest.raises(attest.QuoteRejectedError, match="nonce does not match"):
+            server.complete(_evidence(tpm, started, nonce=os.urandom(16)))
+        started = server.initiate(site["hash"])
+        request = _evidence(tpm, started)
+        request["quote"]["pcrs"]["sha256"]["0"] = "ab" * 32
+        with pytest.raises(attest.QuoteRejectedError, match="PCR digest"):
+            server.complete(request)
+        started = server.initiate(site["hash"])
+        with pytest.raises(attest.QuoteRejectedError, match="does not cover the requested"):
+            server.complete(_evidence(tpm, started, pcrs=[0, 7]))
+        started = server.initiate(site["hash"])
+        request = _evidence(tpm, started)
+    with pytest.raises(attest.AttestRequestError):
+        server.complete(dict(request, ekpub=None))
+    with pytest.raises(attest.AttestRequestError):
+        server.complete("not a dict")
+    with pytest.raises(attest.AttestRequestError):
+        server.initiate("ABC")
+
+
+def test_ek_checks(swtpm, other_swtpm, site):
+    strict = _attestor(site, require_ek_cert=True)
+    untrusting = _attestor(site, vendor_cas=[pki.create_ca("Not the vendor")[1]])
+    with swtpm.open() as tpm, other_swtpm.open() as other:
+        started = strict.initiate(site["hash"])
+        request = _evidence(tpm, started)
+        del request["ek_cert"]
+        with pytest.raises(attest.EkRejectedError, match="EK certificate is required") as info:
+            strict.complete(request)
+        assert info.value.status == 403
+        started = untrusting.initiate(site["hash"])
+        with pytest.raises(attest.EkRejectedError, match="not trusted"):
+            untrusting.complete(_evidence(tpm, started))
+        started = strict.initiate(site["hash"])
+        request = _evidence(tpm, started)
+        request["ek_cert"] = base64.b64encode(other.ek_certificate_der()).decode()
+        with pytest.raises(attest.EkRejectedError, match="does not certify this EK"):
+            strict.complete(request)
+        started = strict.initiate(site["hash"])
+        request = _evidence(tpm, started)
+        request["ekpub"] = base64.b64encode(other.ek_public().marshal()).decode()
+        with pytest.raises(attest.EkRejectedError, match="does not match the ticket"):
+            strict.complete(request)
+        started = strict.initiate(site["hash"])
+        assert strict.complete(_evidence(tpm, started))["ekpubhash"] == site["hash"]
+    with pytest.raises(attest.AttestError, match="needs vendor CA"):
+        _attestor(site, require_ek_cert=True, vendor_cas=[])
+
+
+def test_response_is_useless_without_the_same_tpm_and_ak(swtpm, other_swtpm, site):
+    server = _attestor(site)
+    with swtpm.open() as tpm:
+        started = server.initiate(site["hash"])
+        response = server.complete(_evidence(tpm, started))  # its AK is flushed now
+        blob = base64.b64decode(response["credential_blob"])
+        secret = base64.b64decode(response["encrypted_secret"])
+        assert b"rootfs" not in json.dumps(response).encode() and "manifest" not in json.dumps(response)
+        with quote_mod.ephemeral_ak(tpm) as (ak, _pub):  # same EK, another AK: name differs
+            with pytest.raises(TSS2_Exception, match="integrity|value|size"):
+                envelope.activate_credential(tpm, ak, blob, secret)
+    with other_swtpm.open() as other:
+        with quote_mod.ephemeral_ak(other) as (ak, _pub):
+            with pytest.raises(TSS2_Exception):
+                envelope.activate_credential(other, ak, blob, secret)
+    with pytest.raises(attest.AttestError, match="failed authentication"):
+        attest.decrypt_response(response, os.urandom(32))
+
+
+def test_wrong_asset_signer(swtpm, site):
+    wrong = pki.Signer(pki.new_private_key("ec-p256")).public_key_pem()
+    with swtpm.open() as tpm:
+        client_side = _attestor(site, signer_pub=None)
+        with pytest.raises(attest_client.AttestClientError, match="trusted asset signer"):
+            attest_client.attest(tpm, attest_client.attestor_transport(client_side), wrong)
+        server_side = _attestor(site, signer_pub=wrong)
+        with pytest.raises(attest_client.AttestServerError) as info:
+            attest_client.attest(tpm, attest_client.attestor_transport(server_side), site["signer"])
+    assert info.value.status == 503
+
+
+def test_golden_pcrs_and_one_time_policy(new_swtpm, tmp_path):
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    config = _config(new_swtpm, policy={"type": "one_time"})
+    with new_swtpm.open() as tpm:
+        pcr16 = tpm.read_pcrs("sha256", [16])[16]
+    profile = dict(PROFILE, attest={"pcrs": {"sha256": {"16": pcr16.hex()}}})
+    h, _files = _enroll(db, config, new_swtpm, "golden.example.test", profile)
+    site = {"db": db, "key": os.urandom(32), "signer": config.signer.public_key_pem(), "cas": _vendor_cas(new_swtpm)}
+    assert attest.golden_pcrs(db.get(h)) == {"sha256": {"16": pcr16.hex()}}
+    server = _attestor(site, require_ek_cert=True)
+    transport = attest_client.attestor_transport(server)
+    with new_swtpm.open() as tpm:
+        result = attest_client.attest(tpm, transport, site["signer"])
+        assert len(result["assets"]["rootfs.key"]) == 64 and result["pcr_extended"] is True
+        # one-time: PCR 11 extended, the second unseal this boot is refused by the TPM policy
+        with pytest.raises(PolicyNotSatisfiedError):
+            attest_client.attest(tpm, transport, site["signer"])
+        assert attest_client.attest(tpm, transport, site["signer"], unseal=False)["assets"]["etc-hostname"]
+        tpm.extend_pcr(16, b"something changed")
+        with pytest.raises(attest_client.AttestServerError, match="PCR policy not satisfied") as info:
+            attest_client.attest(tpm, transport, site["signer"], unseal=False)
+    assert info.value.status == 403
+    narrow = _attestor(site, pcr_selection={"sha256": [0, 7]})
+    with new_swtpm.open() as tpm:
+        with pytest.raises(attest_client.AttestServerError, match="not covered by the quote"):
+            attest_client.attest(tpm, attest_client.attestor_transport(narrow), site["signer"], unseal=False)
+
+
+def test_ticket_key_file_and_used_ticket_bounds(tmp_path):
+    path = str(tmp_path / "ticket.key")
+    kid = attest.write_ticket_key_file(path)
+    keys = attest.load_ticket_keys(path)
+    assert attest.key_id(keys[0]) == kid and oct(os.stat(path).st_mode & 0o777) == "0o600"
+    (tmp_path / "bad.key").write_text("zz\n")
+    with pytest.raises(attest.AttestError, match="line 1"):
+        attest.load_ticket_keys(str(tmp_path / "bad.key"))
+    used = attest.UsedTickets(10, max_entries=2)
+    used.consume("a", 100, now=100)
+    used.consume("b", 100, now=100)
+    with pytest.raises(attest.AttestUnavailableError):
+        used.consume("c", 100, now=101)
+    used.consume("c", 120, now=120)  # a and b expired
+    assert len(used) == 1
+    with pytest.raises(attest.AttestError):
+        attest.normalize_selection({"sha1": [0], "sha256": [1]})
