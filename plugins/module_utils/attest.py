@@ -252,6 +252,57 @@ class UsedTickets(object):
         return removed
 
 
+# -- snapshot entry cache -------------------------------------------------------------------
+
+def read_head(git_dir, branch="main"):
+    """The commit id of ``branch`` read from the ref files (no git process), or None."""
+    try:
+        with open(os.path.join(git_dir, "refs", "heads", branch), "r", encoding="ascii") as handle:
+            head = handle.read().strip()
+        if len(head) in (40, 64):
+            return head
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        with open(os.path.join(git_dir, "packed-refs"), "r", encoding="ascii") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == "refs/heads/" + branch:
+                    return parts[0]
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
+class EntryCache(object):
+    """Entries read from a snapshot, keyed by (snapshot path, head, ekpubhash).
+
+    A snapshot's content is fixed by its head, so a cached entry is exact until the
+    snapshot moves (arepl's swap changes the path, a fetch changes the head): two git
+    processes per attestation become one file read. Bounded (least recently used out)."""
+
+    def __init__(self, size=4096):
+        self.size = size
+        self._data = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, db, ekpubhash):
+        """(files or None, head, cache key) of ``ekpubhash`` in the snapshot ``db``."""
+        head = read_head(db.path) or db.head()
+        key = (db.path, head, ekpubhash)
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key], head, key
+        files = db.get(ekpubhash, rev=head) if head else None
+        if self.size:
+            with self._lock:
+                self._data[key] = files
+                while len(self._data) > self.size:
+                    self._data.popitem(last=False)
+        return files, head, key
+
+
 # -- the attestor ---------------------------------------------------------------------------
 
 def normalize_selection(selection):
@@ -315,7 +366,8 @@ class Attestor(object):
     """
 
     def __init__(self, db_provider, ticket_key, signer_pub=None, vendor_cas=None, require_ek_cert=False,
-                 max_ticket_age=DEFAULT_MAX_TICKET_AGE, pcr_selection=None, used_dir=None, max_used=DEFAULT_MAX_USED):
+                 max_ticket_age=DEFAULT_MAX_TICKET_AGE, pcr_selection=None, used_dir=None, max_used=DEFAULT_MAX_USED,
+                 entry_cache_size=4096):
         _require_cryptography()
         keys = [ticket_key] if isinstance(ticket_key, (bytes, bytearray)) else list(ticket_key or [])
         if not keys or any(len(k) != 32 for k in keys):
@@ -334,6 +386,10 @@ class Attestor(object):
         self.pcr_selection = normalize_selection(pcr_selection or DEFAULT_PCR_SELECTION)
         self.used = UsedTickets(self.max_ticket_age, used_dir, max_used)
         self._ek_cert_cache = {}
+        self.entries = EntryCache(entry_cache_size)
+        self._cache_size = max(1, entry_cache_size)
+        self._prepared = {}
+        self._ek_parsed = {}
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -379,8 +435,8 @@ class Attestor(object):
         return body
 
     # -- round trip 2 ---------------------------------------------------------------------
-    def _check_ek_cert(self, cert_data, public, now):
-        """Verify the EK certificate against the vendor CAs (cached) and that it certifies ``public``."""
+    def _check_ek_cert(self, cert_data, public_pem, now):
+        """Verify the EK certificate against the vendor CAs (cached) and that it certifies the EK (PEM)."""
         try:
             if b"-----BEGIN CERTIFICATE" in cert_data:
                 cert = x509.load_pem_x509_certificate(cert_data)
@@ -390,7 +446,7 @@ class Attestor(object):
             raise EkRejectedError("EK certificate is not a certificate")
         spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         try:
-            ek_spki = serialization.load_pem_public_key(public.to_pem()).public_bytes(
+            ek_spki = serialization.load_pem_public_key(public_pem).public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         except (ValueError, TypeError) as exc:
             raise EkRejectedError("EK public key cannot be compared with its certificate: %s" % exc)
@@ -412,7 +468,8 @@ class Attestor(object):
             self._ek_cert_cache[fingerprint] = min(now + EK_CERT_CACHE_TTL, cert.not_valid_after_utc.timestamp())
 
     def _ek(self, request, ticket_hash, now):
-        """(TPM2B_PUBLIC) of the EK in the request after attribute, hash and certificate checks."""
+        """(TPM2B_PUBLIC, ekpubhash, marshalled, PEM) of the EK in the request after attribute,
+        hash and certificate checks."""
         ekpub = request.get("ekpub")
         if not isinstance(ekpub, str) or not ekpub or len(ekpub) > MAX_EK_CHARS:
             raise AttestRequestError("ekpub is missing or too long")
@@ -424,17 +481,24 @@ class Attestor(object):
             if not isinstance(ek_cert, str) or len(ek_cert) > MAX_EK_CHARS:
                 raise AttestRequestError("ek_cert is not a string or too long")
             cert_data = ek_cert.encode("ascii", "replace") if "-----BEGIN" in ek_cert else _unb64(ek_cert, "ek_cert")
-        try:
-            public = load_ek_public(ekpub)
-        except InvalidEkError as exc:
-            raise EkRejectedError(str(exc))
-        if not hmac.compare_digest(compute_ekpubhash(public), ticket_hash):
+        parsed = self._ek_parsed.get(ekpub)
+        if parsed is None:  # parsing with tpm2-pytss costs more than the quote's ECDSA verify: once per EK
+            try:
+                public = load_ek_public(ekpub)
+            except InvalidEkError as exc:
+                raise EkRejectedError(str(exc))
+            parsed = (public, compute_ekpubhash(public), public.marshal(), public.to_pem())
+            with self._lock:
+                if len(self._ek_parsed) >= self._cache_size:
+                    self._ek_parsed.clear()
+                self._ek_parsed[ekpub] = parsed
+        if not hmac.compare_digest(parsed[1], ticket_hash):
             raise EkRejectedError("the EK does not match the ticket's ekpubhash")
         if cert_data is not None:
-            self._check_ek_cert(cert_data, public, now)
+            self._check_ek_cert(cert_data, parsed[3], now)
         elif self.require_ek_cert:
             raise EkRejectedError("an EK certificate is required")
-        return public
+        return parsed
 
     def complete(self, request, now=None):
         """Check a completion request and return the encrypted response (dict, JSON-ready).
@@ -451,7 +515,7 @@ class Attestor(object):
         eventlog = request.get("eventlog")
         if eventlog is not None and (not isinstance(eventlog, str) or len(eventlog) > MAX_EVENTLOG_BYTES * 4 // 3 + 4):
             raise AttestRequestError("eventlog is not a string or too large")
-        public = self._ek(request, ticket["ekpubhash"], now)
+        public, ekhash, ek_marshalled, _pem = self._ek(request, ticket["ekpubhash"], now)
         bundle = request.get("quote")
         try:
             proven = quote_mod.verify_quote(bundle, nonce)
@@ -463,12 +527,12 @@ class Attestor(object):
                 raise QuoteRejectedError("quote does not cover the requested %s PCRs %s" % (bank, missing))
         try:
             db = self.db_provider()
-            files = db.get(ticket["ekpubhash"])
+            files, head, key = self.entries.get(db, ticket["ekpubhash"])
         except HcpError as exc:
             raise AttestUnavailableError("enrollment DB snapshot unavailable: %s" % exc)
         if files is None:
             raise NotEnrolledError("TPM %s is not enrolled" % ticket["ekpubhash"])
-        if not hmac.compare_digest(files.get("ek.pub", b""), public.marshal()):
+        if not hmac.compare_digest(files.get("ek.pub", b""), ek_marshalled):
             raise EkRejectedError("the enrolled EK differs from the presented one")
         golden = golden_pcrs(files)
         bad = []
@@ -482,9 +546,16 @@ class Attestor(object):
         if bad:
             raise PcrPolicyError("PCR policy not satisfied: %s PCR(s) %s differ from the golden values"
                                  % ("sha256", ", ".join(map(str, bad))))
-        return self._response(public, files, proven["ak_name"], nonce, db)
+        payload, hostname = self._payload(key, files, ekhash)
+        return self._response(public, ekhash, payload, hostname, proven["ak_name"], nonce, head)
 
-    def _response(self, public, files, ak_name_hex, nonce, db):
+    def _payload(self, key, files, ekhash):
+        """(payload bytes, hostname) of an entry: its signed files (manifest.json, manifest.sig and
+        every file the manifest lists), checked against the asset signer when configured.
+        Prepared once per (snapshot, head, entry): the snapshot is immutable per head."""
+        prepared = self._prepared.get(key)
+        if prepared is not None:
+            return prepared
         try:
             manifest = json.loads(files["manifest.json"])
             names = sorted(set(manifest["files"]) | {"manifest.json", "manifest.sig"})
@@ -498,18 +569,27 @@ class Attestor(object):
                 verify_entry(released, self.signer_pub)
             except HcpError as exc:
                 raise AttestUnavailableError("the enrolled entry does not verify with the asset signer: %s" % exc)
-        ekhash = compute_ekpubhash(public)
-        payload = {"format": PAYLOAD_FORMAT, "version": PROTOCOL_VERSION, "ekpubhash": ekhash,
-                   "hostname": files.get("hostname", b"").decode("utf-8", "replace").strip(),
-                   "files": dict((n, _b64(d)) for n, d in released.items())}
+        hostname = files.get("hostname", b"").decode("utf-8", "replace").strip()
+        payload = _canonical({"format": PAYLOAD_FORMAT, "version": PROTOCOL_VERSION, "ekpubhash": ekhash,
+                              "hostname": hostname, "files": dict((n, _b64(d)) for n, d in released.items())})
+        with self._lock:
+            if len(self._prepared) >= self._cache_size:
+                self._prepared.clear()
+            self._prepared[key] = (payload, hostname)
+        return payload, hostname
+
+    @staticmethod
+    def _response(public, ekhash, payload, hostname, ak_name_hex, nonce, head):
+        """The response: ``payload`` under a fresh AES-256-GCM session key wrapped with
+        MakeCredential(EK, AK name)."""
         session_key = os.urandom(32)
         blob, secret = envelope.make_credential_to_ek(public, session_key, bytes.fromhex(ak_name_hex))
+        iv = os.urandom(12)
         header = {"format": RESPONSE_FORMAT, "version": PROTOCOL_VERSION, "ekpubhash": ekhash,
-                  "ak_name": ak_name_hex, "nonce": _b64(nonce), "snapshot": db.head() if hasattr(db, "head") else None,
-                  "credential_blob": _b64(blob), "encrypted_secret": _b64(secret), "iv": _b64(os.urandom(12))}
-        ciphertext = AESGCM(session_key).encrypt(base64.b64decode(header["iv"]), _canonical(payload), _canonical(header))
-        header["ciphertext"] = _b64(ciphertext)
-        header["hostname"] = payload["hostname"]
+                  "ak_name": ak_name_hex, "nonce": _b64(nonce), "snapshot": head,
+                  "credential_blob": _b64(blob), "encrypted_secret": _b64(secret), "iv": _b64(iv)}
+        header["ciphertext"] = _b64(AESGCM(session_key).encrypt(iv, payload, response_aad(header)))
+        header["hostname"] = hostname
         return header
 
 

@@ -273,3 +273,24 @@ def test_ticket_key_file_and_used_ticket_bounds(tmp_path):
     assert len(used) == 1
     with pytest.raises(attest.AttestError):
         attest.normalize_selection({"sha1": [0], "sha256": [1]})
+
+
+def test_entry_cache_follows_the_snapshot_head(swtpm, tmp_path):
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    config = _config(swtpm)
+    h, _files = _enroll(db, config, swtpm, "cache.example.test")
+    site = {"db": db, "key": os.urandom(32), "signer": config.signer.public_key_pem(), "cas": _vendor_cas(swtpm)}
+    transport = attest_client.attestor_transport(_attestor(site))
+    with swtpm.open() as tpm:
+        first = attest_client.attest(tpm, transport, site["signer"])
+        ek_pem = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
+        _h, host, files, _s = enroll.build_entry(config, ek_pem, "cache.example.test", PROFILE, operation="reenroll")
+        db.add(h, host, files, replace=True)  # re-enrollment: new head, new key
+        second = attest_client.attest(tpm, transport, site["signer"])
+    assert first["assets"]["rootfs.key"] != second["assets"]["rootfs.key"]
+    assert second["snapshot"] == db.head() != first["snapshot"]
+    db._git("pack-refs", "--all")
+    assert not os.path.exists(os.path.join(db.path, "refs", "heads", "main"))
+    assert attest.read_head(db.path) == db.head()
+    assert attest.read_head(str(tmp_path)) is None

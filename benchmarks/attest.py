@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Speed of attestation (protocol v1): prints figures, asserts nothing (not a test).
+
+  server ``complete`` per second (one core, in process: ticket, replay set, EK + cached EK
+    certificate check, quote verification, git snapshot read, manifest check, MakeCredential,
+    AES-GCM), on evidence recorded in advance from a real swtpm with fresh tickets;
+  the same run's crypto floor: verify_quote + MakeCredential + AES-GCM of the same payload;
+  end-to-end client latency with swtpm (both round trips in process, ActivateCredential,
+    manifest check, unseal of the sensitive assets).
+
+Run: make bench   (or .venv/bin/python benchmarks/attest.py [N] with hcp.core on the path)
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "collections"))
+
+from ansible_collections.hcp.core.plugins.module_utils import attest, attest_client, enroll, envelope, pki  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+
+PROFILE = {"assets": ["hostname", "rootfs-key", "https-server", "issuer-ca"]}
+
+
+def _harness():
+    """The Swtpm process harness of the unit tests (real swtpm, private vendor CA)."""
+    spec = importlib.util.spec_from_file_location("hcp_swtpm_harness", os.path.join(REPO, "tests", "unit", "conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Swtpm
+
+
+def _vendor_cas(swtpm):
+    cas = []
+    for path in swtpm.vendor_ca_files:
+        with open(path, "rb") as handle:
+            cas.extend(pki.load_certificates(handle.read()))
+    return cas
+
+
+def main():
+    warnings.simplefilter("ignore")
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    with tempfile.TemporaryDirectory() as workdir:
+        swtpm = _harness()(os.path.join(workdir, "tpm")).start()
+        try:
+            run(swtpm, workdir, count)
+        finally:
+            swtpm.stop()
+
+
+def run(swtpm, workdir, count):
+    cas = _vendor_cas(swtpm)
+    ca_key, ca_cert = pki.create_ca("bench CA")
+    config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]), signer=pki.Signer(pki.new_private_key()),
+                                     postclient={"seal_policy": {"type": "none"}}, vendor_cas=cas)
+    db = EnrollmentDb(os.path.join(workdir, "db"))
+    db.init()
+    with swtpm.open() as tpm:
+        cert_der = tpm.ek_certificate_der()
+        pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
+        h, host, files, _s = enroll.build_entry(config, pem, "bench.example.test", PROFILE)
+        db.add(h, host, files)
+        signer = config.signer.public_key_pem()
+        server = attest.Attestor(lambda: db, os.urandom(32), signer_pub=signer, vendor_cas=cas, require_ek_cert=True)
+
+        # evidence recorded in advance: one fresh ticket and quote per request
+        start = time.perf_counter()
+        requests = []
+        ekpub = base64.b64encode(tpm.ek_public().marshal()).decode()
+        with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
+            for _i in range(count):
+                started = server.initiate(h)
+                bundle = quote_mod.quote_with_ak(tpm, ak, ak_public, base64.b64decode(started["nonce"]),
+                                                 started["pcrs"]["sha256"])
+                requests.append({"ticket": started["ticket"], "ekpub": ekpub,
+                                 "ek_cert": base64.b64encode(cert_der).decode(), "quote": bundle})
+        quote_ms = (time.perf_counter() - start) * 1000 / count
+
+        # server complete
+        server.complete(json.loads(json.dumps(requests[0])))  # warm the EK-certificate cache
+        timings = []
+        for request in requests[1:]:
+            t0 = time.perf_counter()
+            server.complete(request)
+            timings.append(time.perf_counter() - t0)
+        per_call = statistics.median(timings)
+
+        # the crypto floor on the same payload
+        entry = db.get(h)
+        payload = json.dumps({"files": dict((n, base64.b64encode(d).decode()) for n, d in entry.items())}).encode()
+        public = tpm.ek_public()
+        bundle = requests[1]["quote"]
+        floor_timings = []
+        ticket_nonce = base64.b64decode(server.open_ticket(requests[1]["ticket"])["nonce"])
+        for _i in range(max(200, count)):
+            t0 = time.perf_counter()
+            proven = quote_mod.verify_quote(bundle, ticket_nonce)
+            key = os.urandom(32)
+            envelope.make_credential_to_ek(public, key, bytes.fromhex(proven["ak_name"]))
+            AESGCM(key).encrypt(os.urandom(12), payload, b"")
+            floor_timings.append(time.perf_counter() - t0)
+        floor = statistics.median(floor_timings)
+
+        # the git snapshot read alone
+        git_timings = []
+        for _i in range(50):
+            t0 = time.perf_counter()
+            db.get(h)
+            git_timings.append(time.perf_counter() - t0)
+        git_read = statistics.median(git_timings)
+
+        # end-to-end client with swtpm
+        e2e = []
+        transport = attest_client.attestor_transport(server)
+        for _i in range(10):
+            t0 = time.perf_counter()
+            attest_client.attest(tpm, transport, signer)
+            e2e.append((time.perf_counter() - t0) * 1000)
+
+    print("attestation (protocol v1), %d recorded quotes, entry of %d files (%d bytes), one core" % (
+        count, len(entry), len(payload)))
+    print("  quote on swtpm (recording):          %8.1f ms each" % quote_ms)
+    print("  server complete:                     %8.0f /s  (median %.0f us, p95 %.0f us)" % (
+        1 / per_call, per_call * 1e6, sorted(timings)[int(len(timings) * 0.95) - 1] * 1e6))
+    print("  uncached git snapshot read (2 git processes; cached per head): %.0f us" % (git_read * 1e6))
+    print("  crypto floor (quote verify + MakeCredential + AES-GCM): %.0f /s (%.0f us)" % (1 / floor, floor * 1e6))
+    print("  ratio complete / floor:              %8.1f x" % (per_call / floor))
+    print("  client end to end with swtpm:        %8.1f ms median (p max %.1f ms)" % (statistics.median(e2e), max(e2e)))
+
+
+if __name__ == "__main__":
+    main()
