@@ -61,6 +61,10 @@ class Metrics(object):
         self.total = 0.0
         self.initiated = 0
 
+    def initiate(self):
+        with self._lock:
+            self.initiated += 1
+
     def observe(self, result, seconds):
         with self._lock:
             self.results[result] = self.results.get(result, 0) + 1
@@ -171,7 +175,7 @@ def create_app(config=None, attestor=None):
         except HcpError as exc:
             status = attest.classify(exc)
             return json_error(status, str(exc) if status < 500 else "internal error")
-        metrics.initiated += 1
+        metrics.initiate()
         return flask.jsonify(result)
 
     @app.post("/v1/complete")

@@ -8,8 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import ssl
+import threading
 
 import pytest
+from werkzeug.serving import make_server
 
 from ansible_collections.hcp.core.plugins.module_utils import arepl, attest, attest_client, enroll, pki
 from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod
@@ -117,3 +120,21 @@ def test_missing_snapshot_is_503(tmp_path):
     assert client.get("/healthcheck").status_code == 503
     started = client.post("/v1/initiate", json={"ekpubhash": "0" * 64})
     assert started.status_code == 200 and json.loads(started.data)["ticket"].startswith("hcpt1.")
+
+
+def test_attest_over_real_tls(site, swtpm, tmp_path):
+    creds = pki.bootstrap_site_credentials(str(tmp_path / "tls"), "test", ["localhost"], [])["paths"]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(creds["server_cert"], creds["server_key"])
+    server = make_server("127.0.0.1", 0, site["app"], threaded=True, ssl_context=context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = "https://localhost:%d" % server.server_port
+    try:
+        with swtpm.open() as tpm:
+            result = attest_client.attest(tpm, url, site["signer"], ca_file=creds["ca_cert"], timeout=30)
+            assert len(result["assets"]["rootfs.key"]) == 64
+            with pytest.raises(attest_client.AttestClientError, match="cannot reach"):
+                attest_client.attest(tpm, url, site["signer"], timeout=30)  # server CA not trusted
+    finally:
+        server.shutdown()
