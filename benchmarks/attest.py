@@ -9,7 +9,10 @@
     AES-GCM), on evidence recorded in advance from a real swtpm with fresh tickets;
   the same run's crypto floor: verify_quote + MakeCredential + AES-GCM of the same payload;
   end-to-end client latency with swtpm (both round trips in process, ActivateCredential,
-    manifest check, unseal of the sensitive assets).
+    manifest check, unseal of the sensitive assets);
+  ``complete`` per second through HTTP on loopback (Flask app under werkzeug's threaded
+    server, no TLS; concurrent clients posting recorded evidence): the Python web stack's
+    share; the production stack (uwsgi workers behind nginx) is measured by the role's bench.
 
 Run: make bench   (or .venv/bin/python benchmarks/attest.py [N] with hcp.core on the path)
 """
@@ -23,8 +26,12 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
+
+import requests  # noqa: E402
+from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -33,6 +40,7 @@ sys.path.insert(0, os.path.join(REPO, "collections"))
 from ansible_collections.hcp.core.plugins.module_utils import attest, attest_client, enroll, envelope, pki  # noqa: E402
 from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod  # noqa: E402
 from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.services.attest_app import create_app  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
@@ -67,6 +75,39 @@ def main():
             swtpm.stop()
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args, **kwargs):
+        pass
+
+
+def http_rate(server, requests_, clients=4):
+    """complete/s through HTTP on loopback with ``clients`` concurrent client threads."""
+    app = create_app({"db": "/nonexistent/current", "ticket_key_file": "/nonexistent"}, attestor=server)
+    httpd = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = "http://127.0.0.1:%d/v1/complete" % httpd.server_port
+    bodies = [json.dumps(r).encode() for r in requests_]
+    chunks = [bodies[i::clients] for i in range(clients)]
+    failures = []
+
+    def worker(chunk):
+        session = requests.Session()
+        for body in chunk:
+            resp = session.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=60)
+            if resp.status_code != 200:
+                failures.append(resp.status_code)
+    threads = [threading.Thread(target=worker, args=(c,)) for c in chunks]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    httpd.shutdown()
+    return len(bodies) / elapsed, failures
+
+
 def run(swtpm, workdir, count):
     cas = _vendor_cas(swtpm)
     ca_key, ca_cert = pki.create_ca("bench CA")
@@ -87,14 +128,16 @@ def run(swtpm, workdir, count):
         requests = []
         ekpub = base64.b64encode(tpm.ek_public().marshal()).decode()
         with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
-            for _i in range(count):
+            for _i in range(2 * count):
                 started = server.initiate(h)
                 bundle = quote_mod.quote_with_ak(tpm, ak, ak_public, base64.b64decode(started["nonce"]),
                                                  started["pcrs"]["sha256"])
                 requests.append({"ticket": started["ticket"], "ekpub": ekpub,
                                  "ek_cert": base64.b64encode(cert_der).decode(), "quote": bundle})
-        quote_ms = (time.perf_counter() - start) * 1000 / count
+        quote_ms = (time.perf_counter() - start) * 1000 / (2 * count)
 
+        http_requests = requests[count:]
+        requests = requests[:count]
         # server complete
         server.complete(json.loads(json.dumps(requests[0])))  # warm the EK-certificate cache
         timings = []
@@ -128,6 +171,8 @@ def run(swtpm, workdir, count):
             git_timings.append(time.perf_counter() - t0)
         git_read = statistics.median(git_timings)
 
+        rate_http, failures = http_rate(server, http_requests)
+
         # end-to-end client with swtpm
         e2e = []
         transport = attest_client.attestor_transport(server)
@@ -144,6 +189,8 @@ def run(swtpm, workdir, count):
     print("  uncached git snapshot read (2 git processes; cached per head): %.0f us" % (git_read * 1e6))
     print("  crypto floor (quote verify + MakeCredential + AES-GCM): %.0f /s (%.0f us)" % (1 / floor, floor * 1e6))
     print("  ratio complete / floor:              %8.1f x" % (per_call / floor))
+    print("  complete over HTTP (werkzeug threaded, 4 client threads in the same process): %.0f /s%s" % (
+        rate_http, " (%d failures)" % len(failures) if failures else ""))
     print("  client end to end with swtpm:        %8.1f ms median (p max %.1f ms)" % (statistics.median(e2e), max(e2e)))
 
 
