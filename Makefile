@@ -106,6 +106,7 @@ bench: install ## benchmarks/ scripts: print figures (not a test)
 	$(BIN)/python benchmarks/shamir.py
 	$(BIN)/python benchmarks/policy.py
 	$(BIN)/python benchmarks/site_unseal.py
+	$(BIN)/python benchmarks/attest.py
 
 lab-down: install ## remove the lab containers and network
 	ansible-playbook -i $(INVENTORY) playbooks/lab.yml -e lab_state=absent

@@ -96,11 +96,11 @@ def load_ek_public(data):
             return check_ek_public(ek_public_from_key(x509.load_pem_x509_certificate(stripped).public_key()))
         if stripped.startswith(b"-----BEGIN"):
             return check_ek_public(ek_public_from_key(serialization.load_pem_public_key(stripped)))
-        if stripped[:1] == b"\x30":  # DER certificate or SubjectPublicKeyInfo
+        if data[:1] == b"\x30":  # DER certificate or SubjectPublicKeyInfo
             try:
-                return check_ek_public(ek_public_from_key(x509.load_der_x509_certificate(stripped).public_key()))
+                return check_ek_public(ek_public_from_key(x509.load_der_x509_certificate(data).public_key()))
             except ValueError:
-                return check_ek_public(ek_public_from_key(serialization.load_der_public_key(stripped)))
+                return check_ek_public(ek_public_from_key(serialization.load_der_public_key(data)))
     except InvalidEkError:
         raise
     except (ValueError, TypeError) as exc:
