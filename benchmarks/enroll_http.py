@@ -124,8 +124,8 @@ def main():
               % (sock_figure, sock_figure / lib))
     else:
         print("  writer daemon: systemd-socket-activate not installed, skipped")
-    print("/v1/find by hostname over HTTPS: median %.1f ms, p95 %.1f ms" % (samples[len(samples) // 2] * 1e3,
-                                                                          samples[int(len(samples) * 0.95)] * 1e3))
+    median, p95 = samples[len(samples) // 2] * 1e3, samples[int(len(samples) * 0.95)] * 1e3
+    print("/v1/find by hostname over HTTPS: median %.1f ms, p95 %.1f ms" % (median, p95))
 
 
 if __name__ == "__main__":
