@@ -511,47 +511,41 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
         if not name or "/" in name or name.startswith("."):
             raise PkiError("invalid client name %r" % (name,))
     _ensure_dir(directory)
-    paths, created = {}, []
+    paths = dict((label, os.path.join(directory, name)) for label, name in site_credential_files(client_names).items())
+    created = []
 
-    def path(label, filename):
-        paths[label] = os.path.join(directory, filename)
-        return paths[label]
-
-    def write(label, filename, data, mode):
-        atomic_write(path(label, filename), data, mode)
+    def write(label, data, mode):
+        atomic_write(paths[label], data, mode)
         created.append(label)
 
-    ca_key_path, ca_pem_path = path("ca_key", "ca.key"), path("ca_cert", "ca.pem")
-    if os.path.exists(ca_key_path) and os.path.exists(ca_pem_path):
-        with open(ca_key_path, "rb") as key_file, open(ca_pem_path, "rb") as pem_file:
+    if os.path.exists(paths["ca_key"]) and os.path.exists(paths["ca_cert"]):
+        with open(paths["ca_key"], "rb") as key_file, open(paths["ca_cert"], "rb") as pem_file:
             issuer = Issuer.from_pem(key_file.read(), pem_file.read())
     else:
         ca_key, ca_cert = create_ca("%s enrollment CA" % site_name, days=days, now=now, kind=ca_kind)
-        write("ca_key", "ca.key", private_key_pem(ca_key), 0o600)
-        write("ca_cert", "ca.pem", certificate_pem(ca_cert), 0o644)
+        write("ca_key", private_key_pem(ca_key), 0o600)
+        write("ca_cert", certificate_pem(ca_cert), 0o644)
         issuer = Issuer(ca_key, [ca_cert])
 
-    if not os.path.exists(path("signer_key", "signer.key")):
+    if not os.path.exists(paths["signer_key"]):
         signer_key = new_private_key("ec-p256")
-        write("signer_key", "signer.key", private_key_pem(signer_key), 0o600)
-        write("signer_pub", "signer.pub.pem", public_key_pem(signer_key), 0o644)
-    elif not os.path.exists(path("signer_pub", "signer.pub.pem")):
+        write("signer_key", private_key_pem(signer_key), 0o600)
+        write("signer_pub", public_key_pem(signer_key), 0o644)
+    elif not os.path.exists(paths["signer_pub"]):
         with open(paths["signer_key"], "rb") as key_file:
-            write("signer_pub", "signer.pub.pem", public_key_pem(load_private_key(key_file.read())), 0o644)
+            write("signer_pub", public_key_pem(load_private_key(key_file.read())), 0o644)
 
-    leaves = [("server", "server", "https-server", list(server_names), server_names[0])]
+    leaves = [("server", "https-server", list(server_names), server_names[0])]
     for name in client_names:
-        if not name or "/" in name or name.startswith("."):
-            raise PkiError("invalid client name %r" % (name,))
-        leaves.append(("client_" + name, "client-" + name, "https-client", [], name))
-    for label, stem, profile, dns_names, common_name in leaves:
-        if os.path.exists(path(label + "_key", stem + ".key")) and os.path.exists(path(label + "_cert", stem + ".pem")):
+        leaves.append(("client_" + name, "https-client", [], name))
+    for label, profile, dns_names, common_name in leaves:
+        if os.path.exists(paths[label + "_key"]) and os.path.exists(paths[label + "_cert"]):
             continue
         key = new_private_key("ec-p256")
         cert = issuer.issue(key.public_key(), profile, common_name, dns_names=dns_names, days=days, now=now,
                             org=site_name)
-        write(label + "_key", stem + ".key", private_key_pem(key), 0o600)
-        write(label + "_cert", stem + ".pem", certificate_pem(cert) + issuer.chain_pem(), 0o644)
+        write(label + "_key", private_key_pem(key), 0o600)
+        write(label + "_cert", certificate_pem(cert) + issuer.chain_pem(), 0o644)
     return {"paths": paths, "created": created}
 
 
