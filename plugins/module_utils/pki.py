@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
@@ -479,28 +480,51 @@ def _ensure_dir(directory):
     os.chmod(directory, 0o700)
 
 
-def site_credential_files(client_names):
-    """{label: file name} of the seed credentials bootstrap_site_credentials manages."""
+SERVER_CERT_LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def check_server_certs(server_certs):
+    """Raise PkiError unless ``server_certs`` is {label: [DNS names, at least one]} with
+    labels matching ``^[a-z0-9][a-z0-9_.-]*$``."""
+    if not isinstance(server_certs, dict):
+        raise PkiError("server_certs must be a mapping of label to a list of DNS names")
+    for label, names in server_certs.items():
+        if not isinstance(label, str) or not SERVER_CERT_LABEL.match(label):
+            raise PkiError("invalid server certificate label %r (allowed: [a-z0-9][a-z0-9_.-]*)" % (label,))
+        if (not isinstance(names, (list, tuple)) or not names
+                or not all(isinstance(name, str) and name for name in names)):
+            raise PkiError("server certificate %r needs a non-empty list of DNS names" % label)
+
+
+def site_credential_files(client_names, server_certs=None):
+    """{label: file name} of the seed credentials bootstrap_site_credentials manages
+    (``server_certs``: extra server certificates, {label: [DNS names]})."""
     files = {"ca_key": "ca.key", "ca_cert": "ca.pem", "signer_key": "signer.key", "signer_pub": "signer.pub.pem",
              "server_key": "server.key", "server_cert": "server.pem"}
+    for label in sorted(server_certs or {}):
+        files["server_%s_key" % label] = "server-%s.key" % label
+        files["server_%s_cert" % label] = "server-%s.pem" % label
     for name in client_names:
         files["client_%s_key" % name] = "client-%s.key" % name
         files["client_%s_cert" % name] = "client-%s.pem" % name
     return files
 
 
-def missing_site_credentials(directory, client_names):
+def missing_site_credentials(directory, client_names, server_certs=None):
     """Labels of the seed credentials absent from ``directory`` (what a bootstrap would create)."""
-    return sorted(label for label, name in site_credential_files(client_names).items()
+    check_server_certs(server_certs or {})
+    return sorted(label for label, name in site_credential_files(client_names, server_certs).items()
                   if not os.path.exists(os.path.join(directory, name)))
 
 
 def bootstrap_site_credentials(directory, site_name, server_names, client_names, now=None, days=3650,
-                               ca_kind="rsa-3072"):
+                               ca_kind="rsa-3072", server_certs=None):
     """Create the site's seed credentials in ``directory`` (0700), each only if absent:
     enrollment CA (ca.key, ca.pem), asset signer (signer.key, signer.pub.pem), server TLS
-    (server.key, server.pem + chain) and one client certificate per name
-    (client-<name>.key/.pem). Returns {"paths": {label: path}, "created": [labels]};
+    (server.key, server.pem + chain), one extra server certificate per ``server_certs``
+    label (server-<label>.key/.pem for its DNS names, the first one its common name) and
+    one client certificate per name (client-<name>.key/.pem).
+    Returns {"paths": {label: path}, "created": [labels]};
     never key material. The CA is RSA by default: Heimdal's hx509 (Debian 12) cannot verify
     ECDSA-signed certificates, so PKINIT certificates must come from an RSA CA."""
     require_cryptography()
@@ -510,8 +534,11 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
     for name in client_names:  # checked before anything is written
         if not name or "/" in name or name.startswith("."):
             raise PkiError("invalid client name %r" % (name,))
+    server_certs = server_certs or {}
+    check_server_certs(server_certs)
     _ensure_dir(directory)
-    paths = dict((label, os.path.join(directory, name)) for label, name in site_credential_files(client_names).items())
+    paths = dict((label, os.path.join(directory, name))
+                 for label, name in site_credential_files(client_names, server_certs).items())
     created = []
 
     def write(label, data, mode):
@@ -536,6 +563,8 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
             write("signer_pub", public_key_pem(load_private_key(key_file.read())), 0o644)
 
     leaves = [("server", "https-server", list(server_names), server_names[0])]
+    for label in sorted(server_certs):
+        leaves.append(("server_" + label, "https-server", list(server_certs[label]), server_certs[label][0]))
     for name in client_names:
         leaves.append(("client_" + name, "https-client", [], name))
     for label, profile, dns_names, common_name in leaves:

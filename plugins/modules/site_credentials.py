@@ -14,7 +14,8 @@ description:
     hand-made keys or certificates. Existing files are never replaced, so running it again changes nothing.
   - The enrollment CA (C(ca.key), C(ca.pem); RSA-3072, because Heimdal's PKINIT cannot verify ECDSA-signed
     certificates), the asset signer (C(signer.key), C(signer.pub.pem); ECDSA P-256), the server TLS certificate
-    (C(server.key), C(server.pem) with the CA chain) for O(server_names), and one TLS client certificate per
+    (C(server.key), C(server.pem) with the CA chain) for O(server_names), one extra server certificate per
+    O(server_certs) label (C(server-LABEL.key), C(server-LABEL.pem)), and one TLS client certificate per
     O(client_names) entry (C(client-NAME.key), C(client-NAME.pem)).
   - Private keys are written atomically with mode V(0600) in a V(0700) directory; certificates and public keys
     V(0644). O(owner) and O(group) are applied to the directory and every file.
@@ -53,6 +54,13 @@ options:
     type: list
     elements: str
     default: []
+  server_certs:
+    description:
+      - Extra TLS server certificates (for example for other services of the site), as a mapping of label
+        (V([a-z0-9][a-z0-9_.-]*)) to a non-empty list of DNS names, the first one being the common name.
+      - Each is created once, like the main server certificate; later changes of its names are ignored.
+    type: dict
+    default: {}
   owner:
     description: Owner of the directory and the files.
     type: str
@@ -60,7 +68,8 @@ options:
     description: Group of the directory and the files.
     type: str
 notes:
-  - The server certificate's names are fixed at creation; to change them remove C(server.key) and C(server.pem).
+  - The server certificates' names are fixed at creation; to change them remove C(server.key) and C(server.pem)
+    (or C(server-LABEL.key) and C(server-LABEL.pem)).
 seealso:
   - module: hcp.core.enrollment
 """
@@ -71,7 +80,9 @@ EXAMPLES = r"""
     path: /etc/hcp/enroll/pki
     site: lab
     server_names: [enroll.example.net, localhost]
-    client_names: [orchestrator]
+    client_names: [orchestrator, attest-a1]
+    server_certs:
+      attest-a1: [a1.example.net]
     owner: hcp-enroll-db
     group: hcp-enroll-db
   register: creds
@@ -80,7 +91,8 @@ EXAMPLES = r"""
 RETURN = r"""
 paths:
   description: Path of every credential file by label (C(ca_key), C(ca_cert), C(signer_key), C(signer_pub),
-    C(server_key), C(server_cert), C(client_NAME_key), C(client_NAME_cert)).
+    C(server_key), C(server_cert), C(server_LABEL_key), C(server_LABEL_cert), C(client_NAME_key),
+    C(client_NAME_cert)).
   returned: always
   type: dict
 created:
@@ -122,6 +134,7 @@ def main():
             site=dict(type="str", required=True),
             server_names=dict(type="list", elements="str", required=True),
             client_names=dict(type="list", elements="str", default=[]),
+            server_certs=dict(type="dict", default={}),
             owner=dict(type="str"),
             group=dict(type="str"),
         ),
@@ -131,14 +144,15 @@ def main():
     directory = params["path"]
     if not params["server_names"]:
         module.fail_json(msg="server_names must name at least one DNS name")
-    files = pki.site_credential_files(params["client_names"])
-    paths = dict((label, os.path.join(directory, name)) for label, name in files.items())
     try:
+        pki.check_server_certs(params["server_certs"])
+        files = pki.site_credential_files(params["client_names"], params["server_certs"])
+        paths = dict((label, os.path.join(directory, name)) for label, name in files.items())
         if module.check_mode:
-            created = pki.missing_site_credentials(directory, params["client_names"])
+            created = pki.missing_site_credentials(directory, params["client_names"], params["server_certs"])
         else:
             result = pki.bootstrap_site_credentials(directory, params["site"], params["server_names"],
-                                                    params["client_names"])
+                                                    params["client_names"], server_certs=params["server_certs"])
             created = sorted(result["created"])
     except HcpError as exc:
         fail_on_hcp_error(module, exc)

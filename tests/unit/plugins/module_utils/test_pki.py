@@ -217,3 +217,54 @@ def test_bootstrap_idempotent(tmp_path):
         assert handle.read() == before
     third = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.com"], ["orchestrator", "ci"], now=NOW)
     assert third["created"] == ["client_ci_key", "client_ci_cert"]
+
+
+def test_bootstrap_extra_server_certs(tmp_path):
+    directory = str(tmp_path / "site")
+    extra = {"attest-a1": ["a1.example.com", "10.0.0.7"], "attest-a2": ["a2.example.com"]}
+    first = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.com"], [], now=NOW,
+                                           ca_kind="rsa-2048", server_certs=extra)
+    assert {"server_attest-a1_key", "server_attest-a1_cert", "server_attest-a2_key",
+            "server_attest-a2_cert"} <= set(first["created"])
+    assert first["paths"]["server_attest-a1_cert"] == os.path.join(directory, "server-attest-a1.pem")
+    assert stat.S_IMODE(os.stat(first["paths"]["server_attest-a1_key"]).st_mode) == 0o600
+    with open(first["paths"]["server_attest-a1_cert"], "rb") as handle:
+        chain = pki.load_certificates(handle.read())
+    with open(first["paths"]["ca_cert"], "rb") as handle:
+        anchor = pki.load_certificates(handle.read())
+    pki.verify_chain(chain[0], chain[1:], anchor, now=NOW)
+    assert chain[0].subject.rfc4514_string() == "O=lab,CN=a1.example.com"
+    san = ext(chain[0], x509.SubjectAlternativeName)
+    assert san.get_values_for_type(x509.DNSName) == ["a1.example.com"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    assert list(ext(chain[0], x509.ExtendedKeyUsage)) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    with open(first["paths"]["server_attest-a1_key"], "rb") as handle:
+        key = pki.load_private_key(handle.read())
+    assert pki.public_key_pem(key) == pki.public_key_pem(chain[0].public_key())
+    assert pki.missing_site_credentials(directory, [], extra) == []
+    # Idempotent, names fixed at creation; a new label adds only its pair.
+    with open(first["paths"]["server_attest-a1_key"], "rb") as handle:
+        before = handle.read()
+    more = dict(extra, **{"attest-a1": ["renamed.example.com"], "web": ["w.example.com"]})
+    assert pki.missing_site_credentials(directory, [], more) == ["server_web_cert", "server_web_key"]
+    second = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.com"], [], now=NOW, server_certs=more)
+    assert sorted(second["created"]) == ["server_web_cert", "server_web_key"]
+    with open(first["paths"]["server_attest-a1_key"], "rb") as handle:
+        assert handle.read() == before
+
+
+@pytest.mark.parametrize("server_certs,message", [
+    ({"Bad": ["a"]}, "invalid server certificate label"),
+    ({"../x": ["a"]}, "invalid server certificate label"),
+    ({"ok": []}, "non-empty list"),
+    ({"ok": "a.example.com"}, "non-empty list"),
+    ({"ok": [""]}, "non-empty list"),
+    (["a"], "mapping"),
+])
+def test_bootstrap_extra_server_certs_bad_input(tmp_path, server_certs, message):
+    directory = str(tmp_path / "site")
+    with pytest.raises(pki.PkiError, match=message):
+        pki.bootstrap_site_credentials(directory, "lab", ["e"], [], server_certs=server_certs)
+    assert not os.path.exists(directory)
+    with pytest.raises(pki.PkiError, match=message):
+        pki.missing_site_credentials(directory, [], server_certs)

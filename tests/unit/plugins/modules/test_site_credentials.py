@@ -56,3 +56,25 @@ def test_bad_input(tmp_path, capsys):
     out = run({"path": str(tmp_path / "p2"), "site": "lab", "server_names": ["a"], "client_names": ["../x"]}, capsys)
     assert out["failed"] and "invalid client name" in out["msg"]
     assert not os.path.exists(str(tmp_path / "p2"))
+
+
+def test_extra_server_certs(tmp_path, capsys):
+    path = str(tmp_path / "pki")
+    args = {"path": path, "site": "lab", "server_names": ["enroll.example.test"],
+            "server_certs": {"attest-a1": ["a1.example.test", "localhost"]}}
+    out = run(dict(args, _ansible_check_mode=True), capsys)
+    assert out["changed"] and {"server_attest-a1_key", "server_attest-a1_cert"} <= set(out["created"])
+    assert not os.path.exists(path)
+    out = run(args, capsys)
+    assert out["rc"] == 0 and len(out["created"]) == 8 and "PRIVATE KEY" not in out["raw"]
+    assert out["paths"]["server_attest-a1_key"] == os.path.join(path, "server-attest-a1.key")
+    assert stat.S_IMODE(os.stat(out["paths"]["server_attest-a1_key"]).st_mode) == 0o600
+    with open(out["paths"]["server_attest-a1_cert"], "rb") as handle:
+        leaf = pki.load_certificates(handle.read())[0]
+    assert leaf.subject.rfc4514_string() == "O=lab,CN=a1.example.test"
+    again = run(dict(args, _ansible_check_mode=True), capsys)
+    assert not again["changed"] and again["created"] == []
+    again = run(args, capsys)
+    assert not again["changed"] and again["created"] == []
+    bad = run(dict(args, server_certs={"Bad/label": ["x"]}), capsys)
+    assert bad["failed"] and "invalid server certificate label" in bad["msg"]
