@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
+import hashlib
 import json
+import os
+import stat
+import tempfile
 
 from ansible_collections.hcp.core.plugins.module_utils import attest as attest_mod
 from ansible_collections.hcp.core.plugins.module_utils import envelope, quote as quote_mod
 from ansible_collections.hcp.core.plugins.module_utils.enroll import verify_entry
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError, TpmError
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.tpm import tss_rc
 from ansible_collections.hcp.core.plugins.module_utils.tpm_policy import ONE_TIME_PCR
 
@@ -148,19 +154,64 @@ def run_protocol(tpm, transport, extra=None):
     return payload, response
 
 
-def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, unseal=True, extend_pcr=True,
-           client_cert=None, extra=None):
-    """Attest with ``tpm`` (tpm.Tpm) to ``server`` (URL or a transport callable).
+ONE_TIME_UNSEAL = "unseal"          # unseal one-time assets (the TPM refuses after PCR 11 was extended)
+ONE_TIME_SKIP_IF_USED = "skip_used"  # skip them when PCR 11 is already extended (re-attestation)
+ONE_TIME_SKIP = "skip"               # never unseal them (check mode)
+ONE_TIME_MODES = (ONE_TIME_UNSEAL, ONE_TIME_SKIP_IF_USED, ONE_TIME_SKIP)
+SKIP_USED_REASON = "one-time asset already unsealed this boot (PCR %d extended)" % ONE_TIME_PCR
+SKIP_CHECK_REASON = "one-time asset not unsealed in check mode"
 
-    ``signer_public``: PEM (or key) of the trusted asset signer: the entry's manifest must
-    verify with it. ``unseal``: unseal sensitive assets (else they stay envelopes).
-    ``extend_pcr``: after unsealing, extend PCR 11 when any asset has the one-time policy.
 
-    Returns {hostname, ekpubhash, snapshot, manifest, assets: {name: bytes}, files:
-    {stored file: bytes}, pcr_extended}. ``assets`` holds plaintext (secrets included):
-    never log it."""
-    transport = server if callable(server) else http_transport(server, ca_file, timeout, client_cert)
-    payload, response = run_protocol(tpm, transport, extra)
+class AllServersFailedError(AttestClientError):
+    """Every server of a failover list failed; ``causes`` is [(server label, exception)]."""
+
+    def __init__(self, causes):
+        super(AllServersFailedError, self).__init__(
+            "all %d attestation servers failed: %s" % (len(causes), "; ".join("%s: %s" % c for c in causes)))
+        self.causes = causes
+
+
+def server_label(server, index=0):
+    """How a server is named in reports: its URL, or ``transport #<n>`` for a callable."""
+    return server if isinstance(server, str) else "transport #%d" % (index + 1)
+
+
+def _servers(server):
+    if callable(server) or isinstance(server, str):
+        return [server]
+    servers = list(server or [])
+    if not servers or not all(callable(s) or (isinstance(s, str) and s) for s in servers):
+        raise AttestClientError("servers must be a non-empty list of URLs")
+    return servers
+
+
+def fetch(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, client_cert=None, extra=None):
+    """Both round trips and the manifest check, trying ``server`` (URL, transport, or a list of
+    them in failover order; one server serves both round trips) until one answers with an
+    entry that verifies with ``signer_public``. Nothing is unsealed: sensitive assets are
+    still envelopes sealed to the TPM. Returns {hostname, ekpubhash, snapshot, manifest,
+    files: {stored file: bytes}, server}. A single server's failure is raised as is; with
+    several, AllServersFailedError lists every cause."""
+    servers = _servers(server)
+    causes = []
+    for index, one in enumerate(servers):
+        try:
+            transport = one if callable(one) else http_transport(one, ca_file, timeout, client_cert)
+            payload, response = run_protocol(tpm, transport, extra)
+            files, manifest = verify_payload(payload, signer_public)
+        except AttestClientError as exc:
+            if len(servers) == 1:
+                raise
+            causes.append((server_label(one, index), exc))
+            continue
+        return {"hostname": manifest.get("hostname"), "ekpubhash": payload["ekpubhash"],
+                "snapshot": response.get("snapshot"), "manifest": manifest, "files": files,
+                "server": server_label(one, index)}
+    raise AllServersFailedError(causes)
+
+
+def verify_payload(payload, signer_public):
+    """(files, manifest) of a decrypted payload, checked against the trusted asset signer."""
     try:
         files = dict((name, base64.b64decode(data, validate=True)) for name, data in payload["files"].items())
     except (KeyError, TypeError, AttributeError, ValueError, binascii.Error):
@@ -169,28 +220,72 @@ def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, un
         manifest = verify_entry(files, signer_public)
     except HcpError as exc:
         raise AttestClientError("the entry does not verify with the trusted asset signer: %s" % exc)
-    if manifest.get("ekpubhash") != payload["ekpubhash"]:
+    if manifest.get("ekpubhash") != payload.get("ekpubhash"):
         raise AttestClientError("the signed manifest is for another TPM")
-    assets = {}
-    one_time = False
+    return files, manifest
+
+
+def one_time_used(tpm):
+    """Whether PCR 11 was extended this boot (one-time envelopes cannot be unsealed)."""
+    value = tpm.read_pcrs("sha256", [ONE_TIME_PCR])[ONE_TIME_PCR]
+    return any(bytearray(value))
+
+
+def open_assets(tpm, manifest, files, unseal=True, extend_pcr=True, one_time=ONE_TIME_UNSEAL):
+    """Plaintext of the entry's assets: (assets {name: bytes}, skipped [{name, reason}], pcr_extended).
+
+    ``one_time``: ONE_TIME_UNSEAL, ONE_TIME_SKIP_IF_USED (skip one-time envelopes when PCR 11 is
+    already extended) or ONE_TIME_SKIP (never unseal them, never extend). ``extend_pcr``: extend
+    PCR 11 after unsealing any one-time envelope."""
+    if one_time not in ONE_TIME_MODES:
+        raise AttestClientError("one_time must be one of %s" % ", ".join(ONE_TIME_MODES))
+    assets, skipped = {}, []
+    one_time_unsealed = False
+    used = None
     for asset in manifest["assets"]:
         data = files[asset["file"]]
         if asset["sensitive"]:
             if not unseal:
                 continue
             env = envelope.loads(data)
-            one_time = one_time or env["policy"]["type"] == "one_time"
+            if env["policy"]["type"] == "one_time":
+                if one_time == ONE_TIME_SKIP:
+                    skipped.append({"name": asset["name"], "reason": SKIP_CHECK_REASON})
+                    continue
+                if one_time == ONE_TIME_SKIP_IF_USED:
+                    if used is None:
+                        used = one_time_used(tpm)
+                    if used:
+                        skipped.append({"name": asset["name"], "reason": SKIP_USED_REASON})
+                        continue
+                one_time_unsealed = True
             data = envelope.unseal(tpm, env)
         assets[asset["name"]] = data
     extended = False
-    if one_time and extend_pcr:
+    if one_time_unsealed and extend_pcr:
         try:
             tpm.extend_pcr(ONE_TIME_PCR, ONE_TIME_EXTEND_DATA)
         except TpmError as exc:
             raise AttestClientError("assets unsealed but PCR %d could not be extended: %s" % (ONE_TIME_PCR, exc))
         extended = True
-    return {"hostname": manifest.get("hostname"), "ekpubhash": payload["ekpubhash"], "snapshot": response.get("snapshot"),
-            "manifest": manifest, "assets": assets, "files": files, "pcr_extended": extended}
+    return assets, skipped, extended
+
+
+def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, unseal=True, extend_pcr=True,
+           client_cert=None, extra=None, one_time=ONE_TIME_UNSEAL):
+    """Attest with ``tpm`` (tpm.Tpm) to ``server`` (URL, transport callable, or a failover list).
+
+    ``signer_public``: PEM (or key) of the trusted asset signer: the entry's manifest must
+    verify with it. ``unseal``: unseal sensitive assets (else they stay envelopes).
+    ``extend_pcr``: after unsealing, extend PCR 11 when any asset has the one-time policy.
+    ``one_time``: see open_assets().
+
+    Returns {hostname, ekpubhash, snapshot, manifest, assets: {name: bytes}, files:
+    {stored file: bytes}, pcr_extended, skipped: [{name, reason}], server}. ``assets`` holds
+    plaintext (secrets included): never log it."""
+    fetched = fetch(tpm, server, signer_public, ca_file, timeout, client_cert, extra)
+    assets, skipped, extended = open_assets(tpm, fetched["manifest"], fetched["files"], unseal, extend_pcr, one_time)
+    return dict(fetched, assets=assets, skipped=skipped, pcr_extended=extended)
 
 
 def summary(result):
@@ -200,3 +295,130 @@ def summary(result):
         "assets": [{"name": a["name"], "sensitive": a["sensitive"], "size": len(result["assets"].get(a["name"], b""))}
                    for a in result["manifest"]["assets"]],
     }))
+
+
+# --- per-run cache of sealed attestation payloads (the attested_secret lookup) ---------------
+
+CACHE_FORMAT = "hcp.core.attest-cache"
+CACHE_VERSION = 1
+
+
+def process_start_time(pid):
+    """Start time of process ``pid`` (clock ticks since boot, /proc/<pid>/stat field 22) or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read().decode("ascii", "replace")
+        return int(data[data.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def default_cache_dir():
+    """Per-user 0700 directory: $XDG_RUNTIME_DIR (a tmpfs) when set, else the temp dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, "hcp.core-attest-cache-%d" % os.getuid())
+
+
+def _private_dir(path):
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise AttestClientError("cannot create the attestation cache directory %s: %s" % (path, exc.strerror or exc))
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise AttestClientError("the attestation cache directory %s is not a private directory of this user" % path)
+
+
+class PayloadCache(object):
+    """The verified but still SEALED entry files of one attestation, kept for the lifetime of
+    one process (the ansible-playbook run: lookups run in forked workers whose parent it is).
+
+    Files are named after ``run_pid``, its start time and a hash of the attestation options,
+    are 0600 in a 0700 per-user directory, and hold no plaintext secret: sensitive assets are
+    envelopes only the TPM can open. Files of runs that ended are removed on the next use."""
+
+    def __init__(self, options, run_pid=None, directory=None):
+        self.run_pid = run_pid or os.getppid()
+        self.directory = directory or default_cache_dir()
+        self.start = process_start_time(self.run_pid)
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        self.path = os.path.join(self.directory, "run-%d-%s-%s.json" % (self.run_pid, self.start, digest))
+
+    def _purge_dead(self):
+        for name in os.listdir(self.directory):
+            parts = name.split("-")
+            if len(parts) != 4 or parts[0] != "run" or not name.endswith((".json", ".lock")):
+                continue
+            try:
+                pid = int(parts[1])
+            except ValueError:
+                continue
+            if str(process_start_time(pid)) != parts[2]:
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except OSError:
+                    pass
+
+    def get_or_fetch(self, fetcher):
+        """(fetched dict as attest_client.fetch returns it, hit: bool). ``fetcher()`` runs at most
+        once per run and options: concurrent workers wait on a lock and then read the cache."""
+        _private_dir(self.directory)
+        with open(self.path[:-5] + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            cached = self._load()
+            if cached is not None:
+                return cached, True
+            self._purge_dead()
+            fetched = fetcher()
+            record = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "server": fetched["server"],
+                      "snapshot": fetched["snapshot"], "ekpubhash": fetched["ekpubhash"],
+                      "files": dict((n, _b64(d)) for n, d in fetched["files"].items())}
+            atomic_write(self.path, json.dumps(record, sort_keys=True).encode(), 0o600)
+            return fetched, False
+
+    def _load(self):
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AttestClientError("cannot read the attestation cache %s: %s" % (self.path, exc.strerror or exc))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise AttestClientError("the attestation cache %s is not private to this user" % self.path)
+        try:
+            record = json.loads(data)
+            if record.get("format") != CACHE_FORMAT or record.get("version") != CACHE_VERSION:
+                return None
+            return {"server": record["server"], "snapshot": record["snapshot"], "ekpubhash": record["ekpubhash"],
+                    "files": record["files"]}
+        except (ValueError, KeyError, AttributeError):
+            return None
+
+
+def attest_cached(tpm, server, signer_public, names, ca_file=None, timeout=DEFAULT_TIMEOUT, cache=None):
+    """Plaintext of the assets ``names`` ({name: bytes}), attesting at most once per ``cache``
+    (a PayloadCache, or None for no cache). A cache hit re-verifies the manifest with
+    ``signer_public`` and unseals locally. Unknown names raise AttestClientError naming them."""
+    if cache is None:
+        fetched = fetch(tpm, server, signer_public, ca_file, timeout)
+    else:
+        fetched, hit = cache.get_or_fetch(lambda: fetch(tpm, server, signer_public, ca_file, timeout))
+        if hit:
+            payload = {"ekpubhash": fetched["ekpubhash"], "files": fetched["files"]}
+            files, manifest = verify_payload(payload, signer_public)
+            if fetched["ekpubhash"] != tpm.ekpubhash():
+                raise AttestClientError("the cached attestation is for another TPM")
+            fetched = dict(fetched, files=files, manifest=manifest)
+    listed = dict((a["name"], a) for a in fetched["manifest"]["assets"])
+    missing = [n for n in names if n not in listed]
+    if missing:
+        raise AttestClientError("the entry of %s has no asset %s (it has: %s)" % (
+            fetched["manifest"].get("hostname"), ", ".join(missing), ", ".join(sorted(listed))))
+    wanted = dict(fetched["manifest"], assets=[listed[n] for n in dict.fromkeys(names)])
+    assets, _skipped, _extended = open_assets(tpm, wanted, fetched["files"])
+    return assets
