@@ -29,7 +29,7 @@ DEAD = "http://127.0.0.1:1"
 class Site(object):
     """An enrolled swtpm, an Attestor behind the Flask app on a loopback port, a signer file."""
 
-    def __init__(self, tpm_fixture, tmp_path, policy=None, profile=None):
+    def __init__(self, tpm_fixture, tmp_path, policy=None, profile=None, secrets=None):
         self.db = EnrollmentDb(str(tmp_path / "db"))
         self.db.init()
         cas = []
@@ -39,7 +39,8 @@ class Site(object):
         ca_key, ca_cert = pki.create_ca("HCP test attester CA")
         self.config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]),
                                               signer=pki.Signer(pki.new_private_key("ec-p256")),
-                                              postclient={"seal_policy": policy or {"type": "none"}}, vendor_cas=cas)
+                                              postclient={"seal_policy": policy or {"type": "none"}}, vendor_cas=cas,
+                                              secrets=secrets)
         with tpm_fixture.open() as tpm:
             cert = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
         self.hash, host, files, _s = enroll.build_entry(self.config, cert, "node1.example.test", profile or PROFILE)

@@ -1,0 +1,205 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: attest
+short_description: Attest this host with its TPM and install the assets it receives
+version_added: 0.1.0
+description:
+  - Runs attestation protocol v1 (C(docs/attestation.md)) against an hcp.core attestation server with the host's
+    TPM, verifies the returned enrollment entry against the trusted asset-signer key, unseals the sensitive
+    assets with the TPM and installs every asset by the install hints of the signed manifest, or by O(rules).
+  - Files change only when their content, mode or ownership differ; secret files are always V(0600); a
+    symbolic link at a destination is refused; keytabs are merged; the issuer CA goes into the system trust
+    store (C(update-ca-certificates) runs when it changed and O(root=/)). Layout and rules are described in
+    C(docs/attestation-client.md).
+  - Assets sealed with the one-time policy are unsealed once per boot, and PCR 11 is extended afterwards. When
+    PCR 11 is already extended (a re-attestation), they are skipped and their installed files left alone.
+  - The same code runs in the periodic attester (C(python -m ansible_collections.hcp.core.plugins.module_utils.attester)).
+  - The module never returns asset content.
+author:
+  - HCP maintainers (@hcp-core)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Attests and unseals ordinary assets to compare them, but never unseals one-time assets, never
+      extends PCR 11 and writes nothing.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    support: full
+options:
+  servers:
+    description:
+      - Base URLs of attestation servers, tried in order until one completes both round trips.
+    type: list
+    elements: str
+    required: true
+    aliases: [url]
+  ca_file:
+    description: CA bundle verifying the servers' TLS certificates (default the system store).
+    type: path
+  signer_public:
+    description:
+      - The trusted asset-signer public key (PEM text). Exactly one of O(signer_public) and O(signer_public_file)
+        is required.
+    type: str
+  signer_public_file:
+    description: Path of the trusted asset-signer public key (PEM).
+    type: path
+  tcti:
+    description: TPM TCTI string such as V(device:/dev/tpmrm0) or V(swtpm:host=127.0.0.1,port=2321); default the
+      environment's TCTI or the TPM resource manager.
+    type: str
+  install:
+    description: Install the assets; V(false) attests only.
+    type: bool
+    default: true
+  root:
+    description: Prefix of every destination path (tests, images).
+    type: path
+    default: /
+  rules:
+    description:
+      - "Per-asset overrides of the manifest's install hints: a mapping of asset name to a mapping with keys
+        C(dest), C(mode), C(owner) and C(group), or to V(false) to not install that asset."
+    type: dict
+    default: {}
+  site:
+    description: Label of the trust-anchor file C(hcp-<site>.crt); default the host name of the entry.
+    type: str
+  timeout:
+    description: Seconds per HTTP request.
+    type: int
+    default: 30
+notes:
+  - Runs as root on the target, because it needs the TPM and writes system files.
+seealso:
+  - module: hcp.core.tpm_unseal
+  - plugin: hcp.core.attested_secret
+    plugin_type: lookup
+"""
+
+EXAMPLES = r"""
+- name: Attest and install the enrolled assets
+  hcp.core.attest:
+    servers:
+      - https://attest1.example.test
+      - https://attest2.example.test
+    ca_file: /etc/hcp/trust/ca.pem
+    signer_public_file: /etc/hcp/trust/signer.pub.pem
+  register: attestation
+  notify: Restart sshd
+
+- name: Attest with a software TPM, keep the host name file untouched
+  hcp.core.attest:
+    url: https://attest1.example.test
+    signer_public: "{{ hcp_asset_signer_pub }}"
+    tcti: swtpm:host=127.0.0.1,port=2321
+    rules:
+      etc-hostname: false
+"""
+
+RETURN = r"""
+hostname:
+  description: Host name of the enrolled entry.
+  returned: always
+  type: str
+  sample: node1.example.test
+ekpubhash:
+  description: SHA-256 of the TPM's EK public area.
+  returned: always
+  type: str
+server:
+  description: The server that answered.
+  returned: always
+  type: str
+snapshot:
+  description: Enrollment DB commit the server attested against.
+  returned: always
+  type: str
+changed_assets:
+  description: Names of the assets whose files changed (or would change in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [https-server.pem, https-server.key]
+skipped:
+  description: Assets not installed, with the reason (missing user, one-time asset already unsealed this boot).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"name": "rootfs.key", "reason": "one-time asset already unsealed this boot (PCR 11 extended)"}]
+files:
+  description: Installed files, C({name, path, changed}).
+  returned: always
+  type: list
+  elements: dict
+pcr_extended:
+  description: Whether PCR 11 was extended after unsealing one-time assets.
+  returned: always
+  type: bool
+post_hook_error:
+  description: Always null for the module (hooks are an attester feature).
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.hcp.core.plugins.module_utils import attester
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
+from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            servers=dict(type="list", elements="str", required=True, aliases=["url"]),
+            ca_file=dict(type="path"),
+            signer_public=dict(type="str"),
+            signer_public_file=dict(type="path"),
+            tcti=dict(type="str"),
+            install=dict(type="bool", default=True),
+            root=dict(type="path", default="/"),
+            rules=dict(type="dict", default={}),
+            site=dict(type="str"),
+            timeout=dict(type="int", default=30),
+        ),
+        required_one_of=[("signer_public", "signer_public_file")],
+        mutually_exclusive=[("signer_public", "signer_public_file")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    signer = params["signer_public"]
+    if signer is None:
+        try:
+            with open(params["signer_public_file"], "rb") as handle:
+                signer = handle.read()
+        except OSError as exc:
+            module.fail_json(msg="cannot read the asset signer key %s: %s" % (params["signer_public_file"],
+                                                                              exc.strerror or exc))
+    elif isinstance(signer, str):
+        signer = signer.encode("utf-8")
+    try:
+        with Tpm(params["tcti"]) as tpm:
+            result = attester.run(tpm, params["servers"], signer, ca_file=params["ca_file"], timeout=params["timeout"],
+                                  root=params["root"], rules=params["rules"], install=params["install"],
+                                  check_mode=module.check_mode, site=params["site"])
+    except HcpError as exc:
+        fail_on_hcp_error(module, exc)
+    except OSError as exc:
+        module.fail_json(msg="cannot install the assets: %s" % (exc.strerror or exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""hcp.core.attested_secret with a real swtpm and the attestation app on loopback: values,
+encodings, the per-run cache (requests counted on the server), missing assets."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+
+import pytest
+from ansible.errors import AnsibleLookupError
+from ansible.plugins.loader import lookup_loader
+
+from ansible_collections.hcp.core.plugins.module_utils import attest_client, envelope
+from ansible_collections.hcp.core.tests.unit.plugins.module_utils.test_attester import DEAD, Site
+
+PROFILE = {"assets": ["hostname", "rootfs-key", "secrets"], "secrets": ["db-password"]}
+
+
+@pytest.fixture
+def secret_site(swtpm, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    value = Site(swtpm, tmp_path, profile=PROFILE, secrets={"db-password": b"s3cret-pw"})
+    yield value
+    value.close()
+
+
+def _lookup(*terms, **options):
+    return lookup_loader.get("hcp.core.attested_secret").run(list(terms), **options)
+
+
+def test_values_cache_and_encodings(secret_site, swtpm, tmp_path):
+    site = secret_site
+    options = {"servers": [DEAD, site.url], "signer_public_file": str(site.signer_file), "tcti": swtpm.tcti}
+    assert _lookup("secret-db-password", "etc-hostname", **options) == ["s3cret-pw", "node1.example.test\n"]
+    assert site.requests == 1
+    with swtpm.open() as tpm:
+        key = envelope.unseal(tpm, site.db.get(site.hash)["rootfs.key.sealed"])
+    assert _lookup("rootfs.key", encoding="base64", **options) == [base64.b64encode(key).decode()]
+    assert site.requests == 1  # served from the per-run cache, unsealed locally
+    cache_dir = tmp_path / "run" / ("hcp.core-attest-cache-%d" % os.getuid())
+    files = [f for f in os.listdir(str(cache_dir)) if f.endswith(".json")]
+    assert len(files) == 1 and stat.S_IMODE(os.stat(str(cache_dir)).st_mode) == 0o700
+    cached = (cache_dir / files[0]).read_bytes()
+    assert stat.S_IMODE(os.stat(str(cache_dir / files[0])).st_mode) == 0o600
+    assert b"s3cret-pw" not in cached and base64.b64encode(b"s3cret-pw") not in cached and key.hex().encode() not in cached
+    assert json.loads(cached)["files"]["secret-db-password.sealed"]  # the envelope, sealed to the TPM
+    with pytest.raises(AnsibleLookupError, match="not UTF-8 text; use encoding=base64"):
+        _lookup("rootfs.key", **options)
+    with pytest.raises(AnsibleLookupError, match="has no asset secret-nope"):
+        _lookup("secret-nope", **options)
+    assert site.requests == 1
+    # other options, other cache; no cache: every lookup attests
+    assert _lookup("etc-hostname", cache=False, **options) == ["node1.example.test\n"]
+    assert _lookup("etc-hostname", cache=False, **options) == ["node1.example.test\n"]
+    assert site.requests == 3
+    # a tampered cache fails the signature check
+    record = json.loads(cached)
+    record["files"]["etc-hostname"] = base64.b64encode(b"evil\n").decode()
+    (cache_dir / files[0]).write_text(json.dumps(record))
+    with pytest.raises(AnsibleLookupError, match="does not verify with the trusted asset signer"):
+        _lookup("etc-hostname", **options)
+
+
+def test_purge_and_errors(secret_site, swtpm, tmp_path):
+    site = secret_site
+    options = {"servers": [site.url], "signer_public_file": str(site.signer_file), "tcti": swtpm.tcti}
+    cache = attest_client.PayloadCache({"x": 1})
+    os.makedirs(cache.directory, mode=0o700)
+    stale = os.path.join(cache.directory, "run-1-0-abc.json")
+    open(stale, "w").close()
+    assert _lookup("etc-hostname", **options) == ["node1.example.test\n"]
+    assert not os.path.exists(stale)
+    with pytest.raises(AnsibleLookupError, match="exactly one of signer_public"):
+        _lookup("etc-hostname", servers=[site.url])
+    with pytest.raises(AnsibleLookupError, match="all 2 attestation servers failed"):
+        _lookup("etc-hostname", servers=[DEAD, DEAD + "0"], signer_public=site.signer.decode(), tcti=swtpm.tcti)
+    os.chmod(cache.directory, 0o755)
+    with pytest.raises(AnsibleLookupError, match="not a private directory"):
+        _lookup("etc-hostname", **options)
