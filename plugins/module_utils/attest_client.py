@@ -313,6 +313,22 @@ def process_start_time(pid):
         return None
 
 
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def run_process():
+    """PID of the process whose lifetime is "one run": the parent when this process is a fork
+    of it (ansible-playbook's workers share its command line), else this process itself (a
+    lookup evaluated in the ansible-playbook process, or a plain program)."""
+    own = _cmdline(os.getpid())
+    return os.getppid() if own is not None and own == _cmdline(os.getppid()) else os.getpid()
+
+
 def default_cache_dir():
     """Per-user 0700 directory: $XDG_RUNTIME_DIR (a tmpfs) when set, else the temp dir."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
@@ -333,14 +349,15 @@ def _private_dir(path):
 
 class PayloadCache(object):
     """The verified but still SEALED entry files of one attestation, kept for the lifetime of
-    one process (the ansible-playbook run: lookups run in forked workers whose parent it is).
+    one process (the ansible-playbook run: lookups run in forked workers whose parent it is;
+    see run_process()).
 
     Files are named after ``run_pid``, its start time and a hash of the attestation options,
     are 0600 in a 0700 per-user directory, and hold no plaintext secret: sensitive assets are
     envelopes only the TPM can open. Files of runs that ended are removed on the next use."""
 
     def __init__(self, options, run_pid=None, directory=None):
-        self.run_pid = run_pid or os.getppid()
+        self.run_pid = run_pid or run_process()
         self.directory = directory or default_cache_dir()
         self.start = process_start_time(self.run_pid)
         digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -9,6 +9,8 @@ import base64
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 from ansible.errors import AnsibleLookupError
@@ -82,3 +84,45 @@ def test_purge_and_errors(secret_site, swtpm, tmp_path):
     os.chmod(cache.directory, 0o755)
     with pytest.raises(AnsibleLookupError, match="not a private directory"):
         _lookup("etc-hostname", **options)
+
+
+def test_run_process_is_the_parent_of_a_fork_only():
+    """A fork (an ansible-playbook worker) is keyed by its parent."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write_end, str(attest_client.run_process()).encode())
+        os._exit(0)
+    os.close(write_end)
+    value = int(os.read(read_end, 64))
+    os.close(read_end)
+    os.waitpid(child, 0)
+    assert value == os.getpid()
+    assert attest_client.process_start_time(os.getpid()) is not None
+
+
+def test_one_playbook_run_attests_once(secret_site, swtpm, tmp_path):
+    """A real ansible-playbook run: lookups in two tasks (forked workers) share one attestation;
+    the next run attests again."""
+    site = secret_site
+    playbook = tmp_path / "play.yml"
+    lookup = ("{{ lookup('hcp.core.attested_secret', 'secret-db-password', servers=['%s'], signer_public_file='%s', "
+              "tcti='%s') }}" % (site.url, site.signer_file, swtpm.tcti))
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.copy: {content: \"%s\", dest: \"%s/one\", mode: \"0600\"}\n"
+        "    - ansible.builtin.copy: {content: \"%s\", dest: \"%s/two\", mode: \"0600\"}\n"
+        % (lookup, tmp_path, lookup, tmp_path))
+    collections = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(attest_client.__file__)))))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.dirname(os.path.dirname(collections)),
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
+    command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-c", "local", "-i", "localhost,",
+               "-e", "ansible_python_interpreter=%s" % sys.executable,
+               str(playbook)]
+    for run_index in (1, 2):
+        proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                              check=False)
+        assert proc.returncode == 0, proc.stdout.decode()[-3000:]
+        assert site.requests == run_index
+    assert (tmp_path / "one").read_text() == (tmp_path / "two").read_text() == "s3cret-pw"
