@@ -12,7 +12,7 @@
     manifest check, unseal of the sensitive assets);
   ``complete`` per second through HTTP on loopback (Flask app under werkzeug's threaded
     server, no TLS; concurrent clients posting recorded evidence): the Python web stack's
-    share; the production stack (uwsgi workers behind nginx) is measured by the role's bench.
+    share; the production stack (nginx TLS -> uwsgi workers) is measured by benchmarks/attest_http.py.
 
 Run: make bench   (or .venv/bin/python benchmarks/attest.py [N] with hcp.core on the path)
 """

@@ -10,6 +10,7 @@ PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   docker.io debootstrap git rsync shellcheck
   heimdal-clients softhsm2
+  nginx-light uwsgi-core uwsgi-plugin-python3
 )
 
 missing=()
