@@ -9,8 +9,9 @@ Layout under ``base_dir`` (docs/attestation.md, "arepl"):
   point at, checks its ``FORMAT`` (``hcp.core.enrolldb`` v1), then swaps ``current``;
 * ``current``: a relative symlink to ``A`` or ``B``, replaced atomically (a temporary
   symlink renamed over it), so readers always see one whole, checked snapshot;
-* ``state.json`` (0600): versioned sync state (last success, last error, consecutive
-  failures, next attempt, head) used for the back-off and by health/metrics;
+* ``state.json`` (0640, no secrets; the attestation web process reads it through the group):
+  versioned sync state (last success, last error, consecutive failures, next attempt,
+  head) used for the back-off and by health/metrics;
 * ``arepl.lock``: serialises syncs.
 
 A failed fetch or check leaves ``current`` on the last good snapshot and schedules the
@@ -109,7 +110,7 @@ class Replica(object):
         return state
 
     def _save_state(self, state):
-        atomic_write(self.state_path, (json.dumps(state, sort_keys=True, indent=1) + "\n").encode(), mode=0o600)
+        atomic_write(self.state_path, (json.dumps(state, sort_keys=True, indent=1) + "\n").encode(), mode=0o640)
 
     @contextlib.contextmanager
     def _lock(self):

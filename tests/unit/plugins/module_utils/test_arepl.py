@@ -53,7 +53,7 @@ def test_sync_swaps_and_serves_snapshots(tmp_path, source):
     st = rep.status(now=1040.0)
     assert st["healthy"] and st["lag_seconds"] == 10.0 and st["head"] == source.head()
     mode = os.stat(rep.state_path).st_mode
-    assert stat.S_IMODE(mode) == 0o600
+    assert stat.S_IMODE(mode) == 0o640
     assert json.loads(open(rep.state_path).read())["format"] == arepl.STATE_FORMAT
 
 
