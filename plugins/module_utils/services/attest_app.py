@@ -10,7 +10,9 @@ Configuration (JSON file named by $HCP_ATTEST_CONFIG):
 state.json, for lag metrics; default: state.json beside ``db``), ``ticket_key_file``,
 ``asset_signer_pub`` (PEM file; optional), ``vendor_ca_dir``, ``require_ek_cert``,
 ``max_ticket_age``, ``pcr_selection``, ``used_ticket_dir``, ``max_content_length``,
-``max_snapshot_age`` (healthcheck reports ``stale`` when the snapshot is older; default 600 s).
+``max_snapshot_age`` (healthcheck reports ``stale`` when the snapshot is older; default 600 s),
+``metrics_dir`` (optional: counters shared by the worker processes through one file per process;
+without it, each process counts alone).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - checked by create_app_base
     flask = None
 
-from ansible_collections.hcp.core.plugins.module_utils import attest
+from ansible_collections.hcp.core.plugins.module_utils import attest, fileutil
 from ansible_collections.hcp.core.plugins.module_utils.arepl import snapshot_db_provider
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.services.common import (
@@ -51,44 +53,131 @@ RESULT_BY_CLASS = (
 
 
 class Metrics(object):
-    """Counters of completed attestations by result and a latency histogram (thread-safe)."""
+    """Counters of completed attestations by result and a latency histogram (thread-safe).
 
-    def __init__(self):
+    With ``directory`` (config ``metrics_dir``) the counters are shared by the worker processes
+    of one server: each process rewrites ``<directory>/<pid>.json`` (0640, atomically) after
+    every observation and :meth:`render` sums all the files. Files of dead workers are kept so
+    that the counters never go backwards when uwsgi respawns a worker; a new process whose pid
+    already has a file continues from it. Unreadable or corrupt files are skipped and counted
+    in ``hcp_attest_metrics_errors``. This is what prometheus_client's multiprocess mode does;
+    that dependency is not worth these few lines.
+    """
+
+    def __init__(self, directory=None):
         self._lock = threading.Lock()
+        self.directory = directory
+        self.write_errors = 0
+        self._pid = None
+        self._reset()
+
+    def _reset(self):
         self.results = dict((r, 0) for r in RESULTS)
         self.buckets = [0] * len(LATENCY_BUCKETS)
         self.count = 0
         self.total = 0.0
         self.initiated = 0
 
+    def _path(self, pid):
+        return os.path.join(self.directory, "%d.json" % pid)
+
+    def _own_process(self):
+        """Called under the lock: a forked child starts from zero (its parent's counts are in
+        the parent's file) or from the file a dead process with the same pid left behind."""
+        pid = os.getpid()
+        if self.directory is None or self._pid == pid:
+            return
+        self._pid = pid
+        self._reset()
+        try:
+            with open(self._path(pid), "rb") as handle:
+                state = _parse_state(handle.read())
+        except (OSError, ValueError):
+            return
+        self.results.update(state["results"])
+        self.buckets = state["buckets"]
+        self.count, self.total, self.initiated = state["count"], state["sum"], state["initiated"]
+
+    def _state(self):
+        return {"results": dict(self.results), "initiated": self.initiated, "buckets": list(self.buckets),
+                "count": self.count, "sum": self.total}
+
+    def _persist(self):
+        """Called under the lock (writes of one process never overtake each other)."""
+        if self.directory is None:
+            return
+        data = json.dumps(dict(self._state(), pid=self._pid), sort_keys=True).encode("utf-8")
+        try:
+            fileutil.atomic_write(self._path(self._pid), data, mode=0o640)
+        except OSError:
+            self.write_errors += 1
+
     def initiate(self):
         with self._lock:
+            self._own_process()
             self.initiated += 1
+            self._persist()
 
     def observe(self, result, seconds):
         with self._lock:
+            self._own_process()
             self.results[result] = self.results.get(result, 0) + 1
             self.count += 1
             self.total += seconds
             for i, bound in enumerate(LATENCY_BUCKETS):
                 if seconds <= bound:
                     self.buckets[i] += 1
+            self._persist()
+
+    def collect(self):
+        """(summed state of all the processes, number of files skipped) - this process's
+        in-memory state plus every other ``<pid>.json`` in the directory."""
+        with self._lock:
+            self._own_process()
+            total = self._state()
+        errors = 0
+        if self.directory is None:
+            return total, errors
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError:
+            return total, 1
+        for name in names:
+            if not name.endswith(".json") or name.startswith(".") or name == "%d.json" % self._pid:
+                continue
+            try:
+                with open(os.path.join(self.directory, name), "rb") as handle:
+                    state = _parse_state(handle.read())
+            except (OSError, ValueError):
+                errors += 1
+                continue
+            for result, value in state["results"].items():
+                total["results"][result] = total["results"].get(result, 0) + value
+            total["buckets"] = [a + b for a, b in zip(total["buckets"], state["buckets"])]
+            for key in ("initiated", "count", "sum"):
+                total[key] += state[key]
+        return total, errors
 
     def render(self, snapshot):
+        state, errors = self.collect()
         lines = ["# HELP hcp_attest_total Completed attestation requests by result.",
                  "# TYPE hcp_attest_total counter"]
-        with self._lock:
-            for result in sorted(self.results):
-                lines.append('hcp_attest_total{result="%s"} %d' % (result, self.results[result]))
-            lines += ["# HELP hcp_attest_initiate_total Initiated attestations.", "# TYPE hcp_attest_initiate_total counter",
-                      "hcp_attest_initiate_total %d" % self.initiated,
-                      "# HELP hcp_attest_complete_seconds Latency of /v1/complete.",
-                      "# TYPE hcp_attest_complete_seconds histogram"]
-            for bound, count in zip(LATENCY_BUCKETS, self.buckets):
-                lines.append('hcp_attest_complete_seconds_bucket{le="%s"} %d' % (bound, count))
-            lines.append('hcp_attest_complete_seconds_bucket{le="+Inf"} %d' % self.count)
-            lines.append("hcp_attest_complete_seconds_sum %.6f" % self.total)
-            lines.append("hcp_attest_complete_seconds_count %d" % self.count)
+        for result in sorted(state["results"]):
+            lines.append('hcp_attest_total{result="%s"} %d' % (result, state["results"][result]))
+        lines += ["# HELP hcp_attest_initiate_total Initiated attestations.", "# TYPE hcp_attest_initiate_total counter",
+                  "hcp_attest_initiate_total %d" % state["initiated"],
+                  "# HELP hcp_attest_complete_seconds Latency of /v1/complete.",
+                  "# TYPE hcp_attest_complete_seconds histogram"]
+        for bound, count in zip(LATENCY_BUCKETS, state["buckets"]):
+            lines.append('hcp_attest_complete_seconds_bucket{le="%s"} %d' % (bound, count))
+        lines.append('hcp_attest_complete_seconds_bucket{le="+Inf"} %d' % state["count"])
+        lines.append("hcp_attest_complete_seconds_sum %.6f" % state["sum"])
+        lines.append("hcp_attest_complete_seconds_count %d" % state["count"])
+        if self.directory is not None:
+            lines += ["# HELP hcp_attest_metrics_errors Metrics files skipped at this scrape plus failed metrics "
+                      "writes of the answering process.",
+                      "# TYPE hcp_attest_metrics_errors gauge",
+                      "hcp_attest_metrics_errors %d" % (errors + self.write_errors)]
         lines += ["# HELP hcp_attest_snapshot_age_seconds Seconds since arepl last confirmed the snapshot current.",
                   "# TYPE hcp_attest_snapshot_age_seconds gauge"]
         age = snapshot.get("age_seconds")
@@ -97,6 +186,28 @@ class Metrics(object):
                   "# TYPE hcp_attest_replication_failures gauge",
                   "hcp_attest_replication_failures %d" % (snapshot.get("consecutive_failures") or 0)]
         return "\n".join(lines) + "\n"
+
+
+def _count(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("not a counter")
+    return value
+
+
+def _parse_state(data):
+    """A process's metrics file, validated (ValueError when corrupt)."""
+    state = json.loads(data.decode("utf-8"))
+    if not isinstance(state, dict) or not isinstance(state.get("results"), dict):
+        raise ValueError("not a metrics file")
+    buckets = state.get("buckets")
+    if not isinstance(buckets, list) or len(buckets) != len(LATENCY_BUCKETS):
+        raise ValueError("histogram buckets differ")
+    total = state.get("sum")
+    if isinstance(total, bool) or not isinstance(total, (int, float)) or not total >= 0:
+        raise ValueError("bad sum")
+    return {"results": dict((str(k), _count(v)) for k, v in state["results"].items()),
+            "buckets": [_count(v) for v in buckets], "initiated": _count(state.get("initiated")),
+            "count": _count(state.get("count")), "sum": float(total)}
 
 
 def _result_of(exc):
@@ -138,7 +249,7 @@ def create_app(config=None, attestor=None):
     config.setdefault("max_content_length", DEFAULT_MAX_CONTENT_LENGTH)
     app = create_app_base("hcp-attest", config)
     attestor = attestor or build_attestor(config)
-    metrics = Metrics()
+    metrics = Metrics(config.get("metrics_dir") or None)
     db_link = config.get("db")
     state_path = config.get("arepl_state") or (os.path.join(os.path.dirname(os.path.abspath(db_link)), "state.json")
                                                if db_link else None)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
+import os
 import shutil
+import stat
 import ssl
 import threading
 
@@ -18,7 +21,7 @@ from ansible_collections.hcp.core.plugins.module_utils import arepl, attest, att
 from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod
 from ansible_collections.hcp.core.plugins.module_utils.ekpub import ek_public_pem
 from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
-from ansible_collections.hcp.core.plugins.module_utils.services.attest_app import create_app
+from ansible_collections.hcp.core.plugins.module_utils.services.attest_app import LATENCY_BUCKETS, Metrics, create_app
 
 
 @pytest.fixture
@@ -45,8 +48,10 @@ def site(tmp_path, swtpm, other_swtpm):
         (vendor / ("ca%d.pem" % i)).write_bytes(open(path, "rb").read())
     cfg = {"db": replica.current_link, "ticket_key_file": str(key_file), "asset_signer_pub": str(signer_file),
            "vendor_ca_dir": str(vendor), "require_ek_cert": True, "used_ticket_dir": str(tmp_path / "used"),
-           "max_content_length": 64 * 1024}
-    return {"app": create_app(cfg), "hash": h, "signer": signer.public_key_pem(), "replica": replica, "source": source}
+           "max_content_length": 64 * 1024, "metrics_dir": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    return {"app": create_app(cfg), "hash": h, "signer": signer.public_key_pem(), "replica": replica, "source": source,
+            "metrics_dir": str(tmp_path / "metrics")}
 
 
 def transport(app):
@@ -74,6 +79,12 @@ def test_attest_over_the_api_and_metrics(site, swtpm, other_swtpm):
     assert 'hcp_attest_total{result="not_enrolled"} 1' in metrics
     assert "hcp_attest_complete_seconds_count 2" in metrics and "hcp_attest_initiate_total 2" in metrics
     assert "hcp_attest_snapshot_age_seconds " in metrics and "NaN" not in metrics
+    assert "hcp_attest_metrics_errors 0" in metrics
+    own = os.path.join(site["metrics_dir"], "%d.json" % os.getpid())
+    assert stat.S_IMODE(os.stat(own).st_mode) == 0o640
+    with open(own, "rb") as handle:
+        saved = json.load(handle)
+    assert saved["results"]["ok"] == 1 and saved["count"] == 2 and saved["initiated"] == 2
     health = client.get("/healthcheck")
     assert health.status_code == 200 and health.get_json()["head"] == site["source"].head()
     assert health.get_json()["status"] == "ok"
@@ -138,3 +149,109 @@ def test_attest_over_real_tls(site, swtpm, tmp_path):
                 attest_client.attest(tpm, url, site["signer"], timeout=30)  # server CA not trusted
     finally:
         server.shutdown()
+
+
+def samples(text):
+    """{metric line name with labels: value} of a Prometheus text exposition."""
+    return dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def _worker(directory, results, queue):
+    metrics = Metrics(directory)
+    for result, seconds in results:
+        metrics.initiate()
+        metrics.observe(result, seconds)
+    queue.put(os.getpid())
+
+
+def _run_workers(directory, jobs):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(directory, job, queue)) for job in jobs]
+    for proc in procs:
+        proc.start()
+    pids = [queue.get(timeout=60) for _p in procs]
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    return pids
+
+
+def test_metrics_are_summed_over_processes_dead_ones_included(tmp_path):
+    directory = str(tmp_path)
+    pids = _run_workers(directory, [[("ok", 0.002), ("replay", 0.03)], [("ok", 0.7), ("ok", 5.0), ("error", 0.0005)]])
+    assert sorted(os.listdir(directory)) == sorted("%d.json" % pid for pid in pids)
+    # both workers have exited: their counts stay (a respawned worker must not reset them)
+    scraper = Metrics(directory)
+    scraper.observe("not_enrolled", 0.01)
+    got = samples(scraper.render({}))
+    assert got['hcp_attest_total{result="ok"}'] == "3"
+    assert got['hcp_attest_total{result="replay"}'] == "1" and got['hcp_attest_total{result="error"}'] == "1"
+    assert got['hcp_attest_total{result="not_enrolled"}'] == "1"
+    assert got["hcp_attest_initiate_total"] == "5" and got["hcp_attest_complete_seconds_count"] == "6"
+    assert got['hcp_attest_complete_seconds_bucket{le="0.001"}'] == "1"
+    assert got['hcp_attest_complete_seconds_bucket{le="0.01"}'] == "3"
+    assert got['hcp_attest_complete_seconds_bucket{le="1.0"}'] == "5"
+    assert got['hcp_attest_complete_seconds_bucket{le="2.5"}'] == "5"
+    assert got['hcp_attest_complete_seconds_bucket{le="+Inf"}'] == "6"
+    assert abs(float(got["hcp_attest_complete_seconds_sum"]) - 5.7425) < 1e-6
+    assert got["hcp_attest_metrics_errors"] == "0"
+    # any other process renders the same sum
+    assert samples(Metrics(directory).render({}))["hcp_attest_complete_seconds_count"] == "6"
+
+
+def test_corrupt_metrics_files_are_skipped_and_counted(tmp_path):
+    _run_workers(str(tmp_path), [[("ok", 0.1)]])
+    (tmp_path / "1.json").write_text("{not json")
+    (tmp_path / "2.json").write_text(json.dumps({"results": {"ok": 5}, "initiated": 5, "buckets": [1, 2],
+                                                 "count": 5, "sum": 1.0}))
+    (tmp_path / "3.json").write_text(json.dumps({"results": {"ok": -4}, "initiated": 0, "buckets": [0] * len(LATENCY_BUCKETS),
+                                                 "count": 0, "sum": 0.0}))
+    (tmp_path / ".3.json.tmp").write_text("a temporary file of atomic_write")
+    got = samples(Metrics(str(tmp_path)).render({}))
+    assert got['hcp_attest_total{result="ok"}'] == "1" and got["hcp_attest_complete_seconds_count"] == "1"
+    assert got["hcp_attest_metrics_errors"] == "3"
+
+
+def test_forked_child_does_not_count_its_parents_observations(tmp_path):
+    parent = Metrics(str(tmp_path))
+    parent.observe("ok", 0.1)
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=parent.observe, args=("replay", 0.1))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and len(os.listdir(str(tmp_path))) == 2
+    got = samples(parent.render({}))
+    assert got['hcp_attest_total{result="ok"}'] == "1" and got['hcp_attest_total{result="replay"}'] == "1"
+    assert got["hcp_attest_complete_seconds_count"] == "2"
+
+
+def test_a_reused_pid_continues_from_the_dead_process_file(tmp_path):
+    dead = {"results": {"ok": 7, "replay": 1}, "initiated": 9, "buckets": [0] * (len(LATENCY_BUCKETS) - 1) + [8],
+            "count": 8, "sum": 16.0}
+    (tmp_path / ("%d.json" % os.getpid())).write_text(json.dumps(dead))
+    metrics = Metrics(str(tmp_path))
+    metrics.observe("ok", 0.002)
+    got = samples(metrics.render({}))
+    assert got['hcp_attest_total{result="ok"}'] == "8" and got["hcp_attest_complete_seconds_count"] == "9"
+    assert got['hcp_attest_complete_seconds_bucket{le="2.5"}'] == "9" and got["hcp_attest_initiate_total"] == "9"
+    with open(str(tmp_path / ("%d.json" % os.getpid())), "rb") as handle:
+        assert json.load(handle)["results"]["ok"] == 8
+
+
+def test_unwritable_metrics_dir_keeps_counting_in_memory(tmp_path):
+    metrics = Metrics(str(tmp_path / "missing"))
+    metrics.observe("ok", 0.1)
+    metrics.initiate()
+    got = samples(metrics.render({}))
+    assert got['hcp_attest_total{result="ok"}'] == "1" and got["hcp_attest_initiate_total"] == "1"
+    assert got["hcp_attest_metrics_errors"] == "3"  # two failed writes and the unreadable directory
+
+
+def test_without_metrics_dir_counts_in_memory_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    metrics = Metrics()
+    metrics.observe("ok", 0.1)
+    text = metrics.render({"age_seconds": None})
+    assert samples(text)['hcp_attest_total{result="ok"}'] == "1" and "hcp_attest_metrics_errors" not in text
+    assert os.listdir(str(tmp_path)) == []
