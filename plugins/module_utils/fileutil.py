@@ -18,10 +18,12 @@ def read_if_exists(path):
         return None
 
 
-def atomic_write(path, data, mode=0o600):
+def atomic_write(path, data, mode=0o600, fsync=True):
     """Write ``data`` to ``path`` atomically: a temporary file created with ``mode`` in the
     same directory (so secrets are never readable by others, not even briefly), fsynced,
-    then renamed over the target. A failure leaves the old file untouched."""
+    then renamed over the target. A failure leaves the old file untouched.
+    ``fsync=False``: still atomic for readers, but not durable across a power loss (for
+    data rewritten often that may be lost, such as metrics counters)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
     try:
@@ -30,7 +32,8 @@ def atomic_write(path, data, mode=0o600):
             fd = None
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
         tmp = None
     finally:

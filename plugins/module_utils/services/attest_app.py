@@ -108,7 +108,9 @@ class Metrics(object):
             return
         data = json.dumps(dict(self._state(), pid=self._pid), sort_keys=True).encode("utf-8")
         try:
-            fileutil.atomic_write(self._path(self._pid), data, mode=0o640)
+            # atomic for readers; no fsync: counters need not survive a power loss (and
+            # an fsync per request would cost more than the attestation itself)
+            fileutil.atomic_write(self._path(self._pid), data, mode=0o640, fsync=False)
         except OSError:
             self.write_errors += 1
 
