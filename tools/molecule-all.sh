@@ -27,17 +27,23 @@ if ((${#scenarios[@]} == 0)); then
   exit 0
 fi
 
-passed=() failed=()
+passed=() failed=() report=()
 for s in "${scenarios[@]}"; do
   log "molecule test -s ${s}"
   start=$SECONDS
   if molecule test -s "$s" </dev/null; then
     passed+=("$s")
+    report+=("$(printf '  %-15s ok     %4d s' "$s" $((SECONDS - start)))")
     log "scenario ${s} passed in $((SECONDS - start)) s"
   else
     failed+=("$s")
+    report+=("$(printf '  %-15s FAILED %4d s' "$s" $((SECONDS - start)))")
     log "scenario ${s} FAILED after $((SECONDS - start)) s"
   fi
 done
+mkdir -p "${HCP_CACHE}"
+printf '%s\n' "${report[@]}" >"${HCP_CACHE}/molecule-times.txt"
+printf 'molecule scenarios:\n'
+printf '%s\n' "${report[@]}"
 echo "molecule: ${#passed[@]} passed, ${#failed[@]} failed${failed[*]:+ (${failed[*]})}"
 ((${#failed[@]} == 0))

@@ -8,6 +8,7 @@ source "$(dirname "$0")/lib.sh"
 
 cd "${HCP_ROOT}"
 declare -a report=()
+rm -f "${HCP_CACHE}/molecule-times.txt"
 passed=0 failed=0 total_start=$SECONDS
 for step in "$@"; do
   printf '\n######## make %s\n' "$step"
@@ -19,11 +20,15 @@ for step in "$@"; do
     failed=$((failed + 1))
     report+=("$(printf '  %-15s FAILED %4d s' "$step" $((SECONDS - start)))")
     case "$step" in
-      setup | install) break ;;
+      setup | install | host-packages | venv) break ;;
     esac
   fi
 done
 printf '\n######## summary (%d s)\n' $((SECONDS - total_start))
 printf '%s\n' "${report[@]}"
+if [[ -s "${HCP_CACHE}/molecule-times.txt" ]]; then
+  echo "  molecule scenarios:"
+  sed 's/^/  /' "${HCP_CACHE}/molecule-times.txt"
+fi
 echo "${passed} passed, ${failed} failed"
 ((failed == 0))
