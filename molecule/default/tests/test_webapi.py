@@ -1,4 +1,5 @@
-"""Testinfra checks of hcp.core.webapi on the molecule `webapi` scenario.
+"""Testinfra checks of hcp.core.webapi: hello_app hosted twice on hcp-node1 of the molecule
+`default` scenario (converge_webapi.yml); run by verify.yml with the scenario's inventory.
 
 TLS clients run inside the container with Python's ssl module (no curl/openssl in the image).
 """
@@ -11,7 +12,7 @@ import testinfra.utils.ansible_runner
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(
     os.environ["MOLECULE_INVENTORY_FILE"]
-).get_hosts("all")
+).get_hosts("hcp-node1")
 
 PKI = "/root/webapi-test"
 OPEN_PORT = 8443
