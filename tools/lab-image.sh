@@ -8,6 +8,8 @@
 #    (read from the roles' defaults, *_packages) plus LAB_EXTRA_PACKAGES, and the runtime venv
 #    /opt/hcp/venv with the pinned wheels of the wheelhouse (offline install, which doubles as
 #    the wheelhouse's install check). The runtime role then only adds the library wheel.
+#    Also a compile cache for Ansible's module payloads (tools/lab-image/hcp_lab_pycache.py: why
+#    and what in its docstring), the one lab-only speed-up; never in BASE nor the collection.
 # Each image carries the hash of its inputs as a label and is rebuilt only when they change
 # (or FORCE=1). Apt lists are left EMPTY in both (directory mtime = build time): roles must
 # refresh them before installing anything. Docker 20.10's import knows no STOPSIGNAL: systemd
@@ -21,6 +23,7 @@ take_lock lab-image
 IMAGE="${LAB_IMAGE:-hcp-lab/debian:bookworm}"
 BASE="${LAB_BASE_IMAGE:-hcp-lab/debian-base:bookworm}"
 WH="${HCP_WHEELHOUSE:-${HCP_CACHE}/wheelhouse}"
+LAB_FILES="$(dirname "$0")/lab-image"
 SUITE=bookworm
 LABEL=org.hcp.lab.build-hash
 # The bare base: what Ansible needs to manage a systemd host, nothing of ours.
@@ -130,9 +133,11 @@ build_full() {
   # The pinned third-party wheels only (the library wheel is the runtime role's business).
   find "${WH}" -maxdepth 1 -name '*.whl' ! -name 'hcp_core_lib-*' -exec cp {} "${ctx}/wheelhouse/" \;
   cp "${WH}/requirements.txt" "${ctx}/wheelhouse/"
+  cp "${LAB_FILES}/hcp_lab_pycache.py" "${ctx}/"
   cat >"${ctx}/Dockerfile" <<DOCKERFILE
 FROM ${BASE}
 COPY wheelhouse /tmp/wheelhouse
+COPY hcp_lab_pycache.py /usr/lib/python3/dist-packages/hcp_lab_pycache.py
 # policy-rc.d: no daemon starts during the build; empty apt lists afterwards, as in BASE.
 RUN printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d \\
  && apt-get update -qq \\
@@ -142,7 +147,9 @@ RUN printf '#!/bin/sh\\nexit 101\\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/s
  && /opt/hcp/venv/bin/pip install -q --disable-pip-version-check --no-input --no-index \\
       --find-links /tmp/wheelhouse -r /tmp/wheelhouse/requirements.txt \\
  && /opt/hcp/venv/bin/python -c 'import tpm2_pytss.ESAPI, cryptography, flask, pkcs11' \\
- && rm -rf /tmp/wheelhouse /root/.cache
+ && rm -rf /tmp/wheelhouse /root/.cache \\
+ && echo 'import hcp_lab_pycache' >/usr/lib/python3/dist-packages/hcp-lab-pycache.pth \\
+ && python3 -c 'import sys, zipimport; assert "hcp_lab_pycache" in sys.modules, "pth not loaded"' 
 LABEL ${LABEL}=${want}
 DOCKERFILE
   local candidate="${IMAGE%%:*}:candidate-$$"
@@ -174,8 +181,8 @@ else
 fi
 
 pkgs="$(role_packages) ${LAB_EXTRA_PACKAGES[*]}"
-# Inputs of IMAGE: BASE, the package list, the wheel names and the pinned requirements.
-full_want="$( { echo "${base_want}"; echo "${pkgs}"; cat "${WH}/requirements.txt";
+# Inputs of IMAGE: BASE, the package list, the wheel names, the pinned requirements, tools/lab-image/.
+full_want="$( { echo "${base_want}"; echo "${pkgs}"; cat "${WH}/requirements.txt" "${LAB_FILES}"/*;
   find "${WH}" -maxdepth 1 -name '*.whl' ! -name 'hcp_core_lib-*' -printf '%f\n' | sort; } | sha256sum | cut -c1-16)"
 if [[ "$(image_hash "${IMAGE}")" == "${full_want}" && "${FORCE:-0}" != 1 ]]; then
   log "image ${IMAGE} up to date (${full_want})"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Run `make STEP` for each STEP given, in order, timing each. setup and install
-# failures stop the run; a failing gate is recorded and the next gate still runs.
-# Ends with "N passed, N failed" and exits non-zero when anything failed.
+# Run `make STEP` for each STEP given, in order, timing each. A step written A+B runs the
+# gates A and B side by side (their output is shown once both ended, one after the other):
+# ansible-lint and ansible-test sanity are single-threaded, and the machine has two cores.
+# setup/install failures stop the run; a failing gate is recorded and the next gate still runs.
+# Ends with a per-gate time table (plus molecule's per-scenario times when it ran) and
+# "N passed, N failed"; exits non-zero when anything failed.
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -9,20 +12,48 @@ source "$(dirname "$0")/lib.sh"
 cd "${HCP_ROOT}"
 declare -a report=()
 rm -f "${HCP_CACHE}/molecule-times.txt"
-passed=0 failed=0 total_start=$SECONDS
-for step in "$@"; do
-  printf '\n######## make %s\n' "$step"
-  start=$SECONDS
-  if make --no-print-directory "$step"; then
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+passed=0 failed=0 total_start=$SECONDS stop=0
+
+record() { # NAME RC SECONDS
+  if (($2 == 0)); then
     passed=$((passed + 1))
-    report+=("$(printf '  %-15s ok     %4d s' "$step" $((SECONDS - start)))")
+    report+=("$(printf '  %-15s ok     %4d s' "$1" "$3")")
   else
     failed=$((failed + 1))
-    report+=("$(printf '  %-15s FAILED %4d s' "$step" $((SECONDS - start)))")
-    case "$step" in
-      setup | install | host-packages | venv) break ;;
+    report+=("$(printf '  %-15s FAILED %4d s' "$1" "$3")")
+    case "$1" in
+      setup | install | host-packages | venv) stop=1 ;;
     esac
   fi
+}
+
+for step in "$@"; do
+  IFS=+ read -r -a parts <<<"$step"
+  if ((${#parts[@]} == 1)); then
+    printf '\n######## make %s\n' "$step"
+    start=$SECONDS rc=0
+    make --no-print-directory "$step" || rc=$?
+    record "$step" "$rc" $((SECONDS - start))
+  else
+    printf '\n######## make %s (side by side)\n' "${parts[*]}"
+    for p in "${parts[@]}"; do
+      (
+        start=$SECONDS rc=0
+        make --no-print-directory "$p" >"${logs}/${p}.log" 2>&1 </dev/null || rc=$?
+        echo "$rc $((SECONDS - start))" >"${logs}/${p}.rc"
+      ) &
+    done
+    wait
+    for p in "${parts[@]}"; do
+      printf '\n######## make %s\n' "$p"
+      cat "${logs}/${p}.log"
+      read -r rc secs <"${logs}/${p}.rc"
+      record "$p" "$rc" "$secs"
+    done
+  fi
+  ((stop == 0)) || break
 done
 printf '\n######## summary (%d s)\n' $((SECONDS - total_start))
 printf '%s\n' "${report[@]}"
