@@ -36,8 +36,8 @@ def _cached_compile(pathname, source):
     import hashlib  # pylint: disable=import-outside-toplevel
     import marshal  # pylint: disable=import-outside-toplevel
 
-    digest = hashlib.sha256(("%d.%d\0%s\0" % (sys.version_info[0], sys.version_info[1],
-                                             pathname.split(_MARK, 1)[1])).encode() + source)
+    inner = pathname.split(_MARK, 1)[1]
+    digest = hashlib.sha256(("%d.%d\0%s\0" % (sys.version_info[0], sys.version_info[1], inner)).encode() + source)
     path = os.path.join(_CACHE, digest.hexdigest())
     try:
         with open(path, "rb") as f:
