@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Run `molecule test -s NAME` for every scenario directory molecule/NAME/molecule.yml,
-# from the repo root, against the staged collection (./collections). Continues after a
-# failing scenario and exits non-zero if any failed. Scenarios can be chosen with
-# MOLECULE_SCENARIOS="a b".
+# Run `molecule test -s NAME` for every scenario directory molecule/NAME/molecule.yml, from the
+# repo root, against the staged collection (./collections). Continues after a failing scenario
+# and exits non-zero if any failed. Scenarios can be chosen with MOLECULE_SCENARIOS="a b".
+#
+# MOLECULE_JOBS scenarios (default 2) run side by side: a scenario leaves about a third of the
+# two cores idle (service restarts, timers, waits), and scenarios share nothing (own containers,
+# networks and ephemeral directories). The longest scenarios start first (times of the last run,
+# .cache/molecule-times.txt). Each scenario's output goes to .cache/molecule-logs/NAME.log and is
+# printed when it ends; the per-scenario times end the output and .cache/molecule-times.txt.
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -13,6 +18,9 @@ export ANSIBLE_COLLECTIONS_PATH="${HCP_ROOT}/collections"
 export HCP_WHEELHOUSE="${HCP_WHEELHOUSE:-${HCP_CACHE}/wheelhouse}"
 export MOLECULE_GLOB="molecule/*/molecule.yml"
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
+JOBS="${MOLECULE_JOBS:-2}"
+TIMES="${HCP_CACHE}/molecule-times.txt"
+LOGS="${HCP_CACHE}/molecule-logs"
 
 if [[ -n "${MOLECULE_SCENARIOS:-}" ]]; then
   read -r -a scenarios <<<"${MOLECULE_SCENARIOS}"
@@ -21,29 +29,67 @@ else
   for f in molecule/*/molecule.yml; do
     [[ -e "$f" ]] && scenarios+=("$(basename "$(dirname "$f")")")
   done
+  # Longest first, by the last recorded times (unknown scenarios count as long).
+  if [[ -s "$TIMES" ]]; then
+    mapfile -t scenarios < <(for s in "${scenarios[@]}"; do
+      t="$(awk -v s="$s" '$1 == s {print $(NF - 1)}' "$TIMES")"
+      echo "${t:-99999} $s"
+    done | sort -rn | cut -d' ' -f2)
+  fi
 fi
 if ((${#scenarios[@]} == 0)); then
   log "no molecule scenarios (molecule/*/molecule.yml)"
   exit 0
 fi
 
+mkdir -p "$LOGS"
+run_one() { # NAME: run the scenario, log to LOGS/NAME.log, leave "rc seconds" in LOGS/NAME.rc
+  local s="$1" start=$SECONDS rc=0
+  molecule test -s "$s" >"${LOGS}/${s}.log" 2>&1 </dev/null || rc=$?
+  echo "$rc $((SECONDS - start))" >"${LOGS}/${s}.rc"
+}
+
+rm -f "${LOGS}"/*.rc
+log "${#scenarios[@]} scenarios, ${JOBS} at a time: ${scenarios[*]}"
+declare -A pid_of=()
+next=0 running=0
 passed=() failed=() report=()
-for s in "${scenarios[@]}"; do
-  log "molecule test -s ${s}"
-  start=$SECONDS
-  if molecule test -s "$s" </dev/null; then
+finish() { # NAME: report a scenario that ended
+  local s="$1" rc secs
+  read -r rc secs <"${LOGS}/${s}.rc"
+  printf '\n######## molecule test -s %s (%d s)\n' "$s" "$secs"
+  cat "${LOGS}/${s}.log"
+  if ((rc == 0)); then
     passed+=("$s")
-    report+=("$(printf '  %-15s ok     %4d s' "$s" $((SECONDS - start)))")
-    log "scenario ${s} passed in $((SECONDS - start)) s"
+    report+=("$(printf '  %-15s ok     %4d s' "$s" "$secs")")
+    log "scenario ${s} passed in ${secs} s"
   else
     failed+=("$s")
-    report+=("$(printf '  %-15s FAILED %4d s' "$s" $((SECONDS - start)))")
-    log "scenario ${s} FAILED after $((SECONDS - start)) s"
+    report+=("$(printf '  %-15s FAILED %4d s' "$s" "$secs")")
+    log "scenario ${s} FAILED after ${secs} s (log: ${LOGS}/${s}.log)"
   fi
+}
+while ((next < ${#scenarios[@]} || running > 0)); do
+  while ((running < JOBS && next < ${#scenarios[@]})); do
+    s="${scenarios[next]}"
+    log "molecule test -s ${s}"
+    run_one "$s" &
+    pid_of[$s]=$!
+    next=$((next + 1)) running=$((running + 1))
+  done
+  wait -n || true
+  for s in "${!pid_of[@]}"; do
+    if [[ -f "${LOGS}/${s}.rc" ]]; then
+      wait "${pid_of[$s]}" 2>/dev/null || true
+      unset "pid_of[$s]"
+      running=$((running - 1))
+      finish "$s"
+    fi
+  done
 done
 mkdir -p "${HCP_CACHE}"
-printf '%s\n' "${report[@]}" >"${HCP_CACHE}/molecule-times.txt"
-printf 'molecule scenarios:\n'
+printf '%s\n' "${report[@]}" >"$TIMES"
+printf '\nmolecule scenarios (%d at a time):\n' "$JOBS"
 printf '%s\n' "${report[@]}"
 echo "molecule: ${#passed[@]} passed, ${#failed[@]} failed${failed[*]:+ (${failed[*]})}"
 ((${#failed[@]} == 0))

@@ -11,9 +11,9 @@ source "$(dirname "$0")/lib.sh"
 
 cd "${HCP_ROOT}"
 declare -a report=()
-rm -f "${HCP_CACHE}/molecule-times.txt"
 logs="$(mktemp -d)"
 trap 'rm -rf "$logs"' EXIT
+touch "${logs}/start"
 passed=0 failed=0 total_start=$SECONDS stop=0
 
 record() { # NAME RC SECONDS
@@ -57,7 +57,7 @@ for step in "$@"; do
 done
 printf '\n######## summary (%d s)\n' $((SECONDS - total_start))
 printf '%s\n' "${report[@]}"
-if [[ -s "${HCP_CACHE}/molecule-times.txt" ]]; then
+if [[ "${HCP_CACHE}/molecule-times.txt" -nt "${logs}/start" ]]; then
   echo "  molecule scenarios:"
   sed 's/^/  /' "${HCP_CACHE}/molecule-times.txt"
 fi
