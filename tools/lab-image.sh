@@ -37,6 +37,19 @@ MASK_UNITS=(
   sys-kernel-tracing.mount getty.target console-getty.service
 )
 
+# promote CANDIDATE IMAGE: boot-check CANDIDATE, then tag it IMAGE. A failed check leaves the
+# previous IMAGE in place.
+promote() {
+  log "checking that systemd boots in $1"
+  if ! "$(dirname "$0")/lab-boot-check.sh" "$1"; then
+    "$DOCKER" image rm -f "$1" >/dev/null 2>&1 || true
+    die "systemd did not come up in the new image; $2 left as it was"
+  fi
+  "$DOCKER" tag "$1" "$2"
+  "$DOCKER" image rm "$1" >/dev/null
+  log "image $2 built ($("$DOCKER" image inspect -f '{{ .Size }}' "$2") bytes)"
+}
+
 # ---- BASE ------------------------------------------------------------------------------
 build_base() {
   local want="$1"
@@ -99,14 +112,7 @@ tar -C "${ROOTFS}" --numeric-owner -c . | "$DOCKER" import \
   --change "LABEL ${LABEL}=${want}" \
   - "${CANDIDATE}" >/dev/null
 
-log "checking that systemd boots in ${CANDIDATE}"
-if ! "$(dirname "$0")/lab-boot-check.sh" "${CANDIDATE}"; then
-  "$DOCKER" image rm -f "${CANDIDATE}" >/dev/null 2>&1 || true
-  die "systemd did not come up in the new image; ${BASE} left as it was"
-fi
-"$DOCKER" tag "${CANDIDATE}" "${BASE}"
-"$DOCKER" image rm "${CANDIDATE}" >/dev/null
-log "image ${BASE} built ($("$DOCKER" image inspect -f '{{ .Size }}' "${BASE}") bytes)"
+promote "${CANDIDATE}" "${BASE}"
 }
 
 # ---- IMAGE (FROM BASE) -------------------------------------------------------------------
@@ -160,14 +166,7 @@ DOCKERFILE
     die "docker build of ${IMAGE} failed (log: ${HCP_CACHE}/lab-image-build.log)"
   }
   rm -rf "${ctx}"
-  log "checking that systemd boots in ${candidate}"
-  if ! "$(dirname "$0")/lab-boot-check.sh" "${candidate}"; then
-    "$DOCKER" image rm -f "${candidate}" >/dev/null 2>&1 || true
-    die "systemd did not come up in the new image; ${IMAGE} left as it was"
-  fi
-  "$DOCKER" tag "${candidate}" "${IMAGE}"
-  "$DOCKER" image rm "${candidate}" >/dev/null
-  log "image ${IMAGE} built ($("$DOCKER" image inspect -f '{{ .Size }}' "${IMAGE}") bytes)"
+  promote "${candidate}" "${IMAGE}"
 }
 
 image_hash() { "$DOCKER" image inspect -f "{{ index .Config.Labels \"${LABEL}\" }}" "$1" 2>/dev/null || true; }

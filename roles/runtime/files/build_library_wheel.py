@@ -66,6 +66,19 @@ def sources(src):
     return out
 
 
+def _atomic_write(path, write):
+    """Write PATH (0644) through write(fileobj) into a temporary file beside it, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            write(raw)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def record_hash(data):
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
@@ -97,19 +110,14 @@ def build(coll, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     changed = not os.path.isfile(path)
     if changed:
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".%s." % DIST, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w") as zf:
+        def write_zip(raw):
+            with zipfile.ZipFile(raw, "w") as zf:
                 for name, data in entries:
                     zi = zipfile.ZipInfo(name, date_time=EPOCH)
                     zi.compress_type = zipfile.ZIP_DEFLATED
                     zi.external_attr = 0o644 << 16
                     zf.writestr(zi, data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        _atomic_write(path, write_zip)
     for other in os.listdir(out_dir):
         if other.startswith(DIST + "-") and other.endswith(".whl") and other != filename:
             os.unlink(os.path.join(out_dir, other))
@@ -131,19 +139,14 @@ def bundle(wheelhouse, out_dir):
                 return path
     except (OSError, tarfile.TarError):
         pass
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".hcp-wheelhouse.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+    def write_tar(raw):
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
             for name in names:
                 ti = tf.gettarinfo(os.path.join(wheelhouse, name), arcname=name)
                 ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0o644, 0, 0, "root", "root"
                 with open(os.path.join(wheelhouse, name), "rb") as f:
                     tf.addfile(ti, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    _atomic_write(path, write_tar)
     return path
 
 
