@@ -110,6 +110,7 @@ def build(coll, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     changed = not os.path.isfile(path)
     if changed:
+
         def write_zip(raw):
             with zipfile.ZipFile(raw, "w") as zf:
                 for name, data in entries:
@@ -139,6 +140,7 @@ def bundle(wheelhouse, out_dir):
                 return path
     except (OSError, tarfile.TarError):
         pass
+
     def write_tar(raw):
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
             for name in names:
