@@ -48,3 +48,21 @@ take_lock() {
     flock -w "${LOCK_TIMEOUT:-900}" 9 || die "lock $1 not obtained"
   fi
 }
+
+# run_logged DIR NAME CMD...: run CMD (no stdin) with its output in DIR/NAME.log, then leave
+# "rc seconds" in DIR/NAME.rc. For steps run side by side (test-all.sh, molecule-all.sh).
+run_logged() {
+  local dir="$1" name="$2" start=$SECONDS rc=0
+  shift 2
+  "$@" >"${dir}/${name}.log" 2>&1 </dev/null || rc=$?
+  echo "$rc $((SECONDS - start))" >"${dir}/${name}.rc"
+}
+
+# time_row NAME RC SECONDS: one row of a time table (test-all.sh, molecule-all.sh).
+time_row() {
+  if (($2 == 0)); then
+    printf '  %-15s ok     %4d s' "$1" "$3"
+  else
+    printf '  %-15s FAILED %4d s' "$1" "$3"
+  fi
+}

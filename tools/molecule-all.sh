@@ -43,12 +43,6 @@ if ((${#scenarios[@]} == 0)); then
 fi
 
 mkdir -p "$LOGS"
-run_one() { # NAME: run the scenario, log to LOGS/NAME.log, leave "rc seconds" in LOGS/NAME.rc
-  local s="$1" start=$SECONDS rc=0
-  molecule test -s "$s" >"${LOGS}/${s}.log" 2>&1 </dev/null || rc=$?
-  echo "$rc $((SECONDS - start))" >"${LOGS}/${s}.rc"
-}
-
 rm -f "${LOGS}"/*.rc
 log "${#scenarios[@]} scenarios, ${JOBS} at a time: ${scenarios[*]}"
 declare -A pid_of=()
@@ -59,13 +53,12 @@ finish() { # NAME: report a scenario that ended
   read -r rc secs <"${LOGS}/${s}.rc"
   printf '\n######## molecule test -s %s (%d s)\n' "$s" "$secs"
   cat "${LOGS}/${s}.log"
+  report+=("$(time_row "$s" "$rc" "$secs")")
   if ((rc == 0)); then
     passed+=("$s")
-    report+=("$(printf '  %-15s ok     %4d s' "$s" "$secs")")
     log "scenario ${s} passed in ${secs} s"
   else
     failed+=("$s")
-    report+=("$(printf '  %-15s FAILED %4d s' "$s" "$secs")")
     log "scenario ${s} FAILED after ${secs} s (log: ${LOGS}/${s}.log)"
   fi
 }
@@ -73,7 +66,7 @@ while ((next < ${#scenarios[@]} || running > 0)); do
   while ((running < JOBS && next < ${#scenarios[@]})); do
     s="${scenarios[next]}"
     log "molecule test -s ${s}"
-    run_one "$s" &
+    run_logged "$LOGS" "$s" molecule test -s "$s" &
     pid_of[$s]=$!
     next=$((next + 1)) running=$((running + 1))
   done

@@ -17,12 +17,11 @@ touch "${logs}/start"
 passed=0 failed=0 total_start=$SECONDS stop=0
 
 record() { # NAME RC SECONDS
+  report+=("$(time_row "$@")")
   if (($2 == 0)); then
     passed=$((passed + 1))
-    report+=("$(printf '  %-15s ok     %4d s' "$1" "$3")")
   else
     failed=$((failed + 1))
-    report+=("$(printf '  %-15s FAILED %4d s' "$1" "$3")")
     case "$1" in
       setup | install | host-packages | venv) stop=1 ;;
     esac
@@ -39,11 +38,7 @@ for step in "$@"; do
   else
     printf '\n######## make %s (side by side)\n' "${parts[*]}"
     for p in "${parts[@]}"; do
-      (
-        start=$SECONDS rc=0
-        make --no-print-directory "$p" >"${logs}/${p}.log" 2>&1 </dev/null || rc=$?
-        echo "$rc $((SECONDS - start))" >"${logs}/${p}.rc"
-      ) &
+      run_logged "$logs" "$p" make --no-print-directory "$p" &
     done
     wait
     for p in "${parts[@]}"; do
