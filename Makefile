@@ -30,7 +30,7 @@ export PIP_NO_INPUT := 1
 
 .PHONY: help setup host-packages venv docker lab-image wheelhouse install get-pip \
 	lint sanity units changelog-lint docs-lint build install-check molecule \
-	check test demo bench lab-up lab-down clean distclean
+	check test demo bench lab-base lab-up lab-down clean distclean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,7 +50,10 @@ docker: host-packages ## start dockerd when no engine answers
 wheelhouse: venv ## .cache/wheelhouse from requirements.txt
 	@tools/wheelhouse.sh
 
-lab-image: docker wheelhouse ## lab images hcp-lab/debian-base and hcp-lab/debian (when their inputs changed)
+lab-base: docker ## lab image hcp-lab/debian-base (debootstrap; when its inputs changed)
+	@tools/lab-image.sh base
+
+lab-image: lab-base wheelhouse ## lab images hcp-lab/debian-base and hcp-lab/debian (when their inputs changed)
 	@tools/lab-image.sh
 
 # ---- collection -----------------------------------------------------------------
@@ -92,7 +95,8 @@ check: ## the inner loop: lint, sanity, units, changelog-lint (no lab, no molecu
 	@tools/test-all.sh host-packages venv install lint+sanity+changelog-lint units
 
 test: ## the whole suite (what CI runs): setup, then every gate, with a summary
-	@tools/test-all.sh setup install lint+sanity+changelog-lint units docs-lint+install-check molecule
+	@tools/test-all.sh host-packages docker venv+lab-base wheelhouse lab-image install \
+		lint+sanity+changelog-lint units docs-lint+install-check molecule
 
 # ---- lab --------------------------------------------------------------------------
 lab-up: setup install ## start the lab containers (playbooks/lab.yml)

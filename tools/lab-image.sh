@@ -10,7 +10,7 @@
 #    the wheelhouse's install check). The runtime role then only adds the library wheel.
 #    Also a compile cache for Ansible's module payloads (tools/lab-image/hcp_lab_pycache.py: why
 #    and what in its docstring), the one lab-only speed-up; never in BASE nor the collection.
-# Each image carries the hash of its inputs as a label and is rebuilt only when they change
+# `tools/lab-image.sh base` builds BASE alone (make lab-base). Each image carries the hash of its inputs as a label and is rebuilt only when they change
 # (or FORCE=1). Apt lists are left EMPTY in both (directory mtime = build time): roles must
 # refresh them before installing anything. Docker 20.10's import knows no STOPSIGNAL: systemd
 # wants SIGRTMIN+3, so containers set it themselves (or are removed with force). After a build
@@ -171,13 +171,16 @@ DOCKERFILE
 
 image_hash() { "$DOCKER" image inspect -f "{{ index .Config.Labels \"${LABEL}\" }}" "$1" 2>/dev/null || true; }
 
-[[ -f "${WH}/requirements.txt" ]] || die "no wheelhouse at ${WH} (run tools/wheelhouse.sh first)"
 base_want="$(hash_files "$0")"
 if [[ "$(image_hash "${BASE}")" == "${base_want}" && "${FORCE:-0}" != 1 ]]; then
   log "image ${BASE} up to date (${base_want})"
 else
   build_base "${base_want}"
 fi
+# `lab-image.sh base`: BASE only (needs no wheelhouse, so `make test` builds it beside the venv).
+[[ "${1:-}" == base ]] && exit 0
+
+[[ -f "${WH}/requirements.txt" ]] || die "no wheelhouse at ${WH} (run tools/wheelhouse.sh first)"
 
 pkgs="$(role_packages) ${LAB_EXTRA_PACKAGES[*]}"
 # Inputs of IMAGE: BASE, the package list, the wheel names, the pinned requirements, tools/lab-image/.

@@ -23,7 +23,7 @@ record() { # NAME RC SECONDS
   else
     failed=$((failed + 1))
     case "$1" in
-      setup | install | host-packages | venv) stop=1 ;;
+      setup | install | host-packages | docker | venv | lab-base | wheelhouse | lab-image) stop=1 ;;
     esac
   fi
 }
