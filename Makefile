@@ -92,11 +92,11 @@ molecule: install ## molecule test -s NAME for every molecule/NAME/
 	@tools/molecule-all.sh
 
 check: ## the inner loop: lint, sanity, units, changelog-lint (no lab, no molecule), with a summary
-	@tools/test-all.sh host-packages venv install lint+sanity+changelog-lint units
+	@tools/test-all.sh host-packages venv install lint+sanity+changelog-lint+units
 
 test: ## the whole suite (what CI runs): setup, then every gate, with a summary
 	@tools/test-all.sh host-packages docker venv+lab-base wheelhouse lab-image install \
-		lint+sanity+changelog-lint units docs-lint+install-check molecule
+		lint+sanity+changelog-lint+units docs-lint+install-check molecule
 
 # ---- lab --------------------------------------------------------------------------
 lab-up: setup install ## start the lab containers (playbooks/lab.yml)

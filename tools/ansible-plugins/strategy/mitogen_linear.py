@@ -4,7 +4,7 @@
 # through .config/molecule/config.yml (ANSIBLE_STRATEGY_PLUGINS points here, so the path does
 # not depend on where pip put the package); operators' runs and the `tpm` scenario use
 # stock Ansible. Mitogen only takes over the short connection name `docker`.
-import ansible.plugins.strategy.linear as linear
+from ansible.plugins.strategy import linear
 from ansible_mitogen.plugins.strategy.mitogen_linear import StrategyModule as MitogenLinear
 
 
