@@ -19,7 +19,10 @@ export HCP_WHEELHOUSE="${HCP_WHEELHOUSE:-${HCP_CACHE}/wheelhouse}"
 export MOLECULE_GLOB="molecule/*/molecule.yml"
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
 JOBS="${MOLECULE_JOBS:-2}"
-TIMES="${HCP_CACHE}/molecule-times.txt"
+TIMES="${HCP_CACHE}/molecule-times.txt"     # this run's rows (test-all.sh prints them)
+HISTORY="${HCP_CACHE}/molecule-history.txt" # each scenario's last time, whatever run measured it
+ORDER="$HISTORY" # for the order; before any run here, the times measured on the project's machine
+[[ -s "$ORDER" ]] || ORDER=molecule/scenario-times.txt
 LOGS="${HCP_CACHE}/molecule-logs"
 
 if [[ -n "${MOLECULE_SCENARIOS:-}" ]]; then
@@ -30,9 +33,9 @@ else
     [[ -e "$f" ]] && scenarios+=("$(basename "$(dirname "$f")")")
   done
   # Longest first, by the last recorded times (unknown scenarios count as long).
-  if [[ -s "$TIMES" ]]; then
+  if [[ -s "$ORDER" ]]; then
     mapfile -t scenarios < <(for s in "${scenarios[@]}"; do
-      t="$(awk -v s="$s" '$1 == s {print $(NF - 1)}' "$TIMES")"
+      t="$(awk -v s="$s" '$1 == s {print $(NF - 1)}' "$ORDER")"
       echo "${t:-99999} $s"
     done | sort -rn | cut -d' ' -f2)
   fi
@@ -82,6 +85,8 @@ while ((next < ${#scenarios[@]} || running > 0)); do
 done
 mkdir -p "${HCP_CACHE}"
 printf '%s\n' "${report[@]}" >"$TIMES"
+cat "$TIMES" "$ORDER" | awk '!seen[$1]++' >"${HISTORY}.new"
+mv "${HISTORY}.new" "$HISTORY"
 printf '\nmolecule scenarios (%d at a time):\n' "$JOBS"
 printf '%s\n' "${report[@]}"
 echo "molecule: ${#passed[@]} passed, ${#failed[@]} failed${failed[*]:+ (${failed[*]})}"
