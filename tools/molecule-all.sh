@@ -5,8 +5,9 @@
 #
 # MOLECULE_JOBS scenarios (default 2) run side by side: a scenario leaves about a third of the
 # two cores idle (service restarts, timers, waits), and scenarios share nothing (own containers,
-# networks and ephemeral directories). The longest scenarios start first (times of the last run,
-# .cache/molecule-times.txt). Each scenario's output goes to .cache/molecule-logs/NAME.log and is
+# networks and ephemeral directories); 4 at a time was slower (load ~10, measured). The longest
+# scenarios start first (each one's last time, .cache/molecule-history.txt, else the committed
+# molecule/scenario-times.txt). Each scenario's output goes to .cache/molecule-logs/NAME.log and is
 # printed when it ends; the per-scenario times end the output and .cache/molecule-times.txt.
 set -euo pipefail
 # shellcheck source=tools/lib.sh
