@@ -96,7 +96,7 @@ check: ## the inner loop: lint, sanity, units, changelog-lint (no lab, no molecu
 
 test: ## the whole suite (what CI runs): setup, then every gate, with a summary
 	@tools/test-all.sh host-packages docker venv+lab-base wheelhouse lab-image install \
-		lint+sanity+changelog-lint+units docs-lint+install-check molecule
+		units,sanity,lint,changelog-lint,docs-lint,install-check+molecule
 
 # ---- lab --------------------------------------------------------------------------
 lab-up: setup install ## start the lab containers (playbooks/lab.yml)

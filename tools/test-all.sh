@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run `make STEP` for each STEP given, in order, timing each. A step written A+B runs the
-# gates A and B side by side (their output is shown once both ended, one after the other):
-# ansible-lint and ansible-test sanity are single-threaded, and the machine has two cores.
+# lanes A and B side by side (their output is shown once all ended, one after the other); a lane
+# written A,B,C runs its gates one after the other. ansible-lint and ansible-test sanity are
+# single-threaded, and molecule leaves about a third of the two cores idle (waits on systemd and
+# services), so `make test` runs the gates in one lane beside molecule's two scenario lanes.
 # setup/install failures stop the run; a failing gate is recorded and the next gate still runs.
 # Ends with a per-gate time table (plus molecule's per-scenario times when it ran) and
 # "N passed, N failed"; exits non-zero when anything failed.
@@ -37,15 +39,19 @@ for step in "$@"; do
     record "$step" "$rc" $((SECONDS - start))
   else
     printf '\n######## make %s (side by side)\n' "${parts[*]}"
-    for p in "${parts[@]}"; do
-      run_logged "$logs" "$p" make --no-print-directory "$p" &
+    for lane in "${parts[@]}"; do
+      IFS=, read -r -a gates <<<"$lane"
+      (for g in "${gates[@]}"; do run_logged "$logs" "$g" make --no-print-directory "$g"; done) &
     done
     wait
-    for p in "${parts[@]}"; do
-      printf '\n######## make %s\n' "$p"
-      cat "${logs}/${p}.log"
-      read -r rc secs <"${logs}/${p}.rc"
-      record "$p" "$rc" "$secs"
+    for lane in "${parts[@]}"; do
+      IFS=, read -r -a gates <<<"$lane"
+      for g in "${gates[@]}"; do
+        printf '\n######## make %s\n' "$g"
+        cat "${logs}/${g}.log"
+        read -r rc secs <"${logs}/${g}.rc"
+        record "$g" "$rc" "$secs"
+      done
     done
   fi
   ((stop == 0)) || break
