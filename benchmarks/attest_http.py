@@ -42,9 +42,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "collections"))
 
-from ansible_collections.hcp.core.plugins.module_utils import attest, attest_client, enroll, envelope, pki  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils import pki  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
@@ -62,7 +66,7 @@ CIPHERS = ":".join((
     "ECDHE-ECDSA-CHACHA20-POLY1305",
     "ECDHE-RSA-CHACHA20-POLY1305",
 ))
-APP_MODULE = "ansible_collections.hcp.core.plugins.module_utils.services.attest_app:application"
+APP_MODULE = "ansible_collections.hcp.core.plugins.module_utils.web.attest_app:application"
 
 
 def _bench_attest():

@@ -23,8 +23,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-from ansible_collections.hcp.core.plugins.module_utils import enroll, enroll_db, pki  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import ek_public_from_key, ek_public_pem  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils import pki  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import db as enroll_db  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_from_key, ek_public_pem  # noqa: E402
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "https-server", "https-client", "issuer-ca", "ssh-host-keys", "reenroll-hint"],
            "seal_policy": {"type": "none"}}

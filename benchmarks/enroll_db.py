@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "collections"))
 
-from ansible_collections.hcp.core.plugins.module_utils import enroll_db  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import db as enroll_db  # noqa: E402
 
 FILES = dict(("asset%02d%s" % (i, ".sealed" if i % 2 else ".pem"), os.urandom(1100 + 40 * i)) for i in range(12))
 

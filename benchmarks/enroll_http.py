@@ -27,15 +27,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
-from ansible_collections.hcp.core.plugins.module_utils import enroll_service, pki  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import ek_public_from_key, ek_public_pem  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.enroll_client import EnrollmentClient  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.services.enroll_app import create_app  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils import pki  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import service as enroll_service  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_from_key, ek_public_pem  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import EnrollmentClient  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.web.enroll_app import create_app  # noqa: E402
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "https-server", "https-client", "issuer-ca", "ssh-host-keys", "reenroll-hint"]}
 COUNT = 20
-MODULE = "ansible_collections.hcp.core.plugins.module_utils.enroll_service"
+MODULE = "ansible_collections.hcp.core.plugins.module_utils.enrollment.service"
 
 
 def simulated_ek():

@@ -18,7 +18,7 @@ import time
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.join(ROOT, "collections"))
 
-from ansible_collections.hcp.core.plugins.module_utils.policy_engine import evaluate_json, load_policy  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import evaluate_json, load_policy  # noqa: E402
 
 SECONDS = 2.0
 
@@ -74,7 +74,7 @@ def main():
         print("%-42s %-6s rule=%-18s %8.0f decisions/s (dict, %d runs, %.1f us each)  %8.0f/s (raw JSON %d bytes)"
               % (label, decision.action, decision.rule, per_s, count, 1e6 / per_s, json_per_s, len(body)))
     try:
-        from ansible_collections.hcp.core.plugins.module_utils.services import policy_app  # pylint: disable=import-outside-toplevel
+        from ansible_collections.hcp.core.plugins.module_utils.web import policy_app  # pylint: disable=import-outside-toplevel
     except ImportError:
         return
     if policy_app.common.flask is None:

@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "collections"))
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir  # noqa: E402
 
 
 def rate(func, min_seconds=0.5, min_runs=3):

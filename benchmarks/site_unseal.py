@@ -29,10 +29,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "collections"))
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.control_tower import ControlTower  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.share_store import read_share, write_share  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.site_unseal import LocalTower, init_site, unseal  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import ControlTower  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import read_share, write_share  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import LocalTower, init_site, unseal  # noqa: E402
 
 RUNS = 20
 

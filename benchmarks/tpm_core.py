@@ -26,8 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "collections"))
 
-from ansible_collections.hcp.core.plugins.module_utils import envelope, quote  # noqa: E402
-from ansible_collections.hcp.core.plugins.module_utils.envelope import well_known_name  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.tpm import quote  # noqa: E402
+from ansible_collections.hcp.core.plugins.module_utils.tpm.envelope import well_known_name  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402

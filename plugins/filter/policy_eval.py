@@ -79,7 +79,7 @@ import json
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.hcp.core.plugins.module_utils.policy_engine import (
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import (
     PolicyError,
     PolicyValidationError,
     load_policy,

@@ -55,7 +55,7 @@ import base64
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 

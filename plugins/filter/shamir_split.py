@@ -63,7 +63,7 @@ import binascii
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 

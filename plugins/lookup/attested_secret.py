@@ -89,9 +89,9 @@ import base64
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.hcp.core.plugins.module_utils import attest_client
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 class LookupModule(LookupBase):

@@ -61,7 +61,7 @@ _raw:
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
-from ansible_collections.hcp.core.plugins.module_utils.enroll_client import EnrollmentClient
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import EnrollmentClient
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 

@@ -12,7 +12,17 @@ from __future__ import annotations
 
 
 class HcpError(Exception):
-    """Base class of every error raised on purpose by hcp.core."""
+    """Base class of every error raised on purpose by hcp.core.
+
+    ``status``: the HTTP status a service answered or a face should answer (0: the service could
+    not be reached or read; None: not an HTTP matter). Always the second argument."""
+
+    status = None
+
+    def __init__(self, message="", status=None):
+        super(HcpError, self).__init__(message)
+        if status is not None:
+            self.status = status
 
 
 class MissingDependencyError(HcpError):

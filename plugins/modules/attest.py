@@ -19,7 +19,7 @@ description:
     C(docs/attestation-client.md).
   - Assets sealed with the one-time policy are unsealed once per boot, and PCR 11 is extended afterwards. When
     PCR 11 is already extended (a re-attestation), they are skipped and their installed files left alone.
-  - The same code runs in the periodic attester (C(python -m ansible_collections.hcp.core.plugins.module_utils.attester)).
+  - The same code runs in the periodic attester (C(python -m ansible_collections.hcp.core.plugins.module_utils.attestation.attester)).
   - The module never returns asset content.
 author:
   - HCP maintainers (@hcp-core)
@@ -154,10 +154,10 @@ post_hook_error:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils import attester
+from ansible_collections.hcp.core.plugins.module_utils.attestation import attester
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 def main():

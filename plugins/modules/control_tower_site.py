@@ -111,7 +111,7 @@ actions:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.site_unseal import ControlTowerClient
+from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import ControlTowerClient
 
 
 def _same_key(a, b):

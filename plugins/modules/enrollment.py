@@ -96,7 +96,7 @@ action:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils.enroll_client import EnrollmentClient, ensure
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import EnrollmentClient, ensure
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 

@@ -103,7 +103,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import read_if_exists
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import apply_file_attributes, write_private_file
-from ansible_collections.hcp.core.plugins.module_utils.policy_engine import (
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import (
     PolicyError,
     PolicyValidationError,
     load_policy,

@@ -174,12 +174,12 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils import share_key
+from ansible_collections.hcp.core.plugins.module_utils.tpm import share_key
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.hsm import Hsm
+from ansible_collections.hcp.core.plugins.module_utils.unseal.hsm import Hsm
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
-from ansible_collections.hcp.core.plugins.module_utils.shamir import Share
-from ansible_collections.hcp.core.plugins.module_utils.share_store import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal.shamir import Share
+from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import (
     ProtectionUnavailableError,
     ShareUndecryptableError,
     inspect_share,
@@ -187,7 +187,7 @@ from ansible_collections.hcp.core.plugins.module_utils.share_store import (
     read_share,
     write_share,
 )
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 class _NoHsm(object):

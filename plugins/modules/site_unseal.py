@@ -189,7 +189,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils import site_unseal as su
+from ansible_collections.hcp.core.plugins.module_utils.unseal import site_unseal as su
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
     apply_file_attributes,

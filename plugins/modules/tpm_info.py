@@ -123,14 +123,14 @@ firmware_version:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import (
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import (
     describe_certificate,
     ek_public_b64,
     ek_public_pem,
 )
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import TPM_ARGUMENT_SPEC, fail_on_hcp_error
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 def main():

@@ -143,8 +143,8 @@ envelope_version:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils import envelope as env_mod
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import load_ek_public
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope as env_mod
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
 from ansible_collections.hcp.core.plugins.module_utils.errors import EnvelopeError, HcpError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import read_if_exists
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
@@ -152,8 +152,8 @@ from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
     fail_on_hcp_error,
     write_private_file,
 )
-from ansible_collections.hcp.core.plugins.module_utils.tpm import ekpubhash
-from ansible_collections.hcp.core.plugins.module_utils.tpm_policy import normalize_policy, policy_digest
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import ekpubhash
+from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import normalize_policy, policy_digest
 
 
 def _read(module, path, what):

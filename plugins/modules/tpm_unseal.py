@@ -115,7 +115,7 @@ import hmac
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils import envelope as env_mod
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope as env_mod
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import read_if_exists
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
@@ -124,8 +124,8 @@ from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
     fail_on_hcp_error,
     write_private_file,
 )
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
-from ansible_collections.hcp.core.plugins.module_utils.tpm_policy import ONE_TIME_PCR
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR
 
 
 def main():

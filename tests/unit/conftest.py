@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 def _free_port_pair():

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ansible_collections.hcp.core.plugins.module_utils import attest_client
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 def main():

@@ -16,7 +16,8 @@ import pytest
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.loader import lookup_loader
 
-from ansible_collections.hcp.core.plugins.module_utils import attest_client, envelope
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.tests.unit.plugins.module_utils.test_attester import DEAD, Site
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "secrets"], "secrets": ["db-password"]}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.loader import lookup_loader
-from ansible_collections.hcp.core.plugins.module_utils.enroll_client import ensure
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import ensure
 from ansible_collections.hcp.core.tests.unit.plugins.module_utils.test_enroll_client import PROFILE, server  # noqa: F401  pylint: disable=unused-import
 
 

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import arepl
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.attestation import replica as arepl
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 
 H1 = "a1" * 32
 H2 = "b2" * 32
@@ -100,7 +100,7 @@ def test_cli_once_and_status(tmp_path, source):
     config = tmp_path / "arepl.json"
     config.write_text(json.dumps({"base_dir": str(tmp_path / "replica"), "source_url": source.path}))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    mod = "ansible_collections.hcp.core.plugins.module_utils.arepl"
+    mod = "ansible_collections.hcp.core.plugins.module_utils.attestation.replica"
     out = subprocess.run([sys.executable, "-m", mod, str(config), "once"], capture_output=True, env=env, check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["head"] == source.head()

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import asset_install
+from ansible_collections.hcp.core.plugins.module_utils.attestation import install as asset_install
 
 KTUTIL = shutil.which("ktutil")
 ME = pwd.getpwuid(os.getuid())

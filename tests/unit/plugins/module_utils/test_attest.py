@@ -16,10 +16,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from tpm2_pytss import TSS2_Exception
 
-from ansible_collections.hcp.core.plugins.module_utils import attest, attest_client, enroll, envelope, pki
-from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
+from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.errors import PolicyNotSatisfiedError
+from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
 
 PROFILE = {"assets": ["hostname", "rootfs-key"]}
 
@@ -212,7 +217,7 @@ def test_response_is_useless_without_the_same_tpm_and_ak(swtpm, other_swtpm, sit
             with pytest.raises(TSS2_Exception):
                 envelope.activate_credential(other, ak, blob, secret)
     with pytest.raises(attest.AttestError, match="failed authentication"):
-        attest.decrypt_response(response, os.urandom(32))
+        protocol.decrypt_response(response, os.urandom(32))
 
 
 def test_wrong_asset_signer(swtpm, site):

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import attest, attest_client
+from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.tests.unit.plugins.module_utils.test_attester import DEAD, site  # noqa: F401  pylint: disable=unused-import
 
 

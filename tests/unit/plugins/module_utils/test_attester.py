@@ -17,10 +17,14 @@ from cryptography.hazmat.primitives import serialization
 from werkzeug.serving import make_server
 
 import ansible_collections
-from ansible_collections.hcp.core.plugins.module_utils import attest, attest_client, attester, enroll, pki
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
-from ansible_collections.hcp.core.plugins.module_utils.services.attest_app import create_app
-from ansible_collections.hcp.core.plugins.module_utils.tpm_policy import ONE_TIME_PCR
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
+from ansible_collections.hcp.core.plugins.module_utils.attestation import attester
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.web.attest_app import create_app
+from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "issuer-ca"]}
 DEAD = "http://127.0.0.1:1"
@@ -78,7 +82,7 @@ def _collections_dir():
 
 def _cli(config_path):
     env = dict(os.environ, PYTHONPATH=_collections_dir())
-    return subprocess.run([sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.attester",
+    return subprocess.run([sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.attestation.attester",
                            str(config_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False)
 
 

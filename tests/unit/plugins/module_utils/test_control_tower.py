@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils.control_tower import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import (
     BadRequestError,
     ControlTower,
     ControlTowerError,
@@ -21,7 +21,7 @@ from ansible_collections.hcp.core.plugins.module_utils.control_tower import (
     UnknownSiteError,
     UnwrapLockedError,
 )
-from ansible_collections.hcp.core.plugins.module_utils.site_unseal import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import (
     generate_site_key,
     public_key_pem,
     seal_to_site,

@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ansible_collections.hcp.core.plugins.module_utils import ekpub
+from ansible_collections.hcp.core.plugins.module_utils.tpm import ekpub
 from ansible_collections.hcp.core.plugins.module_utils.errors import InvalidEkError
-from ansible_collections.hcp.core.plugins.module_utils.quote import ak_template
+from ansible_collections.hcp.core.plugins.module_utils.tpm.quote import ak_template
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import pytest
 from werkzeug.serving import make_server
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import ek_public_pem
-from ansible_collections.hcp.core.plugins.module_utils.enroll_client import EnrollmentApiError, EnrollmentClient, ensure
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
-from ansible_collections.hcp.core.plugins.module_utils.services.enroll_app import create_app
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import EnrollmentApiError, EnrollmentClient, ensure
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.web.enroll_app import create_app
 
 PROFILE = {"assets": ["hostname", "rootfs-key"]}
 
@@ -72,7 +72,7 @@ def test_untrusted_or_missing_client_cert_is_refused(server, tmp_path):
     assert info.value.status == 0
     wrong_ca = EnrollmentClient(server["url"], None, server["paths"]["client_orchestrator_cert"],
                                 server["paths"]["client_orchestrator_key"], timeout=10)
-    with pytest.raises(EnrollmentApiError, match="unreachable"):
+    with pytest.raises(EnrollmentApiError, match="cannot reach"):
         wrong_ca.query("")
 
 

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import enroll_db
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import (
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import db as enroll_db
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import (
     AlreadyEnrolledError,
     EnrollDbError,
     EnrollmentDb,
@@ -132,7 +132,7 @@ def test_killed_writer_leaves_previous_commit(db, tmp_path):
     marker = tmp_path / "streaming"
     child = r'''
 import subprocess, sys, time
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 
 class Stalling(object):
     """fast-import's stdin that stalls (forever) once part of the commit is written."""
@@ -174,7 +174,7 @@ EnrollmentDb(sys.argv[1]).add("%s", "b.example.test", {"a": b"1", "b": b"2", "c"
 
 def test_command_line_init_and_log(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    cmd = [sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enroll_db"]
+    cmd = [sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enrollment.db"]
     path = str(tmp_path / "cli-db")
     first = subprocess.run(cmd + ["init", path], capture_output=True, env=env, check=True)
     assert json.loads(first.stdout)["created"] is True

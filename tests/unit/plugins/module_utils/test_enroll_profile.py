@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils.enroll_profile import (
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.profile import (
     ProfileError,
     build_env,
     check_hostname,

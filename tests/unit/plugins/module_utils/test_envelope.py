@@ -11,8 +11,9 @@ import json
 import pytest
 from tpm2_pytss.constants import ESYS_TR
 
-from ansible_collections.hcp.core.plugins.module_utils import envelope, tpm_policy
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import ek_public_pem
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
+from ansible_collections.hcp.core.plugins.module_utils.tpm import policy as tpm_policy
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
 from ansible_collections.hcp.core.plugins.module_utils.errors import (
     EnvelopeFormatError,
     EnvelopeIntegrityError,
@@ -194,7 +195,7 @@ def test_ecc_p256_ek_roundtrip(swtpm):
     """The optional ECC P-256 EK (template L-2, derived: swtpm_setup persists only RSA and P-384)."""
     with swtpm.open() as rsa_tpm:
         rsa_hash = rsa_tpm.ekpubhash()
-    from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+    from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
     with Tpm(swtpm.tcti, ek_type="ecc") as tpm:
         public = tpm.ek_public()

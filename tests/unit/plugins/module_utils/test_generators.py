@@ -11,8 +11,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ansible_collections.hcp.core.plugins.module_utils import asset_contract, generators, pki
-from ansible_collections.hcp.core.plugins.module_utils.asset_contract import GeneratorContext, GeneratorError
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import asset_contract
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import generators
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.asset_contract import GeneratorContext, GeneratorError
 
 NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.timezone.utc)
 ENV = {"ENROLL_HOSTNAME": "web1.example.com", "ENROLL_DOMAIN": "example.com", "ENROLL_REALM": "EXAMPLE.COM"}

@@ -10,9 +10,9 @@ import subprocess
 import pytest
 from pkcs11 import Attribute, KeyType, ObjectClass
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir
-from ansible_collections.hcp.core.plugins.module_utils.hsm import Hsm, HsmAuthError, HsmError, HsmIntegrityError
-from ansible_collections.hcp.core.plugins.module_utils.share_store import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
+from ansible_collections.hcp.core.plugins.module_utils.unseal.hsm import Hsm, HsmAuthError, HsmError, HsmIntegrityError
+from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import (
     ShareUndecryptableError,
     inspect_share,
     read_share,

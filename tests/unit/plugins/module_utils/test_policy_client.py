@@ -13,13 +13,13 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
-from ansible_collections.hcp.core.plugins.module_utils.policy_client import (
+from ansible_collections.hcp.core.plugins.module_utils.policy.client import (
     LocalPolicy,
     PolicyClient,
     PolicyUnavailableError,
 )
-from ansible_collections.hcp.core.plugins.module_utils.policy_engine import PolicyValidationError
-from ansible_collections.hcp.core.plugins.module_utils.services import policy_app
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import PolicyValidationError
+from ansible_collections.hcp.core.plugins.module_utils.web import policy_app
 
 POLICY = {"start": "main", "filters": {"main": [
     {"name": "needs-host", "if": {"not-isinstance": ".hostname", "type": "string"}, "action": "reject"},
@@ -62,7 +62,7 @@ def test_client_unreachable_and_non_policy_server():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(PolicyUnavailableError, match="unreachable"):
+    with pytest.raises(PolicyUnavailableError, match="cannot reach"):
         PolicyClient("http://127.0.0.1:%d" % port, timeout=2).check("h", "u", {})
     with pytest.raises(PolicyUnavailableError):
         PolicyClient("ftp://x").check("h", "u", {})

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils.policy_engine import (
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import (
     PolicyEvaluationError,
     PolicyValidationError,
     evaluate_json,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from ansible_collections.hcp.core.plugins.module_utils.policy_engine import (
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import (
     PolicyError,
     PolicyValidationError,
     load_policy,

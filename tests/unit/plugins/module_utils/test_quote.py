@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import quote as quote_mod
+from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
 from ansible_collections.hcp.core.plugins.module_utils.errors import QuoteVerificationError
 
 

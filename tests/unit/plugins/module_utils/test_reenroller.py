@@ -13,9 +13,11 @@ import sys
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import enroll_service, pki, reenroller
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import ek_public_pem
-from ansible_collections.hcp.core.plugins.module_utils.enroll_db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import service as enroll_service
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import reenroller
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 
 PROFILE = {"assets": ["hostname", "https-server", "reenroll-hint"], "reenroll": {"days": 1}}
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -94,10 +96,10 @@ def test_command_line_pass(site):
     path = site["tmp"] / "enroll.json"
     path.write_text(json.dumps(dict(site["config"], writer=["false"])))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.run([sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.reenroller",
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enrollment.reenroller",
                            str(path), site["state"]], capture_output=True, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["due"] == 0
-    proc = subprocess.run([sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.reenroller"],
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enrollment.reenroller"],
                           capture_output=True, env=env, check=False)
     assert proc.returncode == 2 and b"usage" in proc.stderr

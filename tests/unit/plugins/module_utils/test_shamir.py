@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.shamir import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal.shamir import (
     DuplicateShareError,
     NotEnoughSharesError,
     Share,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from tpm2_pytss.constants import ESYS_TR
 from tpm2_pytss.types import TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE
 
-from ansible_collections.hcp.core.plugins.module_utils import share_key
+from ansible_collections.hcp.core.plugins.module_utils.tpm import share_key
 
 
 def test_share_key_lifecycle_survives_restart(new_swtpm):

@@ -11,9 +11,10 @@ import stat
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir, share_key
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
+from ansible_collections.hcp.core.plugins.module_utils.tpm import share_key
 from ansible_collections.hcp.core.plugins.module_utils.errors import TpmUnavailableError
-from ansible_collections.hcp.core.plugins.module_utils.share_store import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import (
     ProtectionUnavailableError,
     ShareFileFormatError,
     ShareStoreError,
@@ -22,7 +23,7 @@ from ansible_collections.hcp.core.plugins.module_utils.share_store import (
     read_share,
     write_share,
 )
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 NO_TPM = "swtpm:host=127.0.0.1,port=9"  # nothing listens on the discard port
 

@@ -11,15 +11,15 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ansible_collections.hcp.core.plugins.module_utils import shamir
-from ansible_collections.hcp.core.plugins.module_utils.control_tower import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
+from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import (
     ControlTower,
     TokenForbiddenError,
     TokenInvalidError,
     UnwrapLockedError,
 )
-from ansible_collections.hcp.core.plugins.module_utils.share_store import inspect_share, write_share
-from ansible_collections.hcp.core.plugins.module_utils.site_unseal import (
+from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import inspect_share, write_share
+from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import (
     InsufficientSharesError,
     LocalTower,
     SiteSecretError,

@@ -10,10 +10,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from ansible_collections.hcp.core.plugins.module_utils import tpm as tpm_mod
-from ansible_collections.hcp.core.plugins.module_utils.ekpub import load_ek_public
+from ansible_collections.hcp.core.plugins.module_utils.tpm import device as tpm_mod
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
 from ansible_collections.hcp.core.plugins.module_utils.errors import TpmUnavailableError
-from ansible_collections.hcp.core.plugins.module_utils.tpm import Tpm, resolve_tcti
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm, resolve_tcti
 
 
 def test_resolve_tcti_prefers_argument_then_environment():

@@ -17,7 +17,7 @@ from ansible.module_utils.testing import patch_module_args
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
-from ansible_collections.hcp.core.plugins.module_utils.services import control_tower_app
+from ansible_collections.hcp.core.plugins.module_utils.web import control_tower_app
 from ansible_collections.hcp.core.plugins.modules import control_tower_site, shamir_share, site_unseal
 
 NO_TPM = "swtpm:host=127.0.0.1,port=9"
@@ -163,7 +163,7 @@ def test_share_never_and_require_without_tpm(tmp_path, capsys, tower):
 
 
 def test_control_tower_site_present_absent(tower, capsys):
-    from ansible_collections.hcp.core.plugins.module_utils.site_unseal import generate_site_key, public_key_pem
+    from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import generate_site_key, public_key_pem
     op = dict(tower, site="site-c")
     missing = run(control_tower_site, op, capsys)
     assert missing["rc"] == 1 and "public_key is required" in missing["msg"]
@@ -186,7 +186,7 @@ def test_control_tower_site_present_absent(tower, capsys):
 
 
 def test_best_effort_upgrades_a_plaintext_share_when_the_tpm_is_usable(tmp_path, capsys, new_swtpm):
-    from ansible_collections.hcp.core.plugins.module_utils import shamir
+    from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
     text = shamir.split(b"x" * 64, 3)[0].to_text()
     path = str(tmp_path / "s")
     args = {"path": path, "share": text, "tcti": new_swtpm.tcti}
@@ -210,7 +210,7 @@ def test_hsm_protected_share_in_a_separate_process(tmp_path):
     reads this test's own configuration at C_Initialize."""
     import subprocess
     import sys
-    from ansible_collections.hcp.core.plugins.module_utils import shamir
+    from ansible_collections.hcp.core.plugins.module_utils.unseal import shamir
     tokens = tmp_path / "tokens"
     tokens.mkdir(mode=0o700)
     conf = tmp_path / "softhsm2.conf"

@@ -1,0 +1,429 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The attestation client (runs with the host's TPM): protocol v1 against ahcp.
+
+``attest()`` creates an ephemeral AK under the EK, asks the server for a nonce and ticket,
+quotes the requested PCRs over the nonce, sends the evidence, recovers the session key with
+ActivateCredential (only this TPM, holding both the EK and the AK, can), decrypts the
+entry, verifies it against the trusted asset-signer key, and unseals every sensitive asset
+(extending PCR 11 afterwards when an asset carries the one-time policy).
+Wire formats: docs/attestation.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import hashlib
+import json
+import os
+import stat
+import tempfile
+
+from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
+from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import verify_entry
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, TpmError
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import tss_rc
+from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR
+from ansible_collections.hcp.core.plugins.module_utils.web.client import HttpsJsonClient
+
+try:
+    from tpm2_pytss import TSS2_Exception
+except ImportError:  # pragma: no cover
+    TSS2_Exception = None
+
+ONE_TIME_EXTEND_DATA = b"hcp.core one-time unseal"
+DEFAULT_TIMEOUT = 30
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class AttestClientError(HcpError):
+    """The attestation failed on the client side (server unreachable or unverifiable answer)."""
+
+
+class AttestServerError(AttestClientError):
+    """The server refused the attestation; ``status`` is its HTTP status, the message its error."""
+
+    def __init__(self, message, status):
+        super(AttestServerError, self).__init__("attestation server refused (%s): %s" % (status, message), status)
+        self.server_message = message
+
+
+def http_transport(url, ca_file=None, timeout=DEFAULT_TIMEOUT, client_cert=None):
+    """A transport ``call(path, body) -> (status, JSON value or None)`` POSTing JSON to ``url`` + path.
+
+    ``ca_file``: CA bundle to verify the server (default: the system store);
+    ``client_cert``: optional (cert, key) paths."""
+    cert, key = client_cert if isinstance(client_cert, (tuple, list)) else (client_cert, None)
+    # http:// stays accepted (as before): the answer is encrypted to this TPM and its files are
+    # checked against the signed manifest, whatever carries them.
+    http = HttpsJsonClient(url, ca_file, cert, key, timeout, max_response_bytes=MAX_RESPONSE_BYTES,
+                           what="attestation server", error_class=AttestClientError, allow_http=True)
+
+    def call(path, body):
+        response = http.request("POST", path, json_body=body)
+        return response.status, response.body
+    return call
+
+
+def attestor_transport(attestor):
+    """A transport calling an attest.Attestor in process (tests, benchmarks, lookups)."""
+    def call(path, body):
+        try:
+            if path == "/v1/initiate":
+                return 200, attestor.initiate((body or {}).get("ekpubhash"))
+            if path == "/v1/complete":
+                return 200, attestor.complete(body)
+        except HcpError as exc:
+            return protocol.classify(exc), {"error": str(exc)}
+        return 404, {"error": "not found"}
+    return call
+
+
+def _post(transport, path, body):
+    status, data = transport(path, body)
+    if status != 200 or not isinstance(data, dict):
+        message = data.get("error") if isinstance(data, dict) else "no JSON body"
+        raise AttestServerError(message, status)
+    return data
+
+
+def _b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def run_protocol(tpm, transport, extra=None):
+    """Both round trips; returns (payload dict, response header dict). ``extra``: added to the
+    complete request (e.g. {"eventlog": ...})."""
+    ekhash = tpm.ekpubhash()
+    started = _post(transport, "/v1/initiate", {"ekpubhash": ekhash})
+    try:
+        nonce = base64.b64decode(started["nonce"], validate=True)
+        selection = protocol.normalize_selection(started["pcrs"])
+        ticket = started["ticket"]
+    except (KeyError, TypeError, ValueError, binascii.Error, HcpError):
+        raise AttestClientError("the attestation server's initiate answer is malformed")
+    request = {"ticket": ticket, "ekpub": _b64(tpm.ek_public().marshal())}
+    cert = tpm.ek_certificate_der()
+    if cert:
+        request["ek_cert"] = _b64(cert)
+    if extra:
+        request.update(extra)
+    with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
+        request["quote"] = quote_mod.quote_with_ak(tpm, ak, ak_public, nonce, selection["sha256"], "sha256")
+        response = _post(transport, "/v1/complete", request)
+        ak_name = quote_mod.parse_ak_public(ak_public.marshal())[0]
+        if response.get("format") != protocol.RESPONSE_FORMAT or response.get("version") != protocol.PROTOCOL_VERSION:
+            raise AttestClientError("the attestation response has an unknown format")
+        if response.get("ak_name") != ak_name.hex() or response.get("nonce") != started["nonce"] \
+                or response.get("ekpubhash") != ekhash:
+            raise AttestClientError("the attestation response is not for this exchange (AK, nonce or EK differ)")
+        try:
+            blob = base64.b64decode(response["credential_blob"], validate=True)
+            secret = base64.b64decode(response["encrypted_secret"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise AttestClientError("the attestation response is malformed")
+        try:
+            session_key = envelope.activate_credential(tpm, ak, blob, secret)
+        except TSS2_Exception as exc:
+            raise AttestClientError("the TPM refused to recover the session key (response not made for this TPM): "
+                                    "%s (rc 0x%x)" % (exc, tss_rc(exc)))
+    try:
+        payload = protocol.decrypt_response(response, session_key)
+    except HcpError as exc:
+        raise AttestClientError(str(exc))
+    if payload.get("ekpubhash") != ekhash:
+        raise AttestClientError("the attestation payload is for another TPM")
+    return payload, response
+
+
+ONE_TIME_UNSEAL = "unseal"          # unseal one-time assets (the TPM refuses after PCR 11 was extended)
+ONE_TIME_SKIP_IF_USED = "skip_used"  # skip them when PCR 11 is already extended (re-attestation)
+ONE_TIME_SKIP = "skip"               # never unseal them (check mode)
+ONE_TIME_MODES = (ONE_TIME_UNSEAL, ONE_TIME_SKIP_IF_USED, ONE_TIME_SKIP)
+SKIP_USED_REASON = "one-time asset already unsealed this boot (PCR %d extended)" % ONE_TIME_PCR
+SKIP_CHECK_REASON = "one-time asset not unsealed in check mode"
+
+
+class AllServersFailedError(AttestClientError):
+    """Every server of a failover list failed; ``causes`` is [(server label, exception)]."""
+
+    def __init__(self, causes):
+        super(AllServersFailedError, self).__init__(
+            "all %d attestation servers failed: %s" % (len(causes), "; ".join("%s: %s" % c for c in causes)))
+        self.causes = causes
+
+
+def server_label(server, index=0):
+    """How a server is named in reports: its URL, or ``transport #<n>`` for a callable."""
+    return server if isinstance(server, str) else "transport #%d" % (index + 1)
+
+
+def _servers(server):
+    if callable(server) or isinstance(server, str):
+        return [server]
+    servers = list(server or [])
+    if not servers or not all(callable(s) or (isinstance(s, str) and s) for s in servers):
+        raise AttestClientError("servers must be a non-empty list of URLs")
+    return servers
+
+
+def fetch(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, client_cert=None, extra=None):
+    """Both round trips and the manifest check, trying ``server`` (URL, transport, or a list of
+    them in failover order; one server serves both round trips) until one answers with an
+    entry that verifies with ``signer_public``. Nothing is unsealed: sensitive assets are
+    still envelopes sealed to the TPM. Returns {hostname, ekpubhash, snapshot, manifest,
+    files: {stored file: bytes}, server}. A single server's failure is raised as is; with
+    several, AllServersFailedError lists every cause."""
+    servers = _servers(server)
+    causes = []
+    for index, one in enumerate(servers):
+        try:
+            transport = one if callable(one) else http_transport(one, ca_file, timeout, client_cert)
+            payload, response = run_protocol(tpm, transport, extra)
+            files, manifest = verify_payload(payload, signer_public)
+        except AttestClientError as exc:
+            if len(servers) == 1:
+                raise
+            causes.append((server_label(one, index), exc))
+            continue
+        return {"hostname": manifest.get("hostname"), "ekpubhash": payload["ekpubhash"],
+                "snapshot": response.get("snapshot"), "manifest": manifest, "files": files,
+                "server": server_label(one, index)}
+    raise AllServersFailedError(causes)
+
+
+def verify_payload(payload, signer_public):
+    """(files, manifest) of a decrypted payload, checked against the trusted asset signer."""
+    try:
+        files = dict((name, base64.b64decode(data, validate=True)) for name, data in payload["files"].items())
+    except (KeyError, TypeError, AttributeError, ValueError, binascii.Error):
+        raise AttestClientError("the attestation payload is malformed")
+    try:
+        manifest = verify_entry(files, signer_public)
+    except HcpError as exc:
+        raise AttestClientError("the entry does not verify with the trusted asset signer: %s" % exc)
+    if manifest.get("ekpubhash") != payload.get("ekpubhash"):
+        raise AttestClientError("the signed manifest is for another TPM")
+    return files, manifest
+
+
+def one_time_used(tpm):
+    """Whether PCR 11 was extended this boot (one-time envelopes cannot be unsealed)."""
+    value = tpm.read_pcrs("sha256", [ONE_TIME_PCR])[ONE_TIME_PCR]
+    return any(bytearray(value))
+
+
+def open_assets(tpm, manifest, files, unseal=True, extend_pcr=True, one_time=ONE_TIME_UNSEAL):
+    """Plaintext of the entry's assets: (assets {name: bytes}, skipped [{name, reason}], pcr_extended).
+
+    ``one_time``: ONE_TIME_UNSEAL, ONE_TIME_SKIP_IF_USED (skip one-time envelopes when PCR 11 is
+    already extended) or ONE_TIME_SKIP (never unseal them, never extend). ``extend_pcr``: extend
+    PCR 11 after unsealing any one-time envelope."""
+    if one_time not in ONE_TIME_MODES:
+        raise AttestClientError("one_time must be one of %s" % ", ".join(ONE_TIME_MODES))
+    assets, skipped = {}, []
+    one_time_unsealed = False
+    used = None
+    for asset in manifest["assets"]:
+        data = files[asset["file"]]
+        if asset["sensitive"]:
+            if not unseal:
+                continue
+            env = envelope.loads(data)
+            if env["policy"]["type"] == "one_time":
+                if one_time == ONE_TIME_SKIP:
+                    skipped.append({"name": asset["name"], "reason": SKIP_CHECK_REASON})
+                    continue
+                if one_time == ONE_TIME_SKIP_IF_USED:
+                    if used is None:
+                        used = one_time_used(tpm)
+                    if used:
+                        skipped.append({"name": asset["name"], "reason": SKIP_USED_REASON})
+                        continue
+                one_time_unsealed = True
+            data = envelope.unseal(tpm, env)
+        assets[asset["name"]] = data
+    extended = False
+    if one_time_unsealed and extend_pcr:
+        try:
+            tpm.extend_pcr(ONE_TIME_PCR, ONE_TIME_EXTEND_DATA)
+        except TpmError as exc:
+            raise AttestClientError("assets unsealed but PCR %d could not be extended: %s" % (ONE_TIME_PCR, exc))
+        extended = True
+    return assets, skipped, extended
+
+
+def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, unseal=True, extend_pcr=True,
+           client_cert=None, extra=None, one_time=ONE_TIME_UNSEAL):
+    """Attest with ``tpm`` (tpm.Tpm) to ``server`` (URL, transport callable, or a failover list).
+
+    ``signer_public``: PEM (or key) of the trusted asset signer: the entry's manifest must
+    verify with it. ``unseal``: unseal sensitive assets (else they stay envelopes).
+    ``extend_pcr``: after unsealing, extend PCR 11 when any asset has the one-time policy.
+    ``one_time``: see open_assets().
+
+    Returns {hostname, ekpubhash, snapshot, manifest, assets: {name: bytes}, files:
+    {stored file: bytes}, pcr_extended, skipped: [{name, reason}], server}. ``assets`` holds
+    plaintext (secrets included): never log it."""
+    fetched = fetch(tpm, server, signer_public, ca_file, timeout, client_cert, extra)
+    assets, skipped, extended = open_assets(tpm, fetched["manifest"], fetched["files"], unseal, extend_pcr, one_time)
+    return dict(fetched, assets=assets, skipped=skipped, pcr_extended=extended)
+
+
+def summary(result):
+    """A JSON-safe, secret-free view of an attest() result (asset names and sizes)."""
+    return json.loads(json.dumps({
+        "hostname": result["hostname"], "ekpubhash": result["ekpubhash"], "pcr_extended": result["pcr_extended"],
+        "assets": [{"name": a["name"], "sensitive": a["sensitive"], "size": len(result["assets"].get(a["name"], b""))}
+                   for a in result["manifest"]["assets"]],
+    }))
+
+
+# --- per-run cache of sealed attestation payloads (the attested_secret lookup) ---------------
+
+CACHE_FORMAT = "hcp.core.attest-cache"
+CACHE_VERSION = 1
+
+
+def process_start_time(pid):
+    """Start time of process ``pid`` (clock ticks since boot, /proc/<pid>/stat field 22) or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read().decode("ascii", "replace")
+        return int(data[data.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def run_process():
+    """PID of the process whose lifetime is "one run": the parent when this process is a fork
+    of it (ansible-playbook's workers share its command line), else this process itself (a
+    lookup evaluated in the ansible-playbook process, or a plain program)."""
+    own = _cmdline(os.getpid())
+    return os.getppid() if own is not None and own == _cmdline(os.getppid()) else os.getpid()
+
+
+def default_cache_dir():
+    """Per-user 0700 directory: $XDG_RUNTIME_DIR (a tmpfs) when set, else the temp dir."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, "hcp.core-attest-cache-%d" % os.getuid())
+
+
+def _private_dir(path):
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise AttestClientError("cannot create the attestation cache directory %s: %s" % (path, exc.strerror or exc))
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise AttestClientError("the attestation cache directory %s is not a private directory of this user" % path)
+
+
+class PayloadCache(object):
+    """The verified but still SEALED entry files of one attestation, kept for the lifetime of
+    one process (the ansible-playbook run: lookups run in forked workers whose parent it is;
+    see run_process()).
+
+    Files are named after ``run_pid``, its start time and a hash of the attestation options,
+    are 0600 in a 0700 per-user directory, and hold no plaintext secret: sensitive assets are
+    envelopes only the TPM can open. Files of runs that ended are removed on the next use."""
+
+    def __init__(self, options, run_pid=None, directory=None):
+        self.run_pid = run_pid or run_process()
+        self.directory = directory or default_cache_dir()
+        self.start = process_start_time(self.run_pid)
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        self.path = os.path.join(self.directory, "run-%d-%s-%s.json" % (self.run_pid, self.start, digest))
+
+    def _purge_dead(self):
+        for name in os.listdir(self.directory):
+            parts = name.split("-")
+            if len(parts) != 4 or parts[0] != "run" or not name.endswith((".json", ".lock")):
+                continue
+            try:
+                pid = int(parts[1])
+            except ValueError:
+                continue
+            if str(process_start_time(pid)) != parts[2]:
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except OSError:
+                    pass
+
+    def get_or_fetch(self, fetcher):
+        """(fetched dict as attest_client.fetch returns it, hit: bool). ``fetcher()`` runs at most
+        once per run and options: concurrent workers wait on a lock and then read the cache."""
+        _private_dir(self.directory)
+        with open(self.path[:-5] + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            cached = self._load()
+            if cached is not None:
+                return cached, True
+            self._purge_dead()
+            fetched = fetcher()
+            record = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "server": fetched["server"],
+                      "snapshot": fetched["snapshot"], "ekpubhash": fetched["ekpubhash"],
+                      "files": dict((n, _b64(d)) for n, d in fetched["files"].items())}
+            atomic_write(self.path, json.dumps(record, sort_keys=True).encode(), 0o600)
+            return fetched, False
+
+    def _load(self):
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AttestClientError("cannot read the attestation cache %s: %s" % (self.path, exc.strerror or exc))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read()
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise AttestClientError("the attestation cache %s is not private to this user" % self.path)
+        try:
+            record = json.loads(data)
+            if record.get("format") != CACHE_FORMAT or record.get("version") != CACHE_VERSION:
+                return None
+            return {"server": record["server"], "snapshot": record["snapshot"], "ekpubhash": record["ekpubhash"],
+                    "files": record["files"]}
+        except (ValueError, KeyError, AttributeError):
+            return None
+
+
+def attest_cached(tpm, server, signer_public, names, ca_file=None, timeout=DEFAULT_TIMEOUT, cache=None):
+    """Plaintext of the assets ``names`` ({name: bytes}), attesting at most once per ``cache``
+    (a PayloadCache, or None for no cache). A cache hit re-verifies the manifest with
+    ``signer_public`` and unseals locally. Unknown names raise AttestClientError naming them."""
+    if cache is None:
+        fetched = fetch(tpm, server, signer_public, ca_file, timeout)
+    else:
+        fetched, hit = cache.get_or_fetch(lambda: fetch(tpm, server, signer_public, ca_file, timeout))
+        if hit:
+            payload = {"ekpubhash": fetched["ekpubhash"], "files": fetched["files"]}
+            files, manifest = verify_payload(payload, signer_public)
+            if fetched["ekpubhash"] != tpm.ekpubhash():
+                raise AttestClientError("the cached attestation is for another TPM")
+            fetched = dict(fetched, files=files, manifest=manifest)
+    listed = dict((a["name"], a) for a in fetched["manifest"]["assets"])
+    missing = [n for n in names if n not in listed]
+    if missing:
+        raise AttestClientError("the entry of %s has no asset %s (it has: %s)" % (
+            fetched["manifest"].get("hostname"), ", ".join(missing), ", ".join(sorted(listed))))
+    wanted = dict(fetched["manifest"], assets=[listed[n] for n in dict.fromkeys(names)])
+    assets, _skipped, _extended = open_assets(tpm, wanted, fetched["files"])
+    return assets

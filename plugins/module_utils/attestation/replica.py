@@ -1,0 +1,283 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""arepl: the attestation servers' read-only replica of the enrollment DB (real git).
+
+Layout under ``base_dir`` (docs/attestation.md, "arepl"):
+
+* ``A/`` and ``B/``: two bare clones; a sync fetches into the one ``current`` does not
+  point at, checks its ``FORMAT`` (``hcp.core.enrolldb`` v1), then swaps ``current``;
+* ``current``: a relative symlink to ``A`` or ``B``, replaced atomically (a temporary
+  symlink renamed over it), so readers always see one whole, checked snapshot;
+* ``state.json`` (0640, no secrets; the attestation web process reads it through the group):
+  versioned sync state (last success, last error, consecutive failures, next attempt,
+  head) used for the back-off and by health/metrics;
+* ``arepl.lock``: serialises syncs.
+
+A failed fetch or check leaves ``current`` on the last good snapshot and schedules the
+next attempt with exponential back-off (capped), so a dead erepl never stops attestation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import BRANCH, FORMAT, VERSION, EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
+
+STATE_FORMAT = "hcp.core.arepl-state"
+STATE_VERSION = 1
+CLONES = ("A", "B")
+DEFAULT_INTERVAL = 30
+DEFAULT_MIN_BACKOFF = 5
+DEFAULT_MAX_BACKOFF = 600
+DEFAULT_FETCH_TIMEOUT = 120
+
+
+class ReplicaError(HcpError):
+    """The replica cannot be used or configured (no snapshot yet, bad configuration)."""
+
+
+class Replica(object):
+    """Two-clone replica of the enrollment DB at ``source_url`` (https://, file:// or a path).
+
+    ``ssl_cert``/``ssl_key``/``ssl_ca``: client certificate, its key and the CA bundle for
+    erepl over HTTPS (passed to git as ``-c http.sslCert=...`` etc., never logged).
+    """
+
+    def __init__(self, base_dir, source_url, ssl_cert=None, ssl_key=None, ssl_ca=None, git="git",
+                 min_backoff=DEFAULT_MIN_BACKOFF, max_backoff=DEFAULT_MAX_BACKOFF, fetch_timeout=DEFAULT_FETCH_TIMEOUT):
+        if not source_url:
+            raise ReplicaError("arepl needs a source_url (the erepl repository)")
+        self.base_dir = os.path.abspath(base_dir)
+        self.source_url = source_url
+        self.ssl_cert, self.ssl_key, self.ssl_ca = ssl_cert, ssl_key, ssl_ca
+        self.git_bin = git
+        self.min_backoff = max(1, int(min_backoff))
+        self.max_backoff = max(self.min_backoff, int(max_backoff))
+        self.fetch_timeout = fetch_timeout
+        self.current_link = os.path.join(self.base_dir, "current")
+        self.state_path = os.path.join(self.base_dir, "state.json")
+
+    def __repr__(self):
+        return "Replica(%r)" % self.base_dir
+
+    # -- git ------------------------------------------------------------------------------
+    def _git_config_args(self):
+        args = []
+        for key, value in (("http.sslCert", self.ssl_cert), ("http.sslKey", self.ssl_key), ("http.sslCAInfo", self.ssl_ca)):
+            if value:
+                args += ["-c", "%s=%s" % (key, value)]
+        return args
+
+    def _git(self, git_dir, *args):
+        cmd = [self.git_bin] + self._git_config_args() + ["--git-dir", git_dir] + list(args)
+        env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_ASKPASS="/bin/false")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, env=env, check=False, timeout=self.fetch_timeout)
+        except subprocess.TimeoutExpired:
+            raise ReplicaError("git %s timed out after %ss" % (args[0], self.fetch_timeout))
+        if proc.returncode != 0:
+            raise ReplicaError("git %s failed: %s" % (args[0], proc.stderr.decode("utf-8", "replace").strip()[-500:]))
+        return proc.stdout.decode("utf-8", "replace").strip()
+
+    def _ensure_clone(self, name):
+        path = os.path.join(self.base_dir, name)
+        if not os.path.isfile(os.path.join(path, "HEAD")):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            self._git(path, "init", "-q", "--bare", "--initial-branch", BRANCH)
+            self._git(path, "config", "gc.autoDetach", "false")
+        return path
+
+    # -- state ----------------------------------------------------------------------------
+    def _load_state(self):
+        try:
+            with open(self.state_path, "r", encoding="utf-8") as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            state = None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            state = {"format": STATE_FORMAT, "version": STATE_VERSION, "last_success": None, "last_attempt": None,
+                     "last_error": None, "last_error_time": None, "consecutive_failures": 0, "next_attempt": 0,
+                     "head": None, "head_time": None, "current": None}
+        return state
+
+    def _save_state(self, state):
+        atomic_write(self.state_path, (json.dumps(state, sort_keys=True, indent=1) + "\n").encode(), mode=0o640)
+
+    @contextlib.contextmanager
+    def _lock(self):
+        os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(self.base_dir, "arepl.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def current_name(self):
+        """``A`` or ``B`` (the clone ``current`` points at), or None before the first sync."""
+        try:
+            target = os.readlink(self.current_link)
+        except OSError:
+            return None
+        return target if target in CLONES else None
+
+    def backoff_delay(self, failures):
+        """Seconds to wait after ``failures`` consecutive failures (exponential, capped)."""
+        if failures <= 0:
+            return 0
+        return min(self.max_backoff, self.min_backoff * (2 ** min(failures - 1, 30)))
+
+    # -- sync -----------------------------------------------------------------------------
+    def _check_format(self, path):
+        db = EnrollmentDb(path, git=self.git_bin)
+        raw = db.read_file("FORMAT")
+        try:
+            doc = json.loads(raw) if raw is not None else None
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            raise ReplicaError("the fetched repository is not an %s v%d enrollment DB" % (FORMAT, VERSION))
+        return db.head()
+
+    def sync(self, force=False, now=None):
+        """Fetch from the source into the inactive clone, check it and swap ``current``.
+
+        Returns {changed, head, lag_seconds, error, skipped}: ``changed`` when ``current``
+        moved to a new head; ``error`` (str) when this attempt failed (``current`` is kept);
+        ``skipped`` when still backing off (``force`` ignores the back-off)."""
+        with self._lock():
+            now = time.time() if now is None else now
+            state = self._load_state()
+            if not force and state["consecutive_failures"] and now < state["next_attempt"]:
+                return {"changed": False, "head": state["head"], "lag_seconds": self._lag(state, now),
+                        "error": state["last_error"], "skipped": True}
+            state["last_attempt"] = now
+            active = self.current_name()
+            target = CLONES[1] if active == CLONES[0] else CLONES[0]
+            changed = False
+            try:
+                path = self._ensure_clone(target)
+                self._git(path, "fetch", "-q", "--prune", "--no-tags", self.source_url,
+                          "+refs/heads/%s:refs/heads/%s" % (BRANCH, BRANCH))
+                head = self._check_format(path)
+                if head != state["head"] or active is None:
+                    tmp = os.path.join(self.base_dir, ".current.tmp")
+                    if os.path.lexists(tmp):
+                        os.unlink(tmp)
+                    os.symlink(target, tmp)
+                    os.replace(tmp, self.current_link)
+                    changed = head != state["head"]
+                    state["current"] = target
+                    state["head_time"] = int(self._git(path, "log", "-1", "--format=%ct", "refs/heads/" + BRANCH) or 0)
+                state.update(head=head, last_success=now, consecutive_failures=0, next_attempt=0)
+                error = None
+            except (ReplicaError, OSError) as exc:
+                error = str(exc)
+                failures = state["consecutive_failures"] + 1
+                state.update(last_error=error, last_error_time=now, consecutive_failures=failures,
+                             next_attempt=now + self.backoff_delay(failures))
+            self._save_state(state)
+            return {"changed": changed, "head": state["head"], "lag_seconds": self._lag(state, now),
+                    "error": error, "skipped": False}
+
+    @staticmethod
+    def _lag(state, now):
+        """Seconds since the snapshot was last confirmed current with the source (None: never)."""
+        return None if state["last_success"] is None else max(0.0, now - state["last_success"])
+
+    def status(self, now=None):
+        """Health/metrics view: {head, head_time, current, last_success, last_attempt,
+        last_error, last_error_time, consecutive_failures, next_attempt, lag_seconds, healthy}."""
+        now = time.time() if now is None else now
+        state = self._load_state()
+        out = dict((k, v) for k, v in state.items() if k not in ("format", "version"))
+        out["lag_seconds"] = self._lag(state, now)
+        out["healthy"] = self.current_name() is not None and state["consecutive_failures"] == 0
+        return out
+
+    def current_path(self):
+        """Real path of the current snapshot (resolved once, so a later swap does not move
+        a reader mid-request). ReplicaError before the first successful sync."""
+        if self.current_name() is None:
+            raise ReplicaError("no enrollment DB snapshot yet in %s (arepl has not synced)" % self.base_dir)
+        return os.path.realpath(self.current_link)
+
+    def current_db(self):
+        """EnrollmentDb on the current snapshot."""
+        return EnrollmentDb(self.current_path(), git=self.git_bin)
+
+
+def snapshot_db_provider(current_link, git="git"):
+    """A db_provider for attest.Attestor reading the snapshot ``current_link`` points at:
+    each call resolves the link once and returns an EnrollmentDb on that clone."""
+    def provider():
+        path = os.path.realpath(current_link)
+        if not os.path.isfile(os.path.join(path, "HEAD")):
+            raise ReplicaError("no enrollment DB snapshot at %s" % current_link)
+        return EnrollmentDb(path, git=git)
+    return provider
+
+
+def replica_from_config(config):
+    """A Replica from a config dict (keys: base_dir, source_url, ssl_cert, ssl_key, ssl_ca,
+    git, min_backoff, max_backoff, fetch_timeout)."""
+    if not isinstance(config, dict) or not config.get("base_dir"):
+        raise ReplicaError("arepl configuration needs base_dir and source_url")
+    keys = ("ssl_cert", "ssl_key", "ssl_ca", "git", "min_backoff", "max_backoff", "fetch_timeout")
+    return Replica(config["base_dir"], config.get("source_url"), **dict((k, config[k]) for k in keys if k in config))
+
+
+def main(argv=None):
+    """``python -m ...arepl CONFIG [once|loop|status] [--force]``.
+
+    once (default; for a systemd timer): one sync respecting the back-off, prints the result
+    as JSON, exit 0 on success or when skipped with a usable snapshot, 1 on failure.
+    loop (for a service): sync every ``interval`` seconds (or at the back-off time).
+    status: the state as JSON."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        sys.stderr.write("usage: arepl CONFIG [once|loop|status] [--force]\n")
+        return 2
+    try:
+        with open(argv[0], "r", encoding="utf-8") as handle:
+            config = json.load(handle)
+        replica = replica_from_config(config)
+    except (OSError, ValueError, HcpError) as exc:
+        sys.stderr.write("arepl: bad configuration %s: %s\n" % (argv[0], exc))
+        return 2
+    command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else "once"
+    force = "--force" in argv
+    if command == "status":
+        sys.stdout.write(json.dumps(replica.status(), sort_keys=True) + "\n")
+        return 0
+    if command == "once":
+        result = replica.sync(force=force)
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+        return 1 if result["error"] and not result["skipped"] else 0
+    if command != "loop":
+        sys.stderr.write("arepl: unknown command %s\n" % command)
+        return 2
+    interval = float(config.get("interval", DEFAULT_INTERVAL))
+    while True:  # pragma: no cover - service loop, exercised by molecule
+        result = replica.sync(force=force)
+        force = False
+        sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+        sys.stdout.flush()
+        status = replica.status()
+        wait = interval
+        if status["consecutive_failures"]:
+            wait = max(1.0, status["next_attempt"] - time.time())
+        time.sleep(wait)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,478 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ahcp, the attestation server's logic (protocol v1; wire formats: docs/attestation.md).
+
+Two round trips, stateless server: ``initiate`` hands out a nonce, the PCR selection and a
+*ticket* (AES-256-GCM under a server key, so any replica holding the key can complete it);
+``complete`` checks the ticket, the EK (attributes, EK certificate against vendor CAs), the
+quote (restricted AK, signature, nonce, PCR digest, golden values of the host's profile) and
+the enrollment, then returns the entry's signed files encrypted under a fresh session key
+that is wrapped with MakeCredential(EK, AK name): only the TPM holding both keys can read it.
+
+A ticket is consumed once (``UsedTickets``: in memory, optionally in a directory shared by
+replicas), so a replayed ticket or quote is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+
+from ansible_collections.hcp.core.plugins.module_utils.attestation.protocol import (
+    DEFAULT_PCR_SELECTION,
+    NONCE_BYTES,
+    PAYLOAD_FORMAT,
+    PROTOCOL_VERSION,
+    RESPONSE_FORMAT,
+    AttestError,
+    AttestRequestError,
+    AttestUnavailableError,
+    EkRejectedError,
+    NotEnrolledError,
+    PcrPolicyError,
+    QuoteRejectedError,
+    ReplayError,
+    TicketExpiredError,
+    TicketInvalidError,
+    b64 as _b64,
+    canonical as _canonical,
+    normalize_selection,
+    require_cryptography as _require_cryptography,
+    response_aad,
+    unb64 as _unb64,
+)
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
+from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import MANIFEST_FORMAT, verify_entry
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import EkTrust
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EKPUBHASH_RE
+from ansible_collections.hcp.core.plugins.module_utils.errors import (
+    HcpError,
+    InvalidEkError,
+    QuoteVerificationError,
+)
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import PCR_BANKS, ekpubhash as compute_ekpubhash, parse_pcr_indices
+
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+except ImportError:  # pragma: no cover - reported by _require_cryptography()
+    AESGCM = None
+
+TICKET_PREFIX = "hcpt1"
+TICKET_AAD = b"hcp.core.attest.ticket.v1|"
+DEFAULT_MAX_TICKET_AGE = 120
+MAX_CLOCK_SKEW = 5
+MAX_TICKET_CHARS = 1024
+MAX_EK_CHARS = 16 * 1024
+MAX_EVENTLOG_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_USED = 1000000
+EK_CERT_CACHE_SIZE = 65536
+EK_CERT_CACHE_TTL = 3600
+
+
+# -- ticket keys ----------------------------------------------------------------------------
+
+def key_id(key):
+    """Short public id of a ticket key (first 4 bytes of SHA-256, hex): tickets name the key
+    that sealed them, so a server can hold the new and the previous key during rotation."""
+    return hashlib.sha256(b"hcp.core.attest.ticket-key|" + key).hexdigest()[:8]
+
+
+def load_ticket_keys(path):
+    """Ticket keys from a file: one 32-byte key per line (hex or base64); the first line
+    issues new tickets, the others are still accepted (rotation)."""
+    try:
+        with open(path, "r", encoding="ascii") as handle:
+            lines = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AttestError("cannot read the ticket key file %s: %s" % (path, getattr(exc, "strerror", None) or exc))
+    keys = []
+    for number, line in enumerate(lines, 1):
+        try:
+            key = bytes.fromhex(line) if len(line) == 64 else base64.b64decode(line, validate=True)
+        except (ValueError, binascii.Error):
+            key = b""
+        if len(key) != 32:
+            raise AttestError("ticket key file %s line %d is not a 32-byte key (hex or base64)" % (path, number))
+        keys.append(key)
+    if not keys:
+        raise AttestError("ticket key file %s holds no key" % path)
+    return keys
+
+
+def write_ticket_key_file(path):
+    """Create a ticket key file (0600) with one fresh key; returns its key id."""
+    key = os.urandom(32)
+    atomic_write(path, (key.hex() + "\n").encode("ascii"), mode=0o600)
+    return key_id(key)
+
+
+# -- replay protection ----------------------------------------------------------------------
+
+class UsedTickets(object):
+    """Tickets already presented to ``complete``, remembered for ``max_age`` (+ clock skew).
+
+    In memory (bounded by ``max_entries``) and, when ``directory`` is set, as one empty
+    file per ticket created with O_CREAT|O_EXCL: replicas sharing that directory refuse a
+    ticket any of them has seen (without it, replicas need sticky routing by ekpubhash)."""
+
+    def __init__(self, max_age, directory=None, max_entries=DEFAULT_MAX_USED):
+        self.window = max_age + MAX_CLOCK_SKEW
+        self.directory = directory
+        self.max_entries = max_entries
+        self._seen = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._count = 0
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+
+    def __len__(self):
+        return len(self._seen)
+
+    def _expire(self, now):
+        while self._seen:
+            tid, expiry = next(iter(self._seen.items()))
+            if expiry > now:
+                break
+            del self._seen[tid]
+
+    def consume(self, ticket_id, issued_at, now=None):
+        """Mark ``ticket_id`` used; ReplayError when it already was."""
+        now = time.time() if now is None else now
+        expiry = issued_at + self.window
+        with self._lock:
+            self._expire(now)
+            if ticket_id in self._seen:
+                raise ReplayError("ticket already used (replayed ticket or quote)")
+            if len(self._seen) >= self.max_entries:
+                raise AttestUnavailableError("replay cache is full: try again later")
+            if self.directory:
+                try:
+                    fd = os.open(os.path.join(self.directory, ticket_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                    os.close(fd)
+                except FileExistsError:
+                    raise ReplayError("ticket already used (replayed ticket or quote, seen by a replica)")
+                except OSError as exc:
+                    raise AttestUnavailableError("cannot record the used ticket: %s" % exc.strerror)
+            # tickets arrive in roughly issue order: keep the dict ordered by expiry
+            self._seen[ticket_id] = expiry
+            self._count += 1
+            if self.directory and self._count % 1024 == 0:
+                self.purge_directory(now)
+
+    def purge_directory(self, now=None):
+        """Remove used-ticket files older than the window; returns how many."""
+        if not self.directory:
+            return 0
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in os.scandir(self.directory):
+            try:
+                if entry.stat().st_mtime < now - self.window:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+
+# -- snapshot entry cache -------------------------------------------------------------------
+
+def read_head(git_dir, branch="main"):
+    """The commit id of ``branch`` read from the ref files (no git process), or None."""
+    try:
+        with open(os.path.join(git_dir, "refs", "heads", branch), "r", encoding="ascii") as handle:
+            head = handle.read().strip()
+        if len(head) in (40, 64):
+            return head
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        with open(os.path.join(git_dir, "packed-refs"), "r", encoding="ascii") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == "refs/heads/" + branch:
+                    return parts[0]
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
+class EntryCache(object):
+    """Entries read from a snapshot, keyed by (snapshot path, head, ekpubhash).
+
+    A snapshot's content is fixed by its head, so a cached entry is exact until the
+    snapshot moves (arepl's swap changes the path, a fetch changes the head): two git
+    processes per attestation become one file read. Bounded (least recently used out)."""
+
+    def __init__(self, size=4096):
+        self.size = size
+        self._data = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, db, ekpubhash):
+        """(files or None, head, cache key) of ``ekpubhash`` in the snapshot ``db``."""
+        head = read_head(db.path) or db.head()
+        key = (db.path, head, ekpubhash)
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key], head, key
+        files = db.get(ekpubhash, rev=head) if head else None
+        if self.size:
+            with self._lock:
+                self._data[key] = files
+                while len(self._data) > self.size:
+                    self._data.popitem(last=False)
+        return files, head, key
+
+
+# -- the attestor ---------------------------------------------------------------------------
+
+def golden_pcrs(files):
+    """The golden PCR values of an entry: ``attest.pcrs`` of its signed client profile
+    (``{"attest": {"pcrs": {"sha256": {"7": "<hex>"}}}}``), or {} when absent."""
+    raw = files.get("clientprofile")
+    if not raw:
+        return {}
+    try:
+        profile = json.loads(raw)
+    except ValueError:
+        raise AttestUnavailableError("the entry's clientprofile is not JSON")
+    section = profile.get("attest") if isinstance(profile, dict) else None
+    pcrs = section.get("pcrs") if isinstance(section, dict) else None
+    if not pcrs:
+        return {}
+    if not isinstance(pcrs, dict):
+        raise PcrPolicyError("the host's profile attest.pcrs is not an object")
+    out = {}
+    for bank, values in pcrs.items():
+        if bank not in PCR_BANKS or not isinstance(values, dict):
+            raise PcrPolicyError("the host's profile attest.pcrs has an unsupported bank %r" % (bank,))
+        for idx, value in values.items():
+            try:
+                index = parse_pcr_indices([idx])[0]
+                digest = bytes.fromhex(value)
+            except (ValueError, TypeError):
+                raise PcrPolicyError("the host's profile attest.pcrs.%s.%s is not a PCR index and hex value" % (bank, idx))
+            out.setdefault(bank, {})[str(index)] = digest.hex()
+    return out
+
+
+class Attestor(object):
+    """Stateless attestation server logic.
+
+    ``db_provider()``: returns the EnrollmentDb snapshot to read (e.g.
+    arepl.snapshot_db_provider). ``ticket_key``: 32-byte key or list (first issues).
+    ``signer_pub``: the asset signer's public key: when set, an entry whose manifest does
+    not verify is never released. ``vendor_cas``: x509 certificates or a directory path.
+    ``require_ek_cert``: refuse a client that sends no (trusted) EK certificate.
+    ``used_dir``: directory of used tickets shared by replicas (None: memory only).
+    """
+
+    def __init__(self, db_provider, ticket_key, signer_pub=None, vendor_cas=None, require_ek_cert=False,
+                 max_ticket_age=DEFAULT_MAX_TICKET_AGE, pcr_selection=None, used_dir=None, max_used=DEFAULT_MAX_USED,
+                 entry_cache_size=4096):
+        _require_cryptography()
+        keys = [ticket_key] if isinstance(ticket_key, (bytes, bytearray)) else list(ticket_key or [])
+        if not keys or any(len(k) != 32 for k in keys):
+            raise AttestError("ticket keys must be 32 bytes")
+        self._keys = collections.OrderedDict((key_id(bytes(k)), AESGCM(bytes(k))) for k in keys)
+        self._issue_kid = next(iter(self._keys))
+        self.db_provider = db_provider
+        self.signer_pub = signer_pub
+        self.ek_trust = EkTrust(vendor_cas, require_ek_cert, cache_size=EK_CERT_CACHE_SIZE, cache_ttl=EK_CERT_CACHE_TTL)
+        self.vendor_cas = self.ek_trust.vendor_cas
+        self.require_ek_cert = self.ek_trust.require_ek_cert
+        if require_ek_cert and not self.vendor_cas:
+            raise AttestError("require_ek_cert needs vendor CA certificates")
+        self.max_ticket_age = int(max_ticket_age)
+        self.pcr_selection = normalize_selection(pcr_selection or DEFAULT_PCR_SELECTION)
+        self.used = UsedTickets(self.max_ticket_age, used_dir, max_used)
+        self.entries = EntryCache(entry_cache_size)
+        self._cache_size = max(1, entry_cache_size)
+        self._prepared = {}
+        self._ek_parsed = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return "Attestor(%d ticket keys, %d vendor CAs)" % (len(self._keys), len(self.vendor_cas))
+
+    # -- round trip 1 ---------------------------------------------------------------------
+    def initiate(self, ekpubhash, now=None):
+        """{version, nonce (b64), pcrs (selection), ticket} for the EK ``ekpubhash``."""
+        if not isinstance(ekpubhash, str) or not EKPUBHASH_RE.match(ekpubhash):
+            raise AttestRequestError("ekpubhash must be 64 lowercase hex characters")
+        now = int(time.time() if now is None else now)
+        nonce = os.urandom(NONCE_BYTES)
+        body = {"v": PROTOCOL_VERSION, "ekpubhash": ekpubhash, "nonce": _b64(nonce), "iat": now,
+                "pcrs": self.pcr_selection}
+        iv = os.urandom(12)
+        sealed = self._keys[self._issue_kid].encrypt(iv, _canonical(body), TICKET_AAD + self._issue_kid.encode())
+        ticket = "%s.%s.%s" % (TICKET_PREFIX, self._issue_kid, base64.urlsafe_b64encode(iv + sealed).decode("ascii"))
+        return {"version": PROTOCOL_VERSION, "nonce": _b64(nonce), "pcrs": self.pcr_selection, "ticket": ticket}
+
+    def open_ticket(self, ticket, now=None):
+        """The ticket's content after authenticity and age checks (TicketInvalid/ExpiredError)."""
+        if not isinstance(ticket, str) or len(ticket) > MAX_TICKET_CHARS:
+            raise TicketInvalidError("ticket is missing or malformed")
+        parts = ticket.split(".")
+        if len(parts) != 3 or parts[0] != TICKET_PREFIX:
+            raise TicketInvalidError("ticket is malformed (unknown ticket version)")
+        aead = self._keys.get(parts[1])
+        if aead is None:
+            raise TicketInvalidError("ticket was sealed with an unknown key")
+        try:
+            raw = base64.urlsafe_b64decode(parts[2])
+            body = json.loads(aead.decrypt(raw[:12], raw[12:], TICKET_AAD + parts[1].encode()))
+        except (binascii.Error, ValueError, InvalidTag):
+            raise TicketInvalidError("ticket is forged or corrupted")
+        if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
+            raise TicketInvalidError("unsupported ticket version")
+        now = time.time() if now is None else now
+        age = now - body["iat"]
+        if age > self.max_ticket_age:
+            raise TicketExpiredError("ticket expired (%d s old, maximum %d s)" % (age, self.max_ticket_age))
+        if age < -MAX_CLOCK_SKEW:
+            raise TicketExpiredError("ticket is dated in the future")
+        return body
+
+    # -- round trip 2 ---------------------------------------------------------------------
+    def _ek(self, request, ticket_hash, now):
+        """(TPM2B_PUBLIC, ekpubhash, marshalled, PEM) of the EK in the request after attribute,
+        hash and certificate checks."""
+        ekpub = request.get("ekpub")
+        if not isinstance(ekpub, str) or not ekpub or len(ekpub) > MAX_EK_CHARS:
+            raise AttestRequestError("ekpub is missing or too long")
+        cert_data = None
+        if "-----BEGIN CERTIFICATE" in ekpub:
+            cert_data = ekpub.encode("ascii", "replace")
+        ek_cert = request.get("ek_cert")
+        if ek_cert:
+            if not isinstance(ek_cert, str) or len(ek_cert) > MAX_EK_CHARS:
+                raise AttestRequestError("ek_cert is not a string or too long")
+            cert_data = ek_cert.encode("ascii", "replace") if "-----BEGIN" in ek_cert else _unb64(ek_cert, "ek_cert")
+        parsed = self._ek_parsed.get(ekpub)
+        if parsed is None:  # parsing with tpm2-pytss costs more than the quote's ECDSA verify: once per EK
+            try:
+                public = load_ek_public(ekpub)
+            except InvalidEkError as exc:
+                raise EkRejectedError(str(exc))
+            parsed = (public, compute_ekpubhash(public), public.marshal(), public.to_pem())
+            with self._lock:
+                if len(self._ek_parsed) >= self._cache_size:
+                    self._ek_parsed.clear()
+                self._ek_parsed[ekpub] = parsed
+        if not hmac.compare_digest(parsed[1], ticket_hash):
+            raise EkRejectedError("the EK does not match the ticket's ekpubhash")
+        if cert_data is not None:
+            try:
+                self.ek_trust.check_certificate_for(cert_data, parsed[3], now)
+            except InvalidEkError as exc:
+                raise EkRejectedError(str(exc))
+        elif self.require_ek_cert:
+            raise EkRejectedError("an EK certificate is required")
+        return parsed
+
+    def complete(self, request, now=None):
+        """Check a completion request and return the encrypted response (dict, JSON-ready).
+
+        ``request``: {ticket, ekpub, ek_cert?, quote (bundle), eventlog?}. Raises an
+        AttestError subclass (``status``) on any failure; nothing is released then."""
+        if not isinstance(request, dict):
+            raise AttestRequestError("request body must be a JSON object")
+        now = time.time() if now is None else now
+        ticket = self.open_ticket(request.get("ticket"), now)
+        nonce = _unb64(ticket["nonce"], "ticket nonce", exc=TicketInvalidError)
+        # consumed before any other check: a ticket gets exactly one try
+        self.used.consume(hashlib.sha256(nonce).hexdigest()[:32], ticket["iat"], now)
+        eventlog = request.get("eventlog")
+        if eventlog is not None and (not isinstance(eventlog, str) or len(eventlog) > MAX_EVENTLOG_BYTES * 4 // 3 + 4):
+            raise AttestRequestError("eventlog is not a string or too large")
+        public, ekhash, ek_marshalled, _pem = self._ek(request, ticket["ekpubhash"], now)
+        bundle = request.get("quote")
+        try:
+            proven = quote_mod.verify_quote(bundle, nonce)
+        except QuoteVerificationError as exc:
+            raise QuoteRejectedError(str(exc))
+        for bank, indices in ticket["pcrs"].items():
+            missing = [i for i in indices if str(i) not in proven["pcrs"].get(bank, {})]
+            if missing:
+                raise QuoteRejectedError("quote does not cover the requested %s PCRs %s" % (bank, missing))
+        try:
+            db = self.db_provider()
+            files, head, key = self.entries.get(db, ticket["ekpubhash"])
+        except HcpError as exc:
+            raise AttestUnavailableError("enrollment DB snapshot unavailable: %s" % exc)
+        if files is None:
+            raise NotEnrolledError("TPM %s is not enrolled" % ticket["ekpubhash"])
+        if not hmac.compare_digest(files.get("ek.pub", b""), ek_marshalled):
+            raise EkRejectedError("the enrolled EK differs from the presented one")
+        golden = golden_pcrs(files)
+        bad = []
+        for bank, values in golden.items():
+            for idx, value in sorted(values.items(), key=lambda kv: int(kv[0])):
+                got = proven["pcrs"].get(bank, {}).get(idx)
+                if got is None:
+                    raise PcrPolicyError("golden %s PCR %s is not covered by the quote" % (bank, idx))
+                if not hmac.compare_digest(got, value):
+                    bad.append(int(idx))
+        if bad:
+            raise PcrPolicyError("PCR policy not satisfied: %s PCR(s) %s differ from the golden values"
+                                 % ("sha256", ", ".join(map(str, bad))))
+        payload, hostname = self._payload(key, files, ekhash)
+        return self._response(public, ekhash, payload, hostname, proven["ak_name"], nonce, head)
+
+    def _payload(self, key, files, ekhash):
+        """(payload bytes, hostname) of an entry: its signed files (manifest.json, manifest.sig and
+        every file the manifest lists), checked against the asset signer when configured.
+        Prepared once per (snapshot, head, entry): the snapshot is immutable per head."""
+        prepared = self._prepared.get(key)
+        if prepared is not None:
+            return prepared
+        try:
+            manifest = json.loads(files["manifest.json"])
+            names = sorted(set(manifest["files"]) | {"manifest.json", "manifest.sig"})
+        except (KeyError, ValueError, TypeError):
+            raise AttestUnavailableError("the enrolled entry has no readable manifest")
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise AttestUnavailableError("the enrolled entry's manifest has an unknown format")
+        released = dict((n, files[n]) for n in names if n in files)
+        if self.signer_pub is not None:
+            try:
+                verify_entry(released, self.signer_pub)
+            except HcpError as exc:
+                raise AttestUnavailableError("the enrolled entry does not verify with the asset signer: %s" % exc)
+        hostname = files.get("hostname", b"").decode("utf-8", "replace").strip()
+        payload = _canonical({"format": PAYLOAD_FORMAT, "version": PROTOCOL_VERSION, "ekpubhash": ekhash,
+                              "hostname": hostname, "files": dict((n, _b64(d)) for n, d in released.items())})
+        with self._lock:
+            if len(self._prepared) >= self._cache_size:
+                self._prepared.clear()
+            self._prepared[key] = (payload, hostname)
+        return payload, hostname
+
+    @staticmethod
+    def _response(public, ekhash, payload, hostname, ak_name_hex, nonce, head):
+        """The response: ``payload`` under a fresh AES-256-GCM session key wrapped with
+        MakeCredential(EK, AK name)."""
+        session_key = os.urandom(32)
+        blob, secret = envelope.make_credential_to_ek(public, session_key, bytes.fromhex(ak_name_hex))
+        iv = os.urandom(12)
+        header = {"format": RESPONSE_FORMAT, "version": PROTOCOL_VERSION, "ekpubhash": ekhash,
+                  "ak_name": ak_name_hex, "nonce": _b64(nonce), "snapshot": head,
+                  "credential_blob": _b64(blob), "encrypted_secret": _b64(secret), "iv": _b64(iv)}
+        header["ciphertext"] = _b64(AESGCM(session_key).encrypt(iv, payload, response_aad(header)))
+        header["hostname"] = hostname
+        return header

@@ -1,0 +1,120 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The enrollment pipeline (no Ansible imports): EK checks, profile merge, asset
+generation, sealing of sensitive assets to the EK, and the signed manifest. It builds
+the files of one DB entry in memory; enroll_db stores them in one commit, so a failure
+anywhere here writes nothing.
+
+Manifest format "hcp.core.manifest" v1: docs/enrollment-db.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import asset_contract
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import manifest as manifest_mod
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import profile as enroll_profile
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
+# Importing the package registers every asset generator.
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import generators  # noqa: F401  pylint: disable=unused-import
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import EkTrust
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import ekpubhash as compute_ekpubhash
+
+
+class EnrollmentConfig(object):
+    """Server side of an enrollment: profiles, issuer, signer, secrets, EK trust."""
+
+    def __init__(self, issuer, signer, preclient=None, postclient=None, realm=None, env=None,
+                 secrets=None, vendor_cas=None, require_ek_cert=False):
+        self.issuer = issuer
+        self.signer = signer
+        self.preclient = preclient or {}
+        self.postclient = postclient or {}
+        self.realm = realm
+        self.env = env or {}
+        self.secrets = secrets or {}
+        self.vendor_cas = list(vendor_cas or [])
+        self.require_ek_cert = require_ek_cert
+
+    def __repr__(self):
+        return "EnrollmentConfig(realm=%r, %d secrets)" % (self.realm, len(self.secrets))
+
+
+def check_ek(data, config, now=None):
+    """The EK's TPM2B_PUBLIC from ``data`` (TPM2B/PEM/EK certificate), after the attribute
+    checks and, when vendor CAs are configured, the EK certificate check (``tpm/ek_trust.py``).
+    InvalidEkError."""
+    return EkTrust(config.vendor_cas, config.require_ek_cert).check_ek(data, now=now)
+
+
+class PolicyRejectedError(HcpError):
+    """The policy service rejected the enrollment, or could not be asked (fail closed)."""
+
+
+def build_entry(config, ek_data, hostname, client_profile, now=None, operation="add", policy_check=None, caller=None):
+    """Everything one entry holds: (ekpubhash, hostname, files {name: bytes}, summary).
+
+    ``policy_check(params)``: called with the hook payload (hostname, ekpubhash, operation,
+    auth.client_cert = ``caller``, the merged profile, and ``__env`` at the top level) after
+    the profile merge and before any asset is generated; it raises to refuse.
+
+    ``summary`` (safe to return/log): ekpubhash, hostname, assets [{name, sensitive}],
+    profile (the effective profile without ``__env``)."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    hostname = enroll_profile.check_hostname(hostname)
+    client = enroll_profile.parse_profile(client_profile)
+    # A re-enrollment rebuilds from the stored EK, whose certificate was checked at add time.
+    public = load_ek_public(ek_data) if operation == "reenroll" else check_ek(ek_data, config, now=now)
+    ekhash = compute_ekpubhash(public)
+    profile = enroll_profile.effective_profile(
+        client, hostname, ekhash, config.preclient, config.postclient, realm=config.realm, extra_env=config.env
+    )
+    if policy_check is not None:
+        view = dict((k, v) for k, v in profile.items() if k != "__env")
+        policy_check({"hostname": hostname, "ekpubhash": ekhash, "operation": operation,
+                      "auth": {"client_cert": caller}, "profile": view, "__env": profile["__env"]})
+    names = profile.get("assets", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise enroll_profile.ProfileError("profile 'assets' must be a list of distinct generator names")
+    generators = [asset_contract.get_generator(n) for n in names]
+    policy = profile.get("seal_policy")
+    ctx = asset_contract.GeneratorContext(
+        hostname, ekhash, public.marshal(), profile, profile["__env"], config.issuer, config.secrets, now
+    )
+    files = {
+        "ek.pub": public.marshal(),
+        "clientprofile": (json.dumps(client, sort_keys=True, indent=1) + "\n").encode(),
+    }
+    listing = []
+    for generator in generators:
+        for asset in generator.generate(ctx):
+            stored = asset.name + ".sealed" if asset.sensitive else asset.name
+            if stored in files:
+                raise asset_contract.GeneratorError("asset %s produced twice (generator %s)" % (asset.name, generator.name))
+            files[stored] = envelope.dumps(envelope.seal(public, asset.data, policy=policy, fingerprint=False)) if asset.sensitive else asset.data
+            listing.append({"name": asset.name, "file": stored, "sensitive": asset.sensitive, "install": asset.install,
+                            "generator": generator.name})
+    manifest = {
+        "format": manifest_mod.MANIFEST_FORMAT,
+        "version": manifest_mod.MANIFEST_VERSION,
+        "hostname": hostname,
+        "ekpubhash": ekhash,
+        "operation": operation,
+        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seal_policy": policy,
+        "assets": listing,
+        "files": dict((n, hashlib.sha256(d).hexdigest()) for n, d in sorted(files.items())),
+    }
+    manifest_bytes = (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode()
+    files["manifest.json"] = manifest_bytes
+    files["manifest.sig"] = config.signer.sign(manifest_bytes)
+    view = dict((k, v) for k, v in profile.items() if k != "__env")
+    summary = {"ekpubhash": ekhash, "hostname": hostname,
+               "assets": [{"name": a["name"], "sensitive": a["sensitive"]} for a in listing], "profile": view}
+    return ekhash, hostname, files, summary

@@ -1,0 +1,324 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The enrollment service's operations, independent of HTTP (no Ansible, no Flask).
+
+Privilege separation: the web process (unprivileged user) reads the DB but never writes
+it and never reads the CA or signer keys. Each write is a fresh process of the writer
+command (``writer`` in the config, e.g. ``sudo -n -u hcp-enroll-db /opt/hcp/venv/bin/python
+-m ...enroll_service``) that receives the request as JSON on stdin, runs as the DB user,
+and answers JSON on stdout; its exit code is the outcome. Without ``writer`` (tests,
+benchmarks, the CLI) writes run in-process.
+
+Configuration (JSON, docs/enrollment-service.md): db, credentials_dir (ca.key, ca.pem,
+signer.key, signer.pub.pem), preclient, postclient, realm, env, secrets_dir,
+vendor_ca_dir, require_ek_cert, writer (argv) or writer_socket (unix socket path), signer_pub,
+policy, authorized_clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import asset_contract
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import db as enroll_db
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import profile as enroll_profile
+from ansible_collections.hcp.core.plugins.module_utils.policy import client as policy_client
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError
+from ansible_collections.hcp.core.plugins.module_utils.tpm import ek_trust
+
+# Exit codes of the writer process <-> HTTP statuses.
+EXIT_STATUS = {0: 200, 2: 400, 3: 409, 4: 404, 5: 403}
+MAX_REQUEST_BYTES = 256 * 1024
+
+
+WRITER_TIMEOUT = 120
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+def _socket_write(path, request):
+    """Send one request to the writer daemon (socket-activated, running as the DB user);
+    returns (exit code, body)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(WRITER_TIMEOUT)
+            conn.connect(path)
+            conn.sendall(json.dumps(request).encode())
+            conn.shutdown(socket.SHUT_WR)
+            chunks, size = [], 0
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise ServiceError("enrollment writer answer too large", 500)
+                chunks.append(chunk)
+    except OSError as exc:
+        raise ServiceError("enrollment writer unreachable: %s" % (exc.strerror or exc), 500)
+    try:
+        framed = json.loads(b"".join(chunks))
+        return int(framed["exit"]), framed["result"]
+    except (ValueError, KeyError, TypeError):
+        raise ServiceError("enrollment writer gave no valid answer", 500)
+
+
+class ServiceError(HcpError):
+    """An operation failed with an HTTP-like ``status`` (400, 403, 404, 409, 500)."""
+
+    status = 500
+
+
+def classify(exc):
+    """HTTP status of a library exception."""
+    if isinstance(exc, ServiceError):
+        return exc.status
+    if isinstance(exc, enroll.PolicyRejectedError):
+        return 403
+    if isinstance(exc, enroll_db.AlreadyEnrolledError):
+        return 409
+    if isinstance(exc, enroll_db.NotEnrolledError):
+        return 404
+    if isinstance(exc, (enroll_profile.ProfileError, asset_contract.GeneratorError, InvalidEkError, enroll_db.EnrollDbError)):
+        return 400
+    return 500
+
+
+def _read(path, required=True):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        if required:
+            raise ServiceError("cannot read %s: %s" % (path, exc.strerror), 500)
+        return None
+
+
+class EnrollmentService(object):
+    """Operations over one enrollment DB, from the JSON configuration ``config``."""
+
+    def __init__(self, config):
+        self.config = config
+        self.db = enroll_db.EnrollmentDb(config["db"])
+        self._enroll_config = None
+
+    # -- reads (any process) -------------------------------------------------------
+    def asset_signer(self):
+        # signer_pub: a copy the web user may read when credentials_dir is closed to it.
+        return _read(self.config.get("signer_pub") or os.path.join(self.config["credentials_dir"], "signer.pub.pem"))
+
+    def query(self, prefix, nofiles=False):
+        """Entries by ekpubhash prefix; with files, each carries its client profile (what
+        the client sent, not secret) so clients can enroll idempotently."""
+        entries = self.db.query(prefix.lower(), nofiles=nofiles)
+        if not nofiles:
+            for entry in entries:
+                raw = self.db.read_file(enroll_db.entry_dir(entry["ekpubhash"]) + "/clientprofile")
+                entry["clientprofile"] = json.loads(raw) if raw else None
+        return {"entries": entries}
+
+    def find(self, regex):
+        return {"entries": self.db.find(regex)}
+
+    def health(self):
+        return {"status": "ok", "db_head": self.db.head()}
+
+    # -- writes (the writer process) -------------------------------------------
+    def enrollment_config(self):
+        if self._enroll_config is None:
+            c = self.config
+            cred = c["credentials_dir"]
+            issuer = pki.Issuer.from_pem(_read(os.path.join(cred, "ca.key")), _read(os.path.join(cred, "ca.pem")))
+            signer = pki.Signer(pki.load_private_key(_read(os.path.join(cred, "signer.key"))))
+            secrets = {}
+            if c.get("secrets_dir") and os.path.isdir(c["secrets_dir"]):
+                for name in sorted(os.listdir(c["secrets_dir"])):
+                    path = os.path.join(c["secrets_dir"], name)
+                    if os.path.isfile(path) and not name.startswith("."):
+                        secrets[name] = _read(path)
+            vendor = ek_trust.load_vendor_cas(c["vendor_ca_dir"]) if c.get("vendor_ca_dir") else []
+            self._enroll_config = enroll.EnrollmentConfig(
+                issuer, signer, preclient=c.get("preclient"), postclient=c.get("postclient"), realm=c.get("realm"),
+                env=c.get("env"), secrets=secrets, vendor_cas=vendor, require_ek_cert=bool(c.get("require_ek_cert")),
+            )
+        return self._enroll_config
+
+    def policy_check(self, operation):
+        """The ``enrollsvc::add_request`` hook from config ``policy``: {"file": path} (in
+        process) or {"url", "ca_file", "client_cert", "client_key", "timeout"}; None = no
+        policy service. An unreachable or failing service rejects (fail closed)."""
+        conf = self.config.get("policy")
+        if not conf:
+            return None
+        if conf.get("file"):
+            checker = policy_client.LocalPolicy(conf["file"])
+        else:
+            checker = policy_client.PolicyClient(conf["url"], ca_file=conf.get("ca_file"), client_cert=conf.get("client_cert"),
+                                                 client_key=conf.get("client_key"), timeout=conf.get("timeout", 5))
+
+        def check(params):
+            try:
+                result = checker.check("enrollsvc::add_request", "%s-%s" % (operation, uuid.uuid4().hex), params)
+            except HcpError as exc:
+                raise enroll.PolicyRejectedError("policy service unavailable, enrollment refused: %s" % exc)
+            if not result.accepted:
+                raise enroll.PolicyRejectedError("enrollment rejected by policy (rule %s)" % (result.rule,))
+        return check
+
+    def _write(self, request):
+        if self.config.get("writer_socket"):
+            code, body = _socket_write(self.config["writer_socket"], request)
+        elif self.config.get("writer"):
+            proc = subprocess.run(self.config["writer"], input=json.dumps(request).encode(), capture_output=True,
+                                  timeout=WRITER_TIMEOUT, check=False)
+            code = proc.returncode
+            try:
+                body = json.loads(proc.stdout or b"{}")
+            except ValueError:
+                body = {}
+        else:
+            return self.perform(request)
+        if code != 0:
+            body = body if isinstance(body, dict) else {}
+            raise ServiceError(body.get("error") or "enrollment writer failed", EXIT_STATUS.get(code, 500))
+        return body
+
+    def add(self, ekpub, hostname, profile, caller=None):
+        return self._write({"op": "add", "ekpub": ekpub, "hostname": hostname, "profile": profile, "caller": caller})
+
+    def reenroll(self, ekpubhash, caller=None):
+        return self._write({"op": "reenroll", "ekpubhash": ekpubhash, "caller": caller})
+
+    def delete(self, prefix, caller=None):
+        return self._write({"op": "delete", "prefix": prefix, "caller": caller})
+
+    def janitor(self):
+        return self._write({"op": "janitor"})
+
+    def perform(self, request):
+        """Run one write request in this process (the writer side)."""
+        op = request.get("op")
+        who = ((request.get("caller") or {}).get("subject")) or "local"
+        if op == "add":
+            ekpub = request.get("ekpub")
+            if not isinstance(ekpub, str):
+                raise ServiceError("ekpub must be text (PEM, base64 TPM2B_PUBLIC or PEM certificate)", 400)
+            data = ekpub.encode()
+            if "-----BEGIN" not in ekpub:
+                import base64  # pylint: disable=import-outside-toplevel
+
+                try:
+                    data = base64.b64decode(ekpub, validate=True)
+                except ValueError:
+                    raise ServiceError("ekpub is neither PEM nor base64", 400)
+            h, host, files, summary = enroll.build_entry(
+                self.enrollment_config(), data, request.get("hostname"), request.get("profile"),
+                policy_check=self.policy_check("add"), caller=request.get("caller"))
+            self.db.add(h, host, files, message="add: %s %s by %s" % (host, h, who))
+            return summary
+        if op == "reenroll":
+            h = request.get("ekpubhash") or ""
+            if not enroll_db.EKPUBHASH_RE.match(h):
+                raise ServiceError("ekpubhash must be 64 lowercase hex characters", 400)
+            current = self.db.get(h)
+            if current is None:
+                raise enroll_db.NotEnrolledError("no enrollment for ekpubhash %s" % h)
+            host = current["hostname"].decode().strip()
+            _h, _host, files, summary = enroll.build_entry(
+                self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll",
+                policy_check=self.policy_check("reenroll"), caller=request.get("caller"))
+            self.db.add(h, host, files, message="reenroll: %s %s by %s" % (host, h, who), replace=True)
+            return summary
+        if op == "delete":
+            prefix = (request.get("prefix") or "").lower()
+            return {"entries": self.db.delete(prefix, message="delete: %s by %s" % (prefix, who))}
+        if op == "janitor":
+            return {"rewritten_shards": self.db.janitor()}
+        raise ServiceError("unknown operation %r" % (op,), 400)
+
+
+def handle(config_path, raw, service=None):
+    """One writer request: (exit code, JSON-able body). Never raises for bad input.
+    ``service`` (an EnrollmentService) is reused when given: keys stay loaded."""
+    try:
+        if service is None:
+            service = writer_service(config_path)
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise ServiceError("request larger than %d bytes" % MAX_REQUEST_BYTES, 400)
+        request = json.loads(raw)
+        if not isinstance(request, dict):
+            raise ServiceError("request must be a JSON object", 400)
+        return 0, service.perform(request)
+    except (HcpError, ValueError) as exc:
+        status = classify(exc) if isinstance(exc, HcpError) else 400
+        return dict((v, k) for k, v in EXIT_STATUS.items()).get(status, 1), {"error": str(exc)}
+
+
+def writer_service(config_path):
+    """The in-process service of the writer side (never re-spawns a writer)."""
+    config = json.loads(_read(config_path))
+    config.pop("writer", None)
+    config.pop("writer_socket", None)
+    return EnrollmentService(config)
+
+
+def _read_request(conn):
+    chunks, size = [], 0
+    while size <= MAX_REQUEST_BYTES:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def serve(config_path, listen_fd=3):
+    """The writer daemon (unit hcp-enroll-writer.service, as the DB user): accept connections
+    on the listening socket systemd passes as fd 3 and answer each request in turn with
+    {"exit": code, "result": body} (writer protocol v1). One process for all writes: keys
+    and libraries are loaded once; writes are serialised anyway by the DB lock."""
+    if os.environ.get("LISTEN_FDS") != "1" or os.environ.get("LISTEN_PID") not in (None, str(os.getpid())):
+        raise ServiceError("--serve needs exactly one listening socket from systemd (LISTEN_FDS=1)", 500)
+    listener = socket.socket(fileno=listen_fd)
+    service = writer_service(config_path)
+    while True:
+        conn, _addr = listener.accept()
+        with conn:
+            try:
+                conn.settimeout(WRITER_TIMEOUT)
+                code, body = handle(config_path, _read_request(conn), service)
+                conn.sendall(json.dumps({"exit": code, "result": body}).encode())
+            except OSError:
+                continue  # the client went away; its request may or may not have been applied
+
+
+def main(argv=None):
+    """Writer entry points: ``python -m ...enroll_service CONFIG`` (one request on stdin, the
+    body on stdout, the outcome as exit status: config ``writer``) or ``... --serve CONFIG``
+    (the socket-activated daemon: config ``writer_socket``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--serve":
+        try:
+            serve(argv[1])
+        except (HcpError, ValueError) as exc:
+            sys.stderr.write("enrollment writer: %s\n" % exc)
+            return 1
+        return 0
+    if len(argv) != 1:
+        code, body = 2, {"error": "usage: enroll_service CONFIG_JSON < request.json | enroll_service --serve CONFIG_JSON"}
+    else:
+        code, body = handle(argv[0], sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1))
+    sys.stdout.write(json.dumps(body))
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""TPM unseal policies: their JSON description, digest (computed without a TPM) and session.
+
+Written by hand because the digest must be computed on TPM-less servers, and tpm2-pytss's
+policy helper needs libtss2-policy, which Debian 12's tpm2-tss 3.2.1 does not ship. The
+computation follows TPM 2.0 Part 3 (PolicyPCR 23.7, PolicyCommandCode 23.11):
+``digest' = H(digest || TPM_CC || args)``, starting from all zeros.
+
+Policy descriptions (the ``policy`` member of an envelope, see docs/envelope-format.md):
+
+* ``{"type": "none"}``: no state condition;
+* ``{"type": "pcr", "bank": "sha256", "pcrs": {"7": "<hex>", ...}}``: the listed PCRs must
+  hold exactly these values;
+* ``{"type": "one_time"}``: PCR 11 must be all zeros, i.e. unsealable once per boot if the
+  caller extends PCR 11 after unsealing.
+
+Every digest ends with PolicyCommandCode(ActivateCredential): the well-known key carries
+adminWithPolicy, and the TPM only accepts an ADMIN-role policy bound to the command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+from ansible_collections.hcp.core.plugins.module_utils.errors import (
+    EnvelopeFormatError,
+    PolicyNotSatisfiedError,
+)
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import PCR_BANKS, PCR_COUNT, parse_pcr_indices
+
+TPM_CC_POLICY_PCR = 0x0000017F
+TPM_CC_POLICY_COMMAND_CODE = 0x0000016C
+TPM_CC_ACTIVATE_CREDENTIAL = 0x00000147
+TPM_ALG_IDS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
+ONE_TIME_PCR = 11
+POLICY_TYPES = ("none", "pcr", "one_time")
+
+
+def normalize_policy(policy):
+    """Validate a policy description and return its canonical form (sorted PCRs, lowercase hex)."""
+    if policy is None:
+        return {"type": "none"}
+    if isinstance(policy, str):
+        policy = {"type": policy}
+    if not isinstance(policy, dict):
+        raise EnvelopeFormatError("policy must be a mapping with a 'type', not %s" % type(policy).__name__)
+    kind = policy.get("type", "none")
+    if kind not in POLICY_TYPES:
+        raise EnvelopeFormatError("unknown policy type %r: expected one of %s" % (kind, ", ".join(POLICY_TYPES)))
+    extra = set(policy) - {"type", "bank", "pcrs"}
+    if extra:
+        raise EnvelopeFormatError("unknown policy keys: %s" % ", ".join(sorted(extra)))
+    if kind != "pcr":
+        if "pcrs" in policy or "bank" in policy:
+            raise EnvelopeFormatError("policy type %r takes no 'pcrs' or 'bank'" % kind)
+        return {"type": kind}
+    bank = policy.get("bank", "sha256")
+    if bank not in PCR_BANKS:
+        raise EnvelopeFormatError("unsupported PCR bank %r" % (bank,))
+    pcrs = policy.get("pcrs")
+    if not isinstance(pcrs, dict) or not pcrs:
+        raise EnvelopeFormatError("a 'pcr' policy needs a non-empty 'pcrs' mapping of index to hex value")
+    size = hashlib.new(bank).digest_size
+    out = {}
+    for key, value in pcrs.items():
+        try:
+            idx = parse_pcr_indices([key])[0]
+        except ValueError as exc:
+            raise EnvelopeFormatError("bad PCR index in policy: %s" % exc)
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).hex()
+        try:
+            raw = bytes.fromhex(str(value))
+        except ValueError:
+            raise EnvelopeFormatError("PCR %d value is not hex" % idx)
+        if len(raw) != size:
+            raise EnvelopeFormatError("PCR %d value must be %d bytes for %s, got %d" % (idx, size, bank, len(raw)))
+        out[str(idx)] = raw.hex()
+    return {"type": "pcr", "bank": bank, "pcrs": dict(sorted(out.items(), key=lambda kv: int(kv[0])))}
+
+
+def policy_pcrs(policy):
+    """(bank, {index: bytes}) the policy requires, or (None, {}) for a policy without PCRs."""
+    policy = normalize_policy(policy)
+    if policy["type"] == "one_time":
+        return "sha256", {ONE_TIME_PCR: b"\0" * 32}
+    if policy["type"] == "pcr":
+        return policy["bank"], {int(k): bytes.fromhex(v) for k, v in policy["pcrs"].items()}
+    return None, {}
+
+
+def pcr_selection_bytes(bank, indices):
+    """Marshalled TPML_PCR_SELECTION with one bank (sizeofSelect 3 for 24 PCRs)."""
+    bitmap = bytearray(PCR_COUNT // 8)
+    for idx in indices:
+        bitmap[idx // 8] |= 1 << (idx % 8)
+    return struct.pack(">IHB", 1, TPM_ALG_IDS[bank], len(bitmap)) + bytes(bitmap)
+
+
+def pcr_composite_digest(bank, values):
+    """H(PCR values concatenated in ascending index order): the PolicyPCR/quote pcrDigest."""
+    return hashlib.new(bank, b"".join(values[i] for i in sorted(values))).digest()
+
+
+def policy_digest(policy, name_alg="sha256"):
+    """The policy digest (bytes) a TPM session reaches after satisfying ``policy``."""
+    bank, values = policy_pcrs(policy)
+    digest = b"\0" * hashlib.new(name_alg).digest_size
+    if values:
+        digest = hashlib.new(
+            name_alg,
+            digest + struct.pack(">I", TPM_CC_POLICY_PCR) + pcr_selection_bytes(bank, values)
+            + pcr_composite_digest(bank, values),
+        ).digest()
+    return hashlib.new(
+        name_alg, digest + struct.pack(">II", TPM_CC_POLICY_COMMAND_CODE, TPM_CC_ACTIVATE_CREDENTIAL)
+    ).digest()
+
+
+def check_pcrs(policy, current):
+    """Raise PolicyNotSatisfiedError naming the PCRs whose ``current`` values differ from the policy."""
+    bank, wanted = policy_pcrs(policy)
+    if not wanted:
+        return
+    bad = sorted(i for i, v in wanted.items() if not hmac.compare_digest(current.get(i, b""), v))
+    if not bad:
+        return
+    if normalize_policy(policy)["type"] == "one_time":
+        raise PolicyNotSatisfiedError(
+            "one-time policy not satisfied: PCR 11 is no longer zero (already unsealed once this boot)"
+        )
+    raise PolicyNotSatisfiedError(
+        "PCR policy not satisfied: %s PCR(s) %s differ from the sealed values" % (bank, ", ".join(map(str, bad)))
+    )
+
+
+def apply_policy(tpm, session, policy):
+    """Run the policy commands in ``session`` on ``tpm`` (the TPM uses its current PCR values)."""
+    from tpm2_pytss.constants import TPM2_CC  # pylint: disable=import-outside-toplevel
+    from tpm2_pytss.types import TPM2B_DIGEST, TPML_PCR_SELECTION  # pylint: disable=import-outside-toplevel
+
+    bank, values = policy_pcrs(policy)
+    if values:
+        selection = TPML_PCR_SELECTION.parse("%s:%s" % (bank, ",".join(str(i) for i in sorted(values))))
+        tpm.ectx.policy_pcr(session, TPM2B_DIGEST(), selection)
+    tpm.ectx.policy_command_code(session, TPM2_CC.ActivateCredential)

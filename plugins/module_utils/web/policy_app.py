@@ -1,0 +1,149 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The policy service (WSGI, Flask), hosted by role hcp.core.webapi.
+
+``POST /run`` decides on ``{hookname, request_uid, params}`` with the policy file named in
+the configuration (JSON file named by ``HCP_POLICY_CONFIG``: ``policy_file``, ``audit_log``,
+``max_body``); ``GET /healthcheck`` reports the policy in force. The policy file is reloaded
+when it changes, only if it validates. Wire format and audit log: docs/policy-service.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import threading
+
+from ansible_collections.hcp.core.plugins.module_utils.policy.client import LocalPolicy, PolicyUnavailableError
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import PolicyError, parse_json
+from ansible_collections.hcp.core.plugins.module_utils.web import wsgi as common
+
+CONFIG_ENV = "HCP_POLICY_CONFIG"
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+class AuditLog:
+    """One JSON line per decision, to a file (appended, 0640 when created) or stderr."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, record):
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with self._lock:
+            if self.path:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                with os.fdopen(fd, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+
+def _caller(environ):
+    try:
+        identity = common.client_identity(environ)
+    except Exception:  # pylint: disable=broad-except
+        return None
+    return identity["subject"] if identity else None
+
+
+def _request_fields(request):
+    """(hookname, request_uid, params, error_response) from a JSON body or form fields."""
+    if request.mimetype == "application/json":
+        try:
+            body = parse_json(request.get_data(cache=False), "request body")
+        except PolicyError as exc:
+            return None, None, None, common.json_error(401, str(exc))
+        if not isinstance(body, dict):
+            return None, None, None, common.json_error(400, "request body must be a JSON object")
+        hookname, request_uid, params = body.get("hookname"), body.get("request_uid"), body.get("params")
+        if isinstance(params, str):
+            try:
+                params = parse_json(params, "params")
+            except PolicyError as exc:
+                return None, None, None, common.json_error(401, str(exc))
+    else:
+        form = request.form
+        hookname, request_uid, params = form.get("hookname"), form.get("request_uid"), form.get("params")
+        if params is None:
+            return None, None, None, common.json_error(400, "missing field params")
+        try:
+            params = parse_json(params, "params")
+        except PolicyError as exc:
+            return None, None, None, common.json_error(401, str(exc))
+    if not isinstance(hookname, str) or not hookname:
+        return None, None, None, common.json_error(400, "hookname must be a non-empty string")
+    if not isinstance(request_uid, str):
+        return None, None, None, common.json_error(400, "request_uid must be a string")
+    if not isinstance(params, dict):
+        return None, None, None, common.json_error(400, "params must be a JSON object")
+    return hookname, request_uid, params, None
+
+
+def create_app(config=None):
+    """Build the policy app; ``config`` defaults to the file named by HCP_POLICY_CONFIG.
+    Fails (PolicyValidationError, ServiceConfigError) when the policy cannot be loaded."""
+    if config is None:
+        config = common.load_config(CONFIG_ENV, required=True)
+    if not isinstance(config.get("policy_file"), str):
+        raise common.ServiceConfigError("policy service configuration needs policy_file")
+    max_body = config.get("max_body", DEFAULT_MAX_BODY)
+    if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
+        raise common.ServiceConfigError("max_body must be a positive integer")
+    store = LocalPolicy(config["policy_file"], limits={"max_data_bytes": max_body})
+    audit = AuditLog(config.get("audit_log"))
+    app = common.create_app_base("hcp-policy", {"max_content_length": max_body})
+    flask = common.flask
+
+    def record(hookname, request_uid, decision, rule, reason):
+        audit.write({
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "hookname": hookname, "request_uid": request_uid, "decision": decision, "rule": rule,
+            "reason": reason, "caller": _caller(flask.request.environ), "policy_sha256": store.sha256,
+        })
+
+    @app.post("/run")
+    def _run():
+        hookname, request_uid, params, error = _request_fields(flask.request)
+        if error is not None:
+            return error
+        policy = store.refresh()
+        try:
+            policy.check_data(params)
+        except PolicyError as exc:
+            record(hookname, request_uid, "bad_request", None, str(exc))
+            return common.json_error(400, str(exc))
+        try:
+            decision = store.decide(hookname, request_uid, params)
+        except PolicyUnavailableError as exc:
+            record(hookname, request_uid, "error", None, str(exc))
+            return common.json_error(500, str(exc), decision="error")
+        record(hookname, request_uid, decision.action, decision.rule, decision.reason)
+        if decision.accepted:
+            return flask.jsonify({"decision": "accept", "rule": decision.rule, "params": params})
+        response = flask.jsonify({"decision": "reject", "rule": decision.rule, "reason": decision.reason})
+        response.status_code = 403
+        return response
+
+    def _healthcheck():
+        store.refresh()
+        body = {"status": "stale_policy_error" if store.stale_error else "ok",
+                "policy_file": store.path, "policy_sha256": store.sha256,
+                "filters": len(store.policy.filter_names)}
+        if store.stale_error:
+            body["error"] = store.stale_error
+        return flask.jsonify(body)
+
+    for rule in app.url_map.iter_rules():
+        if rule.rule == "/healthcheck":
+            app.view_functions[rule.endpoint] = _healthcheck
+    app.extensions["hcp_policy_store"] = store
+    return app
+
+
+application = common.LazyApplication(create_app)

@@ -1,0 +1,157 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The control tower app: through Flask's test client (nginx-style SSL_CLIENT_* environ) and
+served over real TLS on loopback with client certificates, driven by ControlTowerClient and
+the site init/unseal flows."""
+from __future__ import annotations
+
+import ssl
+import threading
+from urllib.parse import quote
+
+import pytest
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import ControlTowerError
+from ansible_collections.hcp.core.plugins.module_utils.web import wsgi as common, control_tower_app
+from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import (
+    ControlTowerClient,
+    generate_site_key,
+    init_site,
+    public_key_pem,
+    seal_to_site,
+    unseal,
+)
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("ct-cred"))
+    return pki.bootstrap_site_credentials(directory, "t", ["localhost"], ["operator", "intruder"])["paths"]
+
+
+def cert_environ(path):
+    with open(path) as handle:
+        pem = handle.read()
+    first = pem[:pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")] + "\n"
+    return {"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": quote(first)}
+
+
+@pytest.fixture
+def client(tmp_path, creds):
+    app = control_tower_app.create_app({"store": str(tmp_path / "store"), "operators": ["operator"]})
+    return app.test_client(), cert_environ(creds["client_operator_cert"]), cert_environ(creds["client_intruder_cert"])
+
+
+def test_operator_and_site_routes(client):
+    http, op, intruder = client
+    pem = public_key_pem(generate_site_key())
+    assert http.post("/v1/sites", json={"site": "site-a", "public_key": pem}).status_code == 401
+    assert http.post("/v1/sites", json={"site": "site-a", "public_key": pem},
+                     environ_base=dict(op, SSL_CLIENT_VERIFY="FAILED:x")).status_code == 401
+    response = http.post("/v1/sites", json={"site": "site-a", "public_key": pem}, environ_base=intruder)
+    assert response.status_code == 403 and "not a control tower operator" in response.get_json()["error"]
+    response = http.post("/v1/sites", json={"site": "site-a", "public_key": pem}, environ_base=op)
+    assert response.status_code == 201 and response.get_json()["changed"] is True
+    assert http.post("/v1/sites", json={"site": "site-a", "public_key": pem}, environ_base=op).status_code == 200
+    response = http.post("/v1/sites/site-a/token", environ_base=op)
+    assert response.status_code == 201 and response.headers["Cache-Control"] == "no-store"
+    token = response.get_json()["token"]
+    auth = {"Authorization": "Bearer " + token}
+    # the token has no operator rights; the operator certificate has no site rights
+    assert http.post("/v1/sites/site-a/token", headers=auth).status_code == 401
+    assert http.post("/v1/sites/site-a/reallow-unwrap", headers=auth).status_code == 401
+    assert http.post("/v1/sites/site-a/unwrap", environ_base=op).status_code == 401
+    bundle = seal_to_site(pem, b"s" * 32, "site-a", "seal-key")
+    assert http.put("/v1/sites/site-a/bundle", json={"bundle": bundle}, headers=auth).get_json() == {"stored": True}
+    response = http.post("/v1/sites/site-a/unwrap", headers=auth)
+    assert response.status_code == 200 and response.get_json()["bundle"] == bundle
+    response = http.post("/v1/sites/site-a/unwrap", headers=auth)
+    assert response.status_code == 423 and "re-allow" in response.get_json()["error"]
+    response = http.post("/v1/sites/site-a/reallow-unwrap", environ_base=op)
+    assert response.get_json()["changed"] is True and response.get_json()["status"]["unwrap_allowed"] is True
+    assert http.post("/v1/sites/site-a/unwrap", headers=auth).status_code == 200
+    status = http.get("/v1/sites/site-a", environ_base=op).get_json()
+    assert status["counts"]["unwraps"] == 2 and token not in str(status)
+    assert http.get("/v1/sites/site-z", environ_base=op).status_code == 404
+    assert http.delete("/v1/sites/site-a", environ_base=op).get_json() == {"deleted": True}
+
+
+def test_bad_input_is_400_and_json(client):
+    http, op, dummy = client
+    assert http.post("/v1/sites", data="x", environ_base=op).status_code == 400
+    response = http.post("/v1/sites", json={"site": "BAD/..", "public_key": "x"}, environ_base=op)
+    assert response.status_code in (400, 404)
+    assert http.post("/v1/sites", json={"site": "a", "public_key": "nope"}, environ_base=op).status_code == 400
+    assert http.post("/v1/sites", json={"site": "a", "public_key": "x", "replace": "yes"},
+                     environ_base=op).status_code == 400
+    assert http.post("/v1/sites/nope/token", environ_base=op).status_code == 404
+    assert http.put("/v1/sites/nope/bundle", json={"bundle": {}}, headers={"Authorization": "Basic x"}).status_code == 401
+    bearer = {"Authorization": "Bearer hcpct1.x"}
+    assert http.put("/v1/sites/nope/bundle", json={"bundle": {}}, headers=bearer).status_code == 400
+    bundle = seal_to_site(public_key_pem(generate_site_key()), b"s" * 32, "nope", "seal-key")
+    assert http.put("/v1/sites/nope/bundle", json={"bundle": bundle}, headers=bearer).status_code == 404
+    assert http.post("/v1/sites/nope/unwrap", headers=bearer).status_code == 404
+    assert http.get("/v1/nothing").get_json() == {"error": "not found"}
+    assert http.post("/v1/sites", data="x" * 200000, environ_base=op).status_code == 413
+
+
+def test_config_is_checked(tmp_path, monkeypatch):
+    with pytest.raises(common.ServiceConfigError):
+        control_tower_app.create_app({})
+    with pytest.raises(common.ServiceConfigError):
+        control_tower_app.create_app({"store": str(tmp_path), "operators": "admin"})
+    monkeypatch.delenv(control_tower_app.CONFIG_ENV, raising=False)
+    with pytest.raises(common.ServiceConfigError):
+        control_tower_app.create_app()
+
+
+class _NginxLikeHandler(WSGIRequestHandler):
+    """Passes the verified peer certificate the way nginx does (SSL_CLIENT_VERIFY/SSL_CLIENT_CERT)."""
+
+    def make_environ(self):
+        environ = super().make_environ()
+        der = self.connection.getpeercert(binary_form=True)
+        if der:
+            environ["SSL_CLIENT_VERIFY"] = "SUCCESS"
+            environ["SSL_CLIENT_CERT"] = quote(ssl.DER_cert_to_PEM_cert(der))
+        return environ
+
+
+@pytest.fixture
+def tls_tower(tmp_path, creds):
+    app = control_tower_app.create_app({"store": str(tmp_path / "store"), "operators": ["operator"]})
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(creds["server_cert"], creds["server_key"])
+    context.load_verify_locations(creds["ca_cert"])
+    context.verify_mode = ssl.CERT_OPTIONAL
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=context, request_handler=_NginxLikeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "https://localhost:%d" % server.server_port
+    server.shutdown()
+
+
+def test_init_and_unseal_over_tls(tls_tower, creds):
+    operator = ControlTowerClient(tls_tower, creds["ca_cert"], creds["client_operator_cert"],
+                                  creds["client_operator_key"], timeout=30)
+    init = init_site("site-a", ["c1", "c2", "c3"], tower=operator)
+    site_side = ControlTowerClient(tls_tower, creds["ca_cert"], timeout=30)  # no certificate: token only
+    result = unseal([init.shares["c3"], init.shares["c1"]], tower=site_side, site="site-a")
+    assert result.seal_key == init.seal_key and result.used == [1, 3]
+    with pytest.raises(ControlTowerError) as info:
+        unseal([init.shares["c3"], init.shares["c1"]], tower=site_side)
+    assert info.value.status == 423
+    with pytest.raises(ControlTowerError) as info:
+        site_side.reallow_unwrap("site-a")
+    assert info.value.status == 401
+    facts, changed = operator.reallow_unwrap("site-a")
+    assert changed and facts["unwrap_allowed"]
+    assert unseal([init.shares["c2"], init.shares["c1"]], tower=site_side).seal_key == init.seal_key
+    assert operator.status("site-b") == {"site": "site-b", "registered": False}
+    unverified = ControlTowerClient(tls_tower, None, timeout=10)
+    with pytest.raises(ControlTowerError, match="cannot reach") as info:
+        unverified.status("site-a")
+    assert info.value.status == 0

@@ -1,0 +1,197 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The enrollment API through Flask's test client, with a real swtpm EK, real git, and the
+privilege-separated writer running as a separate process."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from urllib.parse import quote
+
+import pytest
+
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.web.enroll_app import create_app
+
+PROFILE = {"assets": ["hostname", "rootfs-key", "https-server"]}
+
+
+@pytest.fixture
+def site(tmp_path, swtpm, monkeypatch):
+    cred = tmp_path / "cred"
+    paths = pki.bootstrap_site_credentials(str(cred), "test", ["enroll.example.test"], ["orchestrator"])["paths"]
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    config = {"db": db.path, "credentials_dir": str(cred), "postclient": {"seal_policy": {"type": "none"}}}
+    config_path = tmp_path / "enroll.json"
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
+    config["writer"] = [sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enrollment.service", str(config_path)]
+    with swtpm.open() as tpm:
+        ek = ek_public_pem(tpm.ek_public())
+        h = tpm.ekpubhash()
+    with open(paths["client_orchestrator_cert"]) as handle:
+        client_pem = handle.read()
+    env = {"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": quote(client_pem)}
+    return {"app": create_app(config), "env": env, "ek": ek, "hash": h, "db": db}
+
+
+def call(site, method, path, auth=True, **kwargs):
+    client = site["app"].test_client()
+    return getattr(client, method)(path, environ_base=site["env"] if auth else {}, **kwargs)
+
+
+def test_add_query_find_reenroll_delete(site, swtpm):
+    db = site["db"]
+    start = len(db.log())
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node1.example.test", "profile": json.dumps(PROFILE)})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["ekpubhash"] == site["hash"]
+    assert len(db.log()) == start + 1
+    assert "orchestrator" in db.log()[0]["message"]
+    q = call(site, "get", "/v1/query", query_string={"ekpubhash": site["hash"][:6]}).get_json()
+    assert q["entries"][0]["hostname"] == "node1.example.test"
+    assert "rootfs.key.sealed" in q["entries"][0]["files"]
+    assert call(site, "get", "/v1/find", query_string={"hostname_regex": "^node1"}).get_json()["entries"][0]["ekpubhash"] == site["hash"]
+    old = db.get(site["hash"])["https-server.pem"]
+    r = call(site, "post", "/v1/reenroll", data={"ekpubhash": site["hash"]})
+    assert r.status_code == 201, r.get_json()
+    entry = db.get(site["hash"])
+    assert entry["https-server.pem"] != old
+    with swtpm.open() as tpm:
+        assert len(envelope.unseal(tpm, envelope.loads(entry["rootfs.key.sealed"]))) == 64
+    signer = call(site, "get", "/v1/get-asset-signer")
+    assert b"PUBLIC KEY" in signer.data
+    r = call(site, "post", "/v1/delete", data={"ekpubhash": site["hash"]})
+    assert r.status_code == 200 and r.get_json()["entries"][0]["hostname"] == "node1.example.test"
+    assert db.get(site["hash"]) is None
+    assert call(site, "get", "/healthcheck").get_json()["db_head"] == db.head()
+
+
+@pytest.mark.parametrize(
+    "data,status,match",
+    [
+        ({"hostname": "", "profile": "{}"}, 400, "hostname"),
+        ({"hostname": "node1.example.test", "profile": "{nope"}, 400, "JSON"),
+        ({"hostname": "node1.example.test", "profile": json.dumps({"assets": ["nope"]})}, 400, "unknown asset generator"),
+        ({"hostname": "node1.example.test", "profile": "x" * 70000}, 400, "larger"),
+    ],
+)
+def test_bad_add_writes_nothing(site, data, status, match):
+    head = site["db"].head()
+    r = call(site, "post", "/v1/add", data=dict(data, ekpub=site["ek"]))
+    assert r.status_code == status
+    assert match in r.get_json()["error"]
+    assert site["db"].head() == head
+
+
+def test_malformed_ek_duplicate_unknown_and_unauthenticated(site):
+    head = site["db"].head()
+    r = call(site, "post", "/v1/add", data={"ekpub": "bm90IGFuIEVL", "hostname": "a.example.test"})
+    assert r.status_code == 400 and "EK" in r.get_json()["error"]
+    assert call(site, "post", "/v1/add", auth=False, data={"ekpub": site["ek"], "hostname": "a.example.test"}).status_code == 403
+    assert call(site, "get", "/v1/query", auth=False).status_code == 403
+    assert site["db"].head() == head
+    assert call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "a.example.test"}).status_code == 201
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "b.example.test"})
+    assert r.status_code == 409
+    assert call(site, "post", "/v1/reenroll", data={"ekpubhash": "0" * 64}).status_code == 404
+    assert call(site, "post", "/v1/delete", data={"ekpubhash": "0" * 64}).status_code == 404
+    assert call(site, "post", "/v1/reenroll", data={"ekpubhash": "xyz"}).status_code == 400
+
+
+EXAMPLE_POLICY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "..", "examples", "policy", "enrollment-policy.json")
+
+
+def with_policy(site, policy):
+    """The same site with a policy, for the web process and the writer alike."""
+    config = dict(site["app"].config["HCP_CONFIG"], policy=policy)
+    path = config["writer"][-1] + ".policy.json"
+    with open(path, "w") as handle:
+        json.dump(dict((k, v) for k, v in config.items() if k != "writer"), handle)
+    config["writer"] = config["writer"][:-1] + [path]
+    return dict(site, app=create_app(config))
+
+
+@pytest.mark.parametrize("policy", [{"file": EXAMPLE_POLICY}, {"url": "https://127.0.0.1:9", "timeout": 2}])
+def test_policy_rejected_enrollment_writes_nothing(site, policy):
+    """The example policy refuses a pkinit-kdc certificate to a non-KDC host; an unreachable
+    policy service refuses everything (fail closed). Neither writes to the DB."""
+    guarded = with_policy(site, policy)
+    head = site["db"].head()
+    data = {"ekpub": site["ek"], "hostname": "ws9.example.test", "profile": json.dumps({"assets": ["hostname", "pkinit-kdc"]})}
+    r = call(guarded, "post", "/v1/add", data=data)
+    assert r.status_code == 403, r.get_json()
+    assert "polic" in r.get_json()["error"]
+    assert site["db"].head() == head
+    assert site["db"].query("") == []
+
+
+def test_policy_accepted_enrollment(site):
+    guarded = with_policy(site, {"file": EXAMPLE_POLICY})
+    data = {"ekpub": site["ek"], "hostname": "ws1.example.test", "profile": json.dumps({"assets": ["hostname"]})}
+    r = call(guarded, "post", "/v1/add", data=data)
+    assert r.status_code == 201, r.get_json()
+
+
+def test_only_authorized_client_names_may_call(site):
+    """A certificate from the same CA (e.g. an enrolled host's) but with a name outside
+    authorized_clients is refused; the orchestrator's name passes."""
+    head = site["db"].head()
+    denied = dict(site, app=create_app(dict(site["app"].config["HCP_CONFIG"], authorized_clients=["attest-*"])))
+    r = call(denied, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "a.example.test"})
+    assert r.status_code == 403 and "orchestrator" in r.get_json()["error"]
+    assert call(denied, "get", "/v1/query").status_code == 403
+    assert site["db"].head() == head
+    allowed = dict(site, app=create_app(dict(site["app"].config["HCP_CONFIG"], authorized_clients=["orch*"])))
+    assert call(allowed, "get", "/v1/query").status_code == 200
+
+
+@pytest.fixture
+def socket_site(site, tmp_path):
+    """The same site with the writer daemon behind a real socket-activated listener
+    (systemd's systemd-socket-activate passes the listening socket as fd 3, as the
+    hcp-enroll-writer.socket unit does)."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+
+    activate = shutil.which("systemd-socket-activate")
+    if not activate:
+        pytest.skip("systemd-socket-activate is not installed")
+    config = dict(site["app"].config["HCP_CONFIG"])
+    config_path = config["writer"][-1]
+    sock = str(tmp_path / "writer.sock")
+    proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        [activate, "-l", sock, "-E", "PYTHONPATH=" + os.pathsep.join(sys.path),
+         sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enrollment.service", "--serve", config_path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _attempt in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    config.pop("writer")
+    config["writer_socket"] = sock
+    yield dict(site, app=create_app(config), sock=sock)
+    proc.terminate()
+    proc.wait()
+
+
+def test_socket_activated_writer(socket_site):
+    site = socket_site
+    head = site["db"].head()
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node1.example.test", "profile": json.dumps(PROFILE)})
+    assert r.status_code == 201, r.get_json()
+    assert site["db"].head() != head
+    assert call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node2.example.test"}).status_code == 409
+    assert call(site, "post", "/v1/delete", data={"ekpubhash": "0" * 64}).status_code == 404
+    assert call(site, "post", "/v1/reenroll", data={"ekpubhash": site["hash"]}).status_code == 201
+    os.unlink(site["sock"])
+    r = call(site, "post", "/v1/delete", data={"ekpubhash": site["hash"]})
+    assert r.status_code == 500 and r.get_json()["error"] == "internal error"
+    assert site["db"].get(site["hash"]) is not None
