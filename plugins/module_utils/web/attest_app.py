@@ -29,10 +29,10 @@ except ImportError:  # pragma: no cover - checked by create_app_base
 
 from ansible_collections.hcp.core.plugins.module_utils import fileutil
 from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
+from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
 from ansible_collections.hcp.core.plugins.module_utils.attestation.replica import snapshot_db_provider
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
-from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
     LazyApplication,
     create_app_base,
     json_error,

@@ -18,7 +18,7 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_publi
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.profile import ProfileError
 from ansible_collections.hcp.core.plugins.module_utils.errors import InvalidEkError
-from ansible_collections.hcp.core.plugins.module_utils.enrollment import manifest
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import manifest as manifest_mod
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "https-server", "issuer-ca"]}
 
@@ -47,7 +47,7 @@ def test_entry_is_sealed_signed_and_unsealable(swtpm, ek, config, tmp_path):
     assert h == ek["hash"] and host == "node1.example.test"
     assert files["etc-hostname"] == b"node1.example.test\n"
     assert "rootfs.key" not in files and "rootfs.key.sealed" in files
-    manifest = manifest.verify_entry(files, config.signer.public_key_pem())
+    manifest = manifest_mod.verify_entry(files, config.signer.public_key_pem())
     assert {a["name"] for a in manifest["assets"]} >= {"etc-hostname", "rootfs.key", "https-server.key", "https-server.pem", "ca.pem"}
     assert all(s["sensitive"] is False or "key" in s["name"] for s in summary["assets"])
     assert b"PRIVATE KEY" not in b"".join(v for k, v in files.items() if not k.endswith(".sealed"))
@@ -57,7 +57,7 @@ def test_entry_is_sealed_signed_and_unsealable(swtpm, ek, config, tmp_path):
     # Tampering with any file breaks the manifest.
     bad = dict(files, **{"etc-hostname": b"evil.example.test\n"})
     with pytest.raises(pki.SignatureError):
-        manifest.verify_entry(bad, config.signer.public_key_pem())
+        manifest_mod.verify_entry(bad, config.signer.public_key_pem())
     # And the entry lands in the DB as one commit.
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
