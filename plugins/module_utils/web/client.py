@@ -32,6 +32,15 @@ class HttpError(HcpError):
     status = 0
 
 
+if requests is not None:
+    class _NoRedirectSession(requests.Session):
+        """A session that never treats an answer as a redirect: requests reads a redirect's whole
+        body (unbounded) to release the connection even when redirects are not followed."""
+
+        def get_redirect_target(self, resp):
+            return None
+
+
 class Response(object):
     """A service's answer: ``status``, ``content`` (bytes, at most the cap) and ``body``
     (the decoded JSON value, None when the answer is not JSON)."""
@@ -79,7 +88,7 @@ class HttpsJsonClient(object):
         self.max_response_bytes = max_response_bytes
         self.what = what
         self.error_class = error_class
-        self.session = requests.Session()
+        self.session = _NoRedirectSession()
 
     def __repr__(self):
         return "HttpsJsonClient(%s %r)" % (self.what, self.url)
