@@ -22,25 +22,12 @@ description:
   - An asset sealed with the one-time policy can be looked up once per boot of the TPM.
 author: HCP maintainers (@hcp-core)
 version_added: 0.1.0
+extends_documentation_fragment:
+  - hcp.core.attestation
 options:
   _terms:
     description: Asset names of the entry (for example V(secret-db-password), V(rootfs.key)).
     required: true
-  servers:
-    description: Base URLs of attestation servers, tried in order.
-    type: list
-    elements: str
-    required: true
-    aliases: [url]
-  ca_file:
-    description: CA bundle verifying the servers' TLS certificates.
-    type: path
-  signer_public:
-    description: Trusted asset-signer public key (PEM text); this or O(signer_public_file) is required.
-    type: str
-  signer_public_file:
-    description: Path of the trusted asset-signer public key (PEM).
-    type: path
   tcti:
     description: TCTI of the TPM to attest with (default the environment's TCTI or the resource manager).
     type: str
@@ -55,10 +42,6 @@ options:
     description: Use the per-run cache described above.
     type: bool
     default: true
-  timeout:
-    description: Seconds per HTTP request.
-    type: int
-    default: 30
 notes:
   - Tasks using the returned values need C(no_log=true).
 """
@@ -86,36 +69,25 @@ _raw:
 
 import base64
 
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
+from ansible_collections.hcp.core.plugins.plugin_utils.lookup import HcpLookupBase
 
 
-class LookupModule(LookupBase):
+class LookupModule(HcpLookupBase):
     """hcp.core.attested_secret lookup."""
 
-    def _signer(self):
-        signer = self.get_option("signer_public")
-        path = self.get_option("signer_public_file")
-        if (signer is None) == (path is None):
-            raise AnsibleLookupError("hcp.core.attested_secret: exactly one of signer_public and signer_public_file "
-                                     "is required")
-        if signer is not None:
-            return signer.encode("utf-8")
-        try:
-            with open(path, "rb") as handle:
-                return handle.read()
-        except OSError as exc:
-            raise AnsibleLookupError("hcp.core.attested_secret: cannot read the asset signer key %s: %s"
-                                     % (path, exc.strerror or exc)) from exc
+    NAME = "hcp.core.attested_secret"
 
     def run(self, terms, variables=None, **kwargs):
-        self.set_options(var_options=variables, direct=kwargs)
+        self.load_options(variables, kwargs)
         names = [str(t) for t in terms]
-        signer = self._signer()
+        try:
+            signer = attest_client.load_signer_public(self.get_option("signer_public"), self.get_option("signer_public_file"))
+        except HcpError as exc:
+            self.fail(exc)
         servers = self.get_option("servers")
         tcti = self.get_option("tcti")
         cache = None
@@ -127,7 +99,7 @@ class LookupModule(LookupBase):
                 assets = attest_client.attest_cached(tpm, servers, signer, names, ca_file=self.get_option("ca_file"),
                                                      timeout=self.get_option("timeout"), cache=cache)
         except HcpError as exc:
-            raise AnsibleLookupError("hcp.core.attested_secret: %s" % exc) from exc
+            self.fail(exc)
         results = []
         for name in names:
             data = assets[name]
@@ -137,6 +109,5 @@ class LookupModule(LookupBase):
             try:
                 results.append(data.decode("utf-8"))
             except UnicodeDecodeError:
-                raise AnsibleLookupError("hcp.core.attested_secret: asset %s is not UTF-8 text; use encoding=base64"
-                                         % name) from None
+                self.fail("asset %s is not UTF-8 text; use encoding=base64" % name)
         return results

@@ -16,32 +16,18 @@ description:
     regular expression when O(by=hostname).
 author: HCP maintainers (@hcp-core)
 version_added: 0.1.0
+extends_documentation_fragment:
+  - hcp.core.service_client
+  - hcp.core.service_client.plugins
 options:
   _terms:
     description: ekpubhash prefixes or hostname regular expressions.
-    required: true
-  url:
-    description: Base URL of the enrollment service.
-    type: str
     required: true
   by:
     description: What the terms are.
     type: str
     choices: [ekpubhash, hostname]
     default: ekpubhash
-  ca_file:
-    description: CA bundle verifying the service's TLS certificate.
-    type: path
-  client_cert:
-    description: Client certificate (PEM).
-    type: path
-  client_key:
-    description: Key of O(client_cert).
-    type: path
-  timeout:
-    description: Seconds per request.
-    type: int
-    default: 30
 """
 
 EXAMPLES = r"""
@@ -58,24 +44,23 @@ _raw:
   elements: list
 """
 
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import EnrollmentClient
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.plugin_utils.lookup import HcpLookupBase
 
 
-class LookupModule(LookupBase):
+class LookupModule(HcpLookupBase):
     """hcp.core.enrollment lookup."""
 
+    NAME = "hcp.core.enrollment"
+
     def run(self, terms, variables=None, **kwargs):
-        self.set_options(var_options=variables, direct=kwargs)
+        self.load_options(variables, kwargs)
         by = self.get_option("by")
         try:
-            client = EnrollmentClient(self.get_option("url"), self.get_option("ca_file"), self.get_option("client_cert"),
-                                      self.get_option("client_key"), self.get_option("timeout"))
+            client = EnrollmentClient(*self.service_client_args())
         except HcpError as exc:
-            raise AnsibleLookupError("hcp.core.enrollment: %s" % exc) from exc
+            self.fail(exc)
         results = []
         for term in terms:
             try:
@@ -85,5 +70,5 @@ class LookupModule(LookupBase):
                     entries = client.query(term)
                     results.append([dict((k, e[k]) for k in ("ekpubhash", "hostname", "files") if k in e) for e in entries])
             except HcpError as exc:
-                raise AnsibleLookupError("hcp.core.enrollment: term %r: %s" % (term, exc)) from exc
+                self.fail("term %r: %s" % (term, exc))
         return results

@@ -1,12 +1,25 @@
 # -*- coding: utf-8 -*-
 # Copyright: hcp.core contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Atomic, private file writes (no Ansible imports)."""
+"""Atomic, private file writes and an exclusive lock file (no Ansible imports)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, mode=0o600):
+    """Hold an exclusive flock on ``path`` (created with ``mode``) for the ``with`` block, across processes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_if_exists(path):

@@ -15,17 +15,58 @@ from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.hcp.core.plugins.module_utils.errors import MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 
+# Each spec matches a doc fragment of the same name (plugins/doc_fragments/): one option path.
 TPM_ARGUMENT_SPEC = dict(
     tcti=dict(type="str"),
     ek_type=dict(type="str", default="rsa", choices=["rsa", "ecc"]),
 )
 
+SERVICE_CLIENT_ARGUMENT_SPEC = dict(
+    url=dict(type="str", required=True),
+    ca_file=dict(type="path"),
+    client_cert=dict(type="path"),
+    client_key=dict(type="path", no_log=False),
+    timeout=dict(type="int", default=30),
+)
 
-def fail_on_hcp_error(module, exc):
-    """fail_json with the library's message; a missing library gets Ansible's standard hint."""
+ATTESTATION_ARGUMENT_SPEC = dict(
+    servers=dict(type="list", elements="str", required=True, aliases=["url"]),
+    ca_file=dict(type="path"),
+    signer_public=dict(type="str"),
+    signer_public_file=dict(type="path"),
+    timeout=dict(type="int", default=30),
+)
+
+
+def argument_spec(*specs, **options):
+    """One argument spec from shared specs and the module's own ``options`` (which win)."""
+    merged = {}
+    for spec in specs:
+        merged.update((name, dict(option)) for name, option in spec.items())
+    merged.update(options)
+    return merged
+
+
+def service_client_args(params):
+    """(url, ca_file, client_cert, client_key, timeout) of a module using SERVICE_CLIENT_ARGUMENT_SPEC."""
+    return params["url"], params["ca_file"], params["client_cert"], params["client_key"], params["timeout"]
+
+
+def fail_on_hcp_error(module, exc, msg=None, **extra):
+    """fail_json with the library's message (or ``msg``), the error class, ``status_code`` when a
+    service answered, and ``extra`` results; a missing library gets Ansible's standard hint."""
+    if getattr(exc, "status", None) is not None:
+        extra.setdefault("status_code", exc.status)
     if isinstance(exc, MissingDependencyError):
-        module.fail_json(msg=missing_required_lib("tpm2-pytss") + " (%s)" % exc)
-    module.fail_json(msg=str(exc), error=type(exc).__name__)
+        msg = missing_required_lib(_library_named(str(exc))) + " (%s)" % exc
+    module.fail_json(msg=msg or str(exc), error=type(exc).__name__, **extra)
+
+
+def _library_named(message):
+    """The library a MissingDependencyError message names ("the Python library 'x' is required...")."""
+    start = message.find("'")
+    end = message.find("'", start + 1)
+    return message[start + 1:end] if 0 <= start < end else "tpm2-pytss"
 
 
 def _file_params(module, path):
@@ -66,4 +107,5 @@ def apply_file_attributes(module, path, changed, params=None):
     return changed
 
 
-__all__ = ["TPM_ARGUMENT_SPEC", "apply_file_attributes", "fail_on_hcp_error", "write_private_file"]
+__all__ = ["ATTESTATION_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC", "apply_file_attributes",
+           "argument_spec", "fail_on_hcp_error", "service_client_args", "write_private_file"]

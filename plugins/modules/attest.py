@@ -24,6 +24,7 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
+  - hcp.core.attestation
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
@@ -36,24 +37,6 @@ attributes:
     platforms: posix
     support: full
 options:
-  servers:
-    description:
-      - Base URLs of attestation servers, tried in order until one completes both round trips.
-    type: list
-    elements: str
-    required: true
-    aliases: [url]
-  ca_file:
-    description: CA bundle verifying the servers' TLS certificates (default the system store).
-    type: path
-  signer_public:
-    description:
-      - The trusted asset-signer public key (PEM text). Exactly one of O(signer_public) and O(signer_public_file)
-        is required.
-    type: str
-  signer_public_file:
-    description: Path of the trusted asset-signer public key (PEM).
-    type: path
   tcti:
     description: TPM TCTI string such as V(device:/dev/tpmrm0) or V(swtpm:host=127.0.0.1,port=2321); default the
       environment's TCTI or the TPM resource manager.
@@ -75,10 +58,6 @@ options:
   site:
     description: Label of the trust-anchor file C(hcp-<site>.crt); default the host name of the entry.
     type: str
-  timeout:
-    description: Seconds per HTTP request.
-    type: int
-    default: 30
 notes:
   - Runs as root on the target, because it needs the TPM and writes system files.
 seealso:
@@ -155,41 +134,29 @@ post_hook_error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import attester
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import ATTESTATION_ARGUMENT_SPEC, argument_spec, fail_on_hcp_error
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            servers=dict(type="list", elements="str", required=True, aliases=["url"]),
-            ca_file=dict(type="path"),
-            signer_public=dict(type="str"),
-            signer_public_file=dict(type="path"),
+        argument_spec=argument_spec(
+            ATTESTATION_ARGUMENT_SPEC,
             tcti=dict(type="str"),
             install=dict(type="bool", default=True),
             root=dict(type="path", default="/"),
             rules=dict(type="dict", default={}),
             site=dict(type="str"),
-            timeout=dict(type="int", default=30),
         ),
         required_one_of=[("signer_public", "signer_public_file")],
         mutually_exclusive=[("signer_public", "signer_public_file")],
         supports_check_mode=True,
     )
     params = module.params
-    signer = params["signer_public"]
-    if signer is None:
-        try:
-            with open(params["signer_public_file"], "rb") as handle:
-                signer = handle.read()
-        except OSError as exc:
-            module.fail_json(msg="cannot read the asset signer key %s: %s" % (params["signer_public_file"],
-                                                                              exc.strerror or exc))
-    elif isinstance(signer, str):
-        signer = signer.encode("utf-8")
     try:
+        signer = attest_client.load_signer_public(params["signer_public"], params["signer_public_file"])
         with Tpm(params["tcti"]) as tpm:
             result = attester.run(tpm, params["servers"], signer, ca_file=params["ca_file"], timeout=params["timeout"],
                                   root=params["root"], rules=params["rules"], install=params["install"],

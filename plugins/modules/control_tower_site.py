@@ -28,25 +28,13 @@ attributes:
   idempotent:
     support: full
     description: Running the same task twice changes nothing the second time.
+extends_documentation_fragment:
+  - hcp.core.service_client
 options:
-  url:
-    description: Base URL of the control tower, for example V(https://tower.example.test:8443).
-    type: str
-    required: true
-  ca_file:
-    description: CA bundle verifying the tower's TLS certificate (system CAs when omitted).
-    type: path
   client_cert:
-    description: Operator client certificate (PEM).
+    description: Operator client certificate (PEM); required here.
     type: path
     required: true
-  client_key:
-    description: Private key of O(client_cert).
-    type: path
-  timeout:
-    description: Seconds to wait for each request.
-    type: int
-    default: 30
   site:
     description: Site name.
     type: str
@@ -111,21 +99,20 @@ actions:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import ControlTowerClient
-
-
-def _same_key(a, b):
-    return (a or "").strip() == (b or "").strip()
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
+    SERVICE_CLIENT_ARGUMENT_SPEC,
+    argument_spec,
+    fail_on_hcp_error,
+    service_client_args,
+)
+from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import ControlTowerClient, SiteStateError, ensure_site
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            url=dict(type="str", required=True),
-            ca_file=dict(type="path"),
+        argument_spec=argument_spec(
+            SERVICE_CLIENT_ARGUMENT_SPEC,
             client_cert=dict(type="path", required=True),
-            client_key=dict(type="path", no_log=False),
-            timeout=dict(type="int", default=30),
             site=dict(type="str", required=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             public_key=dict(type="str"),
@@ -135,39 +122,16 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    site = p["site"]
-    actions = []
     try:
-        client = ControlTowerClient(p["url"], p["ca_file"], p["client_cert"], p["client_key"], p["timeout"])
-        status = client.status(site)
-        if p["state"] == "absent":
-            if status["registered"]:
-                actions.append("deleted")
-                if not module.check_mode:
-                    client.delete_site(site)
-                    status = {"site": site, "registered": False}
-            module.exit_json(changed=bool(actions), status=status, actions=actions)
-        if not status["registered"]:
-            if not p["public_key"]:
-                module.fail_json(msg="site %s is not registered: public_key is required to register it" % site,
-                                 status=status)
-            actions.append("registered")
-        elif p["public_key"] and not _same_key(p["public_key"], status["public_key"]):
-            if not p["replace_key"]:
-                module.fail_json(msg="site %s is registered with another public key (set replace_key to replace it)"
-                                 % site, status=status)
-            actions.append("replaced_key")
-        if actions and not module.check_mode:
-            status = client.register_site(site, p["public_key"], replace=p["replace_key"])[0]
-        if p["reallow_unwrap"]:
-            if not status.get("has_bundle"):
-                module.warn("site %s has no stored bundle: nothing to re-allow" % site)
-            elif not status["unwrap_allowed"]:
-                actions.append("reallowed")
-                if not module.check_mode:
-                    status = client.reallow_unwrap(site)[0]
+        client = ControlTowerClient(*service_client_args(p))
+        status, actions, warnings = ensure_site(client, p["site"], p["state"], p["public_key"], p["replace_key"],
+                                                p["reallow_unwrap"], check_mode=module.check_mode)
+    except SiteStateError as exc:
+        fail_on_hcp_error(module, exc, status=exc.site_status)
     except HcpError as exc:
-        module.fail_json(msg=str(exc), error=type(exc).__name__, status_code=getattr(exc, "status", None))
+        fail_on_hcp_error(module, exc)
+    for warning in warnings:
+        module.warn(warning)
     module.exit_json(changed=bool(actions), status=status, actions=actions)
 
 

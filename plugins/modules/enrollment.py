@@ -24,20 +24,9 @@ attributes:
   diff_mode:
     support: none
     description: No diff; entries hold sealed assets, not comparable text.
+extends_documentation_fragment:
+  - hcp.core.service_client
 options:
-  url:
-    description: Base URL of the enrollment service, for example V(https://enroll.example.test:8443).
-    type: str
-    required: true
-  ca_file:
-    description: CA bundle verifying the service's TLS certificate (system CAs when omitted).
-    type: path
-  client_cert:
-    description: Client certificate (PEM) presented to the service.
-    type: path
-  client_key:
-    description: Private key of O(client_cert).
-    type: path
   state:
     description: V(present) enrolls (or re-enrolls on a profile change), V(absent) removes, V(reenrolled) always regenerates the assets.
     type: str
@@ -54,10 +43,6 @@ options:
     description: Client profile (see docs/enrollment-assets.md).
     type: dict
     default: {}
-  timeout:
-    description: Seconds to wait for each request.
-    type: int
-    default: 60
 """
 
 EXAMPLES = r"""
@@ -98,30 +83,32 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import EnrollmentClient, ensure
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
+    SERVICE_CLIENT_ARGUMENT_SPEC,
+    argument_spec,
+    fail_on_hcp_error,
+    service_client_args,
+)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            url=dict(type="str", required=True),
-            ca_file=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
+        argument_spec=argument_spec(
+            SERVICE_CLIENT_ARGUMENT_SPEC,
             state=dict(type="str", default="present", choices=["present", "absent", "reenrolled"]),
             ekpub=dict(type="str", required=True),
             hostname=dict(type="str"),
             profile=dict(type="dict", default={}),
-            timeout=dict(type="int", default=60),
         ),
         required_if=[("state", "present", ["hostname"])],
         supports_check_mode=True,
     )
     p = module.params
     try:
-        client = EnrollmentClient(p["url"], p["ca_file"], p["client_cert"], p["client_key"], p["timeout"])
+        client = EnrollmentClient(*service_client_args(p))
         result = ensure(client, p["state"], p["ekpub"], p["hostname"], p["profile"], check_mode=module.check_mode)
     except HcpError as exc:
-        module.fail_json(msg=str(exc))
+        fail_on_hcp_error(module, exc)
     module.exit_json(**result)
 
 

@@ -102,7 +102,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import read_if_exists
-from ansible_collections.hcp.core.plugins.module_utils.module_helpers import apply_file_attributes, write_private_file
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import apply_file_attributes, fail_on_hcp_error, write_private_file
 from ansible_collections.hcp.core.plugins.module_utils.policy.engine import (
     PolicyError,
     PolicyValidationError,
@@ -163,7 +163,7 @@ def main():
         try:
             doc = parse_json(policy, "policy JSON")
         except PolicyError as exc:
-            module.fail_json(msg="invalid policy: %s" % exc, problems=["(top): %s" % exc], path=path)
+            fail_on_hcp_error(module, exc, msg="invalid policy: %s" % exc, problems=["(top): %s" % exc], path=path)
     elif isinstance(policy, dict):
         doc = policy
     else:
@@ -171,7 +171,7 @@ def main():
     try:
         compiled = load_policy(doc)
     except PolicyValidationError as exc:
-        module.fail_json(msg="invalid policy:\n- " + "\n- ".join(exc.problems), problems=exc.problems, path=path)
+        fail_on_hcp_error(module, exc, msg="invalid policy:\n- " + "\n- ".join(exc.problems), problems=exc.problems, path=path)
     after = canonical(doc)
     data = after.encode("utf-8")
     result["filters"] = compiled.filter_names

@@ -174,7 +174,6 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.hcp.core.plugins.module_utils.tpm import share_key
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.unseal.hsm import Hsm
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
@@ -182,10 +181,9 @@ from ansible_collections.hcp.core.plugins.module_utils.unseal.shamir import Shar
 from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import (
     ProtectionUnavailableError,
     ShareUndecryptableError,
-    inspect_share,
-    make_alert,
+    ensure_share,
     read_share,
-    write_share,
+    share_facts,
 )
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
@@ -205,60 +203,16 @@ def _hsm_context(params):
     return Hsm(spec["module"], spec["token_label"], spec["pin"])
 
 
-def _tpm_usable(tpm_factory):
-    """(usable, reason): can a share key be found or created on this TPM?"""
-    try:
-        with tpm_factory() as tpm:
-            share_key.ensure_share_key(tpm, create=False)
-    except HcpError as exc:
-        return False, "no usable TPM: %s" % exc
-    return True, None
-
-
-def _facts(path):
-    facts = inspect_share(path)
-    return dict(exists=True, protection=facts["protection"], protected_with_tpm=facts["protected_with_tpm"],
-                handle=facts["handle"], index=facts["index"], threshold=facts["threshold"], count=facts["count"],
-                set_id=facts["set_id"])
-
-
 def _write(module, params, tpm_factory, hsm):
-    path, mode = params["path"], params["protect_with_tpm"]
     try:
         wanted = Share.from_text(params["share"], "share")
     except HcpError as exc:
-        module.fail_json(msg=str(exc))
-    current = facts = None
-    if os.path.exists(path):
-        try:
-            facts = inspect_share(path)
-            current = read_share(path, tpm_factory=tpm_factory, hsm=hsm)
-        except HcpError:
-            current = None
-    alert = reason = None
-    if current == wanted:
-        protection = facts["protection"]
-        if mode == "never":
-            up_to_date = protection == "plaintext"
-        elif hsm is not None:
-            up_to_date = protection == "hsm"
-        elif protection == "tpm":
-            up_to_date = True
-        else:  # plaintext now, TPM wanted: rewrite only when the TPM became usable
-            usable, reason = _tpm_usable(tpm_factory)
-            up_to_date = not usable
-            if up_to_date and mode == "require":
-                alert = make_alert(reason, params["hostname"])
-        if up_to_date:
-            return dict(changed=False, alert=alert, reason=reason, **_facts(path))
-    if module.check_mode:
-        return dict(changed=True, exists=os.path.exists(path), alert=None, reason=None)
+        fail_on_hcp_error(module, exc)
     try:
-        result = write_share(path, wanted, mode, tpm_factory=tpm_factory, hsm=hsm, operational=params["operational"],
-                             hostname=params["hostname"])
+        return ensure_share(params["path"], wanted, params["protect_with_tpm"], tpm_factory=tpm_factory, hsm=hsm,
+                            operational=params["operational"], hostname=params["hostname"], check_mode=module.check_mode)
     except ProtectionUnavailableError as exc:
-        module.fail_json(msg=str(exc), alert=exc.alert, error=type(exc).__name__)
-    return dict(changed=True, alert=result.alert, reason=result.reason, **_facts(path))
+        fail_on_hcp_error(module, exc, alert=exc.alert)
 
 
 def main():
@@ -291,7 +245,7 @@ def main():
         if params["state"] == "inspect":
             if not os.path.exists(path):
                 module.exit_json(changed=False, path=path, exists=False, alert=None, reason=None)
-            module.exit_json(changed=False, path=path, alert=None, reason=None, **_facts(path))
+            module.exit_json(changed=False, path=path, alert=None, reason=None, **share_facts(path))
         if params["state"] == "read":
             if not os.path.exists(path):
                 module.fail_json(msg="no share file at %s" % path, path=path, exists=False)
@@ -302,9 +256,9 @@ def main():
                     share = read_share(path, tpm_factory=tpm_factory, hsm=hsm)
                 except ShareUndecryptableError as exc:
                     module.exit_json(changed=False, path=path, reinit_needed=True, reason=str(exc), alert=None,
-                                     **_facts(path))
+                                     **share_facts(path))
             module.exit_json(changed=False, path=path, reinit_needed=False, share=share.to_text(), reason=None,
-                             alert=None, **_facts(path))
+                             alert=None, **share_facts(path))
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             module.fail_json(msg="directory %s does not exist" % directory)

@@ -26,6 +26,7 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
+  - hcp.core.service_client
   - ansible.builtin.files
 attributes:
   check_mode:
@@ -87,21 +88,14 @@ options:
     type: bool
     default: false
   url:
-    description: Base URL of the control tower, for example V(https://tower.example.test:8443).
+    description:
+      - Base URL of the control tower, for example V(https://tower.example.test:8443).
+      - Without it, the module works without a tower (O(unseal_mode=local)).
     type: str
-  ca_file:
-    description: CA bundle verifying the tower's TLS certificate (system CAs when omitted).
-    type: path
+    required: false
   client_cert:
     description: Operator client certificate (PEM), needed for O(action=init) and O(action=reinit).
     type: path
-  client_key:
-    description: Private key of O(client_cert).
-    type: path
-  timeout:
-    description: Seconds to wait for each tower request.
-    type: int
-    default: 30
 notes:
   - O(action=init) and O(action=reinit) return the shares in clear in RV(shares); tasks must set C(no_log=true) and
     give each controller only its own share (M(hcp.core.shamir_share)).
@@ -192,7 +186,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hcp.core.plugins.module_utils.unseal import site_unseal as su
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
+    SERVICE_CLIENT_ARGUMENT_SPEC,
     apply_file_attributes,
+    argument_spec,
+    fail_on_hcp_error,
+    service_client_args,
     write_private_file,
 )
 
@@ -211,8 +209,7 @@ def _tower(module, params, operator):
     if operator and not params["client_cert"]:
         module.fail_json(msg="action=%s needs the operator client_cert (and client_key) for the control tower"
                          % params["action"])
-    return su.ControlTowerClient(params["url"], params["ca_file"], params["client_cert"], params["client_key"],
-                                 params["timeout"])
+    return su.ControlTowerClient(*service_client_args(params))
 
 
 def _combined(result):
@@ -221,7 +218,8 @@ def _combined(result):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            SERVICE_CLIENT_ARGUMENT_SPEC,
             action=dict(type="str", default="unseal", choices=["unseal", "init", "reinit"]),
             site=dict(type="str", required=True),
             dest=dict(type="path", required=True),
@@ -233,10 +231,6 @@ def main():
             threshold=dict(type="int"),
             allow_local_unseal=dict(type="bool", default=False),
             url=dict(type="str"),
-            ca_file=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
-            timeout=dict(type="int", default=30),
         ),
         required_if=[("action", "unseal", ["shares"]), ("action", "reinit", ["shares", "controllers"]),
                      ("action", "init", ["controllers"])],
@@ -279,7 +273,7 @@ def main():
         module.fail_json(msg=str(exc), valid=exc.valid, needed=exc.needed, excluded=exc.excluded,
                          error=type(exc).__name__)
     except HcpError as exc:  # MissingDependencyError names cryptography or requests itself
-        module.fail_json(msg=str(exc), error=type(exc).__name__, status_code=getattr(exc, "status", None))
+        fail_on_hcp_error(module, exc)
     changed = write_private_file(module, dest, _encode(seal_key, p["key_format"]), True)
     module.exit_json(changed=changed, **out)
 

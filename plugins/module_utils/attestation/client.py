@@ -54,6 +54,19 @@ class AttestServerError(AttestClientError):
         self.server_message = message
 
 
+def load_signer_public(text=None, path=None):
+    """The trusted asset-signer public key (PEM bytes) from ``text`` or the file ``path``: exactly one."""
+    if (text is None) == (path is None):
+        raise AttestClientError("exactly one of signer_public and signer_public_file is required")
+    if text is not None:
+        return text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise AttestClientError("cannot read the asset signer key %s: %s" % (path, exc.strerror or exc))
+
+
 def http_transport(url, ca_file=None, timeout=DEFAULT_TIMEOUT, client_cert=None):
     """A transport ``call(path, body) -> (status, JSON value or None)`` POSTing JSON to ``url`` + path.
 

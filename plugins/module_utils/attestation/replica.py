@@ -20,8 +20,6 @@ next attempt with exponential back-off (capped), so a dead erepl never stops att
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -30,7 +28,7 @@ import time
 
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import BRANCH, FORMAT, VERSION, EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write, exclusive_lock
 
 STATE_FORMAT = "hcp.core.arepl-state"
 STATE_VERSION = 1
@@ -112,15 +110,9 @@ class Replica(object):
     def _save_state(self, state):
         atomic_write(self.state_path, (json.dumps(state, sort_keys=True, indent=1) + "\n").encode(), mode=0o640)
 
-    @contextlib.contextmanager
     def _lock(self):
         os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(self.base_dir, "arepl.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(os.path.join(self.base_dir, "arepl.lock"), 0o600)
 
     def current_name(self):
         """``A`` or ``B`` (the clone ``current`` points at), or None before the first sync."""

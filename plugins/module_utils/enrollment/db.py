@@ -17,8 +17,6 @@ crash or kill mid-operation leaves the branch at the previous commit.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import exclusive_lock
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 FORMAT = "hcp.core.enrolldb"
@@ -117,15 +116,9 @@ class EnrollmentDb(object):
         if doc.get("version") != VERSION:
             raise EnrollDbError("enrollment DB %s has format version %r; this code reads %d" % (self.path, doc.get("version"), VERSION))
 
-    @contextlib.contextmanager
     def lock(self):
         """Exclusive writer lock (across processes)."""
-        fd = os.open(os.path.join(self.path, "hcp-enrolldb.lock"), os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(os.path.join(self.path, "hcp-enrolldb.lock"), 0o640)
 
     def _commit(self, message, files, deletes, parent=True, author="hcp-enrollment <hcp@localhost>"):
         """One commit: ``deletes`` (paths or directories) then ``files`` {path: bytes}.

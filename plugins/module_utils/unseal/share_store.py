@@ -23,6 +23,7 @@ import base64
 import binascii
 import hmac
 import json
+import os
 import socket
 
 from ansible_collections.hcp.core.plugins.module_utils.tpm import share_key
@@ -242,3 +243,60 @@ def read_share(path, tpm_factory=None, hsm=None):
     if (share.index, share.threshold, share.count, share.set_id) != doc["_meta"]:
         raise ShareFileFormatError("%s: share metadata does not match the stored share" % path)
     return share
+
+
+def tpm_usable(tpm_factory):
+    """(usable, reason): can a share key be found or created on the TPM ``tpm_factory()`` opens?"""
+    try:
+        with tpm_factory() as tpm:
+            share_key.ensure_share_key(tpm, create=False)
+    except HcpError as exc:
+        return False, "no usable TPM: %s" % exc
+    return True, None
+
+
+def share_facts(path):
+    """What a share file says about itself (no secret): protection, handle, index, threshold, count, set id."""
+    facts = inspect_share(path)
+    return dict(exists=True, protection=facts["protection"], protected_with_tpm=facts["protected_with_tpm"],
+                handle=facts["handle"], index=facts["index"], threshold=facts["threshold"], count=facts["count"],
+                set_id=facts["set_id"])
+
+
+def ensure_share(path, share, mode="best-effort", tpm_factory=None, hsm=None, operational=False, hostname=None,
+                 check_mode=False):
+    """Keep ``share`` at ``path`` with the protection ``mode`` asks for (what module hcp.core.shamir_share does).
+
+    Rewrites only when the content differs or a better protection became available (a plaintext share
+    upgraded once the TPM is usable). Returns dict(changed, alert, reason, **share_facts) (in check mode
+    only ``changed``, ``exists``, ``alert``, ``reason``). ProtectionUnavailableError as write_share."""
+    tpm_factory = tpm_factory or _default_tpm_factory
+    current = facts = None
+    exists = os.path.exists(path)
+    if exists:
+        try:
+            facts = inspect_share(path)
+            current = read_share(path, tpm_factory=tpm_factory, hsm=hsm)
+        except HcpError:
+            current = None
+    alert = reason = None
+    if current == share:
+        protection = facts["protection"]
+        if mode == "never":
+            up_to_date = protection == "plaintext"
+        elif hsm is not None:
+            up_to_date = protection == "hsm"
+        elif protection == "tpm":
+            up_to_date = True
+        else:  # plaintext now, TPM wanted: rewrite only when the TPM became usable
+            usable, reason = tpm_usable(tpm_factory)
+            up_to_date = not usable
+            if up_to_date and mode == "require":
+                alert = make_alert(reason, hostname)
+        if up_to_date:
+            return dict(changed=False, alert=alert, reason=reason, **share_facts(path))
+    if check_mode:
+        return dict(changed=True, exists=exists, alert=None, reason=None)
+    result = write_share(path, share, mode, tpm_factory=tpm_factory, hsm=hsm, operational=operational, hostname=hostname)
+    return dict(changed=True, alert=result.alert, reason=result.reason, **share_facts(path))
+

@@ -474,3 +474,54 @@ __all__ = [
     "UnknownSiteError", "UnsealResult", "WrongSiteKeyError", "combine_shares", "generate_site_key", "init_site",
     "load_host_share", "open_sealed", "public_key_pem", "reinit_due", "reinit_site", "seal_to_site", "unseal",
 ]
+
+
+class SiteStateError(HcpError):
+    """The wanted site state needs an operator's choice (``status``: the site's status at the tower)."""
+
+    def __init__(self, message, site_status):
+        super(SiteStateError, self).__init__(message)
+        self.site_status = site_status
+
+
+def _same_key(a, b):
+    return (a or "").strip() == (b or "").strip()
+
+
+def ensure_site(client, site, state="present", public_key=None, replace_key=False, reallow_unwrap=False,
+                check_mode=False):
+    """Bring ``site`` at the control tower to ``state`` (idempotent; what module hcp.core.control_tower_site does).
+
+    Returns (status, actions, warnings): the site's status afterwards (as it would be in check
+    mode), the actions done among ``registered``, ``replaced_key``, ``reallowed``, ``deleted``, and
+    warnings for the operator. SiteStateError when the request needs a choice the caller did not make
+    (a new site without ``public_key``, another key without ``replace_key``)."""
+    actions, warnings = [], []
+    status = client.status(site)
+    if state == "absent":
+        if status["registered"]:
+            actions.append("deleted")
+            if not check_mode:
+                client.delete_site(site)
+                status = {"site": site, "registered": False}
+        return status, actions, warnings
+    if not status["registered"]:
+        if not public_key:
+            raise SiteStateError("site %s is not registered: public_key is required to register it" % site, status)
+        actions.append("registered")
+    elif public_key and not _same_key(public_key, status["public_key"]):
+        if not replace_key:
+            raise SiteStateError("site %s is registered with another public key (set replace_key to replace it)" % site,
+                                 status)
+        actions.append("replaced_key")
+    if actions and not check_mode:
+        status = client.register_site(site, public_key, replace=replace_key)[0]
+    if reallow_unwrap:
+        if not status.get("has_bundle"):
+            warnings.append("site %s has no stored bundle: nothing to re-allow" % site)
+        elif not status["unwrap_allowed"]:
+            actions.append("reallowed")
+            if not check_mode:
+                status = client.reallow_unwrap(site)[0]
+    return status, actions, warnings
+
