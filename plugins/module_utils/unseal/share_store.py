@@ -299,4 +299,3 @@ def ensure_share(path, share, mode="best-effort", tpm_factory=None, hsm=None, op
         return dict(changed=True, exists=exists, alert=None, reason=None)
     result = write_share(path, share, mode, tpm_factory=tpm_factory, hsm=hsm, operational=operational, hostname=hostname)
     return dict(changed=True, alert=result.alert, reason=result.reason, **share_facts(path))
-

@@ -524,4 +524,3 @@ def ensure_site(client, site, state="present", public_key=None, replace_key=Fals
             if not check_mode:
                 status = client.reallow_unwrap(site)[0]
     return status, actions, warnings
-
