@@ -18,7 +18,7 @@ from ansible.plugins.loader import lookup_loader
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
-from ansible_collections.hcp.core.tests.unit.plugins.module_utils.test_attester import DEAD, Site
+from ansible_collections.hcp.core.tests.unit.helpers import DEAD, AttestSite
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "secrets"], "secrets": ["db-password"]}
 
@@ -27,7 +27,7 @@ PROFILE = {"assets": ["hostname", "rootfs-key", "secrets"], "secrets": ["db-pass
 def secret_site(swtpm, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "run").mkdir()
-    value = Site(swtpm, tmp_path, profile=PROFILE, secrets={"db-password": b"s3cret-pw"})
+    value = AttestSite(swtpm, tmp_path, profile=PROFILE, secrets={"db-password": b"s3cret-pw"})
     yield value
     value.close()
 

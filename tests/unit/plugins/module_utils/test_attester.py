@@ -9,71 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from werkzeug.serving import make_server
 
 import ansible_collections
 from ansible_collections.hcp.core.plugins.module_utils import pki
-from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
 from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.attestation import attester
-from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
-from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
-from ansible_collections.hcp.core.plugins.module_utils.web.attest_app import create_app
 from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR
-
-PROFILE = {"assets": ["hostname", "rootfs-key", "issuer-ca"]}
-DEAD = "http://127.0.0.1:1"
-
-
-class Site(object):
-    """An enrolled swtpm, an Attestor behind the Flask app on a loopback port, a signer file."""
-
-    def __init__(self, tpm_fixture, tmp_path, policy=None, profile=None, secrets=None):
-        self.db = EnrollmentDb(str(tmp_path / "db"))
-        self.db.init()
-        cas = []
-        for path in tpm_fixture.vendor_ca_files:
-            with open(path, "rb") as handle:
-                cas.extend(pki.load_certificates(handle.read()))
-        ca_key, ca_cert = pki.create_ca("HCP test attester CA")
-        self.config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]),
-                                              signer=pki.Signer(pki.new_private_key("ec-p256")),
-                                              postclient={"seal_policy": policy or {"type": "none"}}, vendor_cas=cas,
-                                              secrets=secrets)
-        with tpm_fixture.open() as tpm:
-            cert = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
-        self.hash, host, files, _s = enroll.build_entry(self.config, cert, "node1.example.test", profile or PROFILE)
-        self.db.add(self.hash, host, files)
-        self.signer = self.config.signer.public_key_pem()
-        self.signer_file = tmp_path / "signer.pub.pem"
-        self.signer_file.write_bytes(self.signer)
-        self.attestor = attest.Attestor(lambda: self.db, os.urandom(32), signer_pub=self.signer, vendor_cas=cas)
-        self.requests = 0
-        app = create_app({}, attestor=self.attestor)
-
-        def counting(environ, start_response):
-            if environ.get("PATH_INFO") == "/v1/initiate":
-                self.requests += 1
-            return app(environ, start_response)
-        self.server = make_server("127.0.0.1", 0, counting, threaded=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = "http://127.0.0.1:%d" % self.server.server_port
-        self.tcti = tpm_fixture.tcti
-
-    def close(self):
-        self.server.shutdown()
-
-
-@pytest.fixture
-def site(swtpm, tmp_path):
-    value = Site(swtpm, tmp_path)
-    yield value
-    value.close()
+from ansible_collections.hcp.core.tests.unit.helpers import DEAD, AttestSite
 
 
 def _collections_dir():
@@ -105,14 +49,14 @@ def _hook(tmp_path, name, exit_code=0):
     return [str(script)]
 
 
-def test_cli_end_to_end_with_hooks_success_file_and_idempotence(site, tmp_path):
+def test_cli_end_to_end_with_hooks_success_file_and_idempotence(attest_site, tmp_path):
     os.makedirs(str(tmp_path / "root"))
-    path = _config(site, tmp_path, servers=[DEAD, site.url], pre_hooks=[_hook(tmp_path, "pre")],
+    path = _config(attest_site, tmp_path, servers=[DEAD, attest_site.url], pre_hooks=[_hook(tmp_path, "pre")],
                    post_hooks=[_hook(tmp_path, "post")])
     proc = _cli(path)
     assert proc.returncode == 0, proc.stderr
     line = json.loads(proc.stdout)
-    assert line["hostname"] == "node1.example.test" and line["server"] == site.url
+    assert line["hostname"] == "node1.example.test" and line["server"] == attest_site.url
     assert sorted(line["changed"]) == ["ca.pem", "etc-hostname", "rootfs.key"] and line["skipped"] == []
     for name in ("pre", "post"):
         assert json.loads((tmp_path / (name + ".json")).read_text()) == {
@@ -122,7 +66,7 @@ def test_cli_end_to_end_with_hooks_success_file_and_idempotence(site, tmp_path):
     assert len(key) == 64 and oct(os.stat(str(root / "etc/hcp/rootfs.key")).st_mode & 0o777) == "0o600"
     assert (root / "usr/local/share/ca-certificates/hcp-node1.example.test.crt").read_bytes().startswith(b"-----BEGIN")
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["format"] == "hcp.core.attester-status" and status["server"] == site.url and status["time"]
+    assert status["format"] == "hcp.core.attester-status" and status["server"] == attest_site.url and status["time"]
     assert oct(os.stat(str(tmp_path / "status.json")).st_mode & 0o777) == "0o644"
     assert key.hex() not in proc.stdout.decode() + (tmp_path / "status.json").read_text()
     # second run: nothing changes, no hook runs
@@ -134,18 +78,18 @@ def test_cli_end_to_end_with_hooks_success_file_and_idempotence(site, tmp_path):
     assert not (tmp_path / "post.json").exists()
 
 
-def test_failing_pre_hook_writes_nothing_and_failing_post_hook_exits_1(site, tmp_path):
+def test_failing_pre_hook_writes_nothing_and_failing_post_hook_exits_1(attest_site, tmp_path):
     os.makedirs(str(tmp_path / "root"))
-    proc = _cli(_config(site, tmp_path, pre_hooks=[_hook(tmp_path, "pre", 3)]))
+    proc = _cli(_config(attest_site, tmp_path, pre_hooks=[_hook(tmp_path, "pre", 3)]))
     assert proc.returncode == 1 and b"pre-hook" in proc.stderr and b"pre said no" in proc.stderr
     assert os.listdir(str(tmp_path / "root")) == [] and not (tmp_path / "status.json").exists()
-    proc = _cli(_config(site, tmp_path, post_hooks=[_hook(tmp_path, "post", 4)]))
+    proc = _cli(_config(attest_site, tmp_path, post_hooks=[_hook(tmp_path, "post", 4)]))
     assert proc.returncode == 1 and b"post-hook" in proc.stderr and b"exit 4" in proc.stderr
     assert (tmp_path / "root/etc/hcp/rootfs.key").exists()  # files stay installed
 
 
-def test_all_servers_down_exit_1_after_retries_and_bad_config_exit_2(site, tmp_path):
-    proc = _cli(_config(site, tmp_path, servers=[DEAD, DEAD + "0"], retries=2))
+def test_all_servers_down_exit_1_after_retries_and_bad_config_exit_2(attest_site, tmp_path):
+    proc = _cli(_config(attest_site, tmp_path, servers=[DEAD, DEAD + "0"], retries=2))
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert err.count("retrying") == 2 and "all 2 attestation servers failed" in err and DEAD + "0" in err
@@ -159,18 +103,18 @@ def test_all_servers_down_exit_1_after_retries_and_bad_config_exit_2(site, tmp_p
     assert _cli(tmp_path / "missing.json").returncode == 2
 
 
-def test_wrong_signer_fails_clearly_and_installs_nothing(site, swtpm, tmp_path):
+def test_wrong_signer_fails_clearly_and_installs_nothing(attest_site, swtpm, tmp_path):
     wrong = pki.Signer(pki.new_private_key("ec-p256")).public_key_pem()
     root = tmp_path / "root"
     root.mkdir()
     with swtpm.open() as tpm:
         with pytest.raises(attest_client.AttestClientError, match="does not verify with the trusted asset signer"):
-            attester.run(tpm, [site.url], wrong, root=str(root))
+            attester.run(tpm, [attest_site.url], wrong, root=str(root))
     assert os.listdir(str(root)) == []
 
 
 def test_one_time_assets_check_mode_then_once_per_boot(new_swtpm, tmp_path):
-    site = Site(new_swtpm, tmp_path, policy={"type": "one_time"})
+    site = AttestSite(new_swtpm, tmp_path, policy={"type": "one_time"})
     root = tmp_path / "root"
     root.mkdir()
     try:

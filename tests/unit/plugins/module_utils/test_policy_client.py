@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from ansible_collections.hcp.core.plugins.module_utils.policy.client import (
     LocalPolicy,
@@ -20,6 +18,7 @@ from ansible_collections.hcp.core.plugins.module_utils.policy.client import (
 )
 from ansible_collections.hcp.core.plugins.module_utils.policy.engine import PolicyValidationError
 from ansible_collections.hcp.core.plugins.module_utils.web import policy_app
+from ansible_collections.hcp.core.tests.unit.helpers import serve_http
 
 POLICY = {"start": "main", "filters": {"main": [
     {"name": "needs-host", "if": {"not-isinstance": ".hostname", "type": "string"}, "action": "reject"},
@@ -39,11 +38,8 @@ def server(tmp_path):
     policy_file = str(tmp_path / "policy.json")
     write(policy_file, POLICY)
     app = policy_app.create_app({"policy_file": policy_file, "audit_log": str(tmp_path / "audit")})
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield "http://127.0.0.1:%d" % httpd.server_port
-    httpd.shutdown()
+    with serve_http(app) as url:
+        yield url
 
 
 def test_client_accept_reject_and_error(server):
@@ -73,14 +69,9 @@ def test_client_wrong_service_answering_200_is_not_an_accept(tmp_path):
 
     app = Flask("liar")
     app.add_url_rule("/run", "run", lambda: "OK", methods=["POST"])
-    httpd = make_server("127.0.0.1", 0, app)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(app) as url:
         with pytest.raises(PolicyUnavailableError, match="HTTP 200"):
-            PolicyClient("http://127.0.0.1:%d" % httpd.server_port).check("h", "u", {})
-    finally:
-        httpd.shutdown()
+            PolicyClient(url).check("h", "u", {})
 
 
 def test_local_policy_same_api_and_reload(tmp_path):

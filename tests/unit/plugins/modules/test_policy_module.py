@@ -9,69 +9,57 @@ import json
 import os
 import stat
 
-import pytest
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.hcp.core.plugins.modules import policy as policy_module
 
 POLICY = {"_": "test", "start": "main", "filters": {"main": [
     {"if": {"contains": ".assets", "value": "pkinit-kdc"}, "action": "reject"}, {"name": "ok", "action": "accept"}]}}
 
 
-def run(args, capsys):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exit_info:
-            policy_module.main()
-    out = json.loads(capsys.readouterr().out)
-    out["rc"] = exit_info.value.code
-    return out
-
-
-def test_present_idempotent_and_diff(tmp_path, capsys):
+def test_present_idempotent_and_diff(tmp_path, run_module):
     path = str(tmp_path / "policy.json")
-    out = run({"path": path, "policy": POLICY, "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
+    out = run_module(policy_module, {"path": path, "policy": POLICY, "_ansible_check_mode": True, "_ansible_diff": True})
     assert out["changed"] and not os.path.exists(path) and out["diff"]["before"] == ""
-    out = run({"path": path, "policy": POLICY}, capsys)
+    out = run_module(policy_module, {"path": path, "policy": POLICY})
     assert out["rc"] == 0 and out["changed"] and out["filters"] == ["main", "ok"]
     with open(path, "rb") as handle:
         raw = handle.read()
     assert json.loads(raw) == POLICY and out["sha256"] == hashlib.sha256(raw).hexdigest()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
-    out = run({"path": path, "policy": json.dumps(POLICY)}, capsys)
+    out = run_module(policy_module, {"path": path, "policy": json.dumps(POLICY)})
     assert not out["changed"]
     changed = json.loads(json.dumps(POLICY))
     changed["filters"]["main"][1]["action"] = "reject"
-    out = run({"path": path, "policy": changed, "_ansible_check_mode": True, "_ansible_diff": True}, capsys)
+    out = run_module(policy_module, {"path": path, "policy": changed, "_ansible_check_mode": True, "_ansible_diff": True})
     assert out["changed"] and '"accept"' in out["diff"]["before"] and '"accept"' not in out["diff"]["after"]
     with open(path, "rb") as handle:
         assert handle.read() == raw
-    out = run({"path": path, "policy": changed, "backup": True, "mode": "0600"}, capsys)
+    out = run_module(policy_module, {"path": path, "policy": changed, "backup": True, "mode": "0600"})
     assert out["changed"] and os.path.exists(out["backup_file"])
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
-def test_invalid_policy_fails_with_every_problem_and_leaves_file(tmp_path, capsys):
+def test_invalid_policy_fails_with_every_problem_and_leaves_file(tmp_path, run_module):
     path = str(tmp_path / "policy.json")
-    run({"path": path, "policy": POLICY}, capsys)
+    run_module(policy_module, {"path": path, "policy": POLICY})
     with open(path, "rb") as handle:
         raw = handle.read()
     bad = {"start": "a", "filters": {"a": [{"if": {"equals": ".x"}, "action": "accept"}, {"action": "jump", "jump": "zz"}]}}
-    out = run({"path": path, "policy": bad}, capsys)
+    out = run_module(policy_module, {"path": path, "policy": bad})
     assert out["failed"] and len(out["problems"]) == 2
     assert 'filters.a[0].if[0]: unknown condition "equals"' in out["msg"]
     assert 'filters.a[1].jump: no filter named "zz"' in out["msg"]
-    out = run({"path": path, "policy": "{not json"}, capsys)
+    out = run_module(policy_module, {"path": path, "policy": "{not json"})
     assert out["failed"] and "malformed policy JSON" in out["msg"]
     with open(path, "rb") as handle:
         assert handle.read() == raw
 
 
-def test_absent(tmp_path, capsys):
+def test_absent(tmp_path, run_module):
     path = str(tmp_path / "policy.json")
-    run({"path": path, "policy": POLICY}, capsys)
-    out = run({"path": path, "state": "absent", "_ansible_check_mode": True}, capsys)
+    run_module(policy_module, {"path": path, "policy": POLICY})
+    out = run_module(policy_module, {"path": path, "state": "absent", "_ansible_check_mode": True})
     assert out["changed"] and os.path.exists(path)
-    out = run({"path": path, "state": "absent", "backup": True}, capsys)
+    out = run_module(policy_module, {"path": path, "state": "absent", "backup": True})
     assert out["changed"] and not os.path.exists(path) and os.path.exists(out["backup_file"])
-    out = run({"path": path, "state": "absent"}, capsys)
+    out = run_module(policy_module, {"path": path, "state": "absent"})
     assert not out["changed"]

@@ -4,35 +4,20 @@
 """hcp.core.site_credentials on real files: check mode, creation, idempotence, modes, no secrets out."""
 from __future__ import annotations
 
-import json
 import os
 import stat
-
-import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.modules import site_credentials
 
 
-def run(args, capsys):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exit_info:
-            site_credentials.main()
-    raw = capsys.readouterr().out
-    out = json.loads(raw)
-    out["rc"] = exit_info.value.code
-    out["raw"] = raw
-    return out
-
-
-def test_bootstrap_check_mode_idempotence(tmp_path, capsys):
+def test_bootstrap_check_mode_idempotence(tmp_path, run_module):
     path = str(tmp_path / "pki")
     args = {"path": path, "site": "lab", "server_names": ["enroll.example.test", "localhost"],
             "client_names": ["orchestrator"]}
-    out = run(dict(args, _ansible_check_mode=True), capsys)
+    out = run_module(site_credentials, dict(args, _ansible_check_mode=True))
     assert out["changed"] and "client_orchestrator_key" in out["created"] and not os.path.exists(path)
-    out = run(args, capsys)
+    out = run_module(site_credentials, args, raw=True)
     assert out["rc"] == 0 and out["changed"] and len(out["created"]) == 8
     assert "PRIVATE KEY" not in out["raw"] and "BEGIN CERTIFICATE" in out["ca_cert"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
@@ -42,39 +27,40 @@ def test_bootstrap_check_mode_idempotence(tmp_path, capsys):
         chain = pki.load_certificates(handle.read())
     assert len(chain) == 2
     before = dict((p, open(p, "rb").read()) for p in out["paths"].values())
-    again = run(args, capsys)
+    again = run_module(site_credentials, args)
     assert not again["changed"] and again["created"] == []
     assert dict((p, open(p, "rb").read()) for p in again["paths"].values()) == before
     # A new client name adds only its pair.
-    more = run(dict(args, client_names=["orchestrator", "attest-1"]), capsys)
+    more = run_module(site_credentials, dict(args, client_names=["orchestrator", "attest-1"]))
     assert sorted(more["created"]) == ["client_attest-1_cert", "client_attest-1_key"]
 
 
-def test_bad_input(tmp_path, capsys):
-    out = run({"path": str(tmp_path / "p"), "site": "lab", "server_names": []}, capsys)
+def test_bad_input(tmp_path, run_module):
+    out = run_module(site_credentials, {"path": str(tmp_path / "p"), "site": "lab", "server_names": []})
     assert out["failed"] and "server_names" in out["msg"]
-    out = run({"path": str(tmp_path / "p2"), "site": "lab", "server_names": ["a"], "client_names": ["../x"]}, capsys)
+    out = run_module(site_credentials, {"path": str(tmp_path / "p2"), "site": "lab", "server_names": ["a"],
+                                        "client_names": ["../x"]})
     assert out["failed"] and "invalid client name" in out["msg"]
     assert not os.path.exists(str(tmp_path / "p2"))
 
 
-def test_extra_server_certs(tmp_path, capsys):
+def test_extra_server_certs(tmp_path, run_module):
     path = str(tmp_path / "pki")
     args = {"path": path, "site": "lab", "server_names": ["enroll.example.test"],
             "server_certs": {"attest-a1": ["a1.example.test", "localhost"]}}
-    out = run(dict(args, _ansible_check_mode=True), capsys)
+    out = run_module(site_credentials, dict(args, _ansible_check_mode=True))
     assert out["changed"] and {"server_attest-a1_key", "server_attest-a1_cert"} <= set(out["created"])
     assert not os.path.exists(path)
-    out = run(args, capsys)
+    out = run_module(site_credentials, args, raw=True)
     assert out["rc"] == 0 and len(out["created"]) == 8 and "PRIVATE KEY" not in out["raw"]
     assert out["paths"]["server_attest-a1_key"] == os.path.join(path, "server-attest-a1.key")
     assert stat.S_IMODE(os.stat(out["paths"]["server_attest-a1_key"]).st_mode) == 0o600
     with open(out["paths"]["server_attest-a1_cert"], "rb") as handle:
         leaf = pki.load_certificates(handle.read())[0]
     assert leaf.subject.rfc4514_string() == "O=lab,CN=a1.example.test"
-    again = run(dict(args, _ansible_check_mode=True), capsys)
+    again = run_module(site_credentials, dict(args, _ansible_check_mode=True))
     assert not again["changed"] and again["created"] == []
-    again = run(args, capsys)
+    again = run_module(site_credentials, args)
     assert not again["changed"] and again["created"] == []
-    bad = run(dict(args, server_certs={"Bad/label": ["x"]}), capsys)
+    bad = run_module(site_credentials, dict(args, server_certs={"Bad/label": ["x"]}))
     assert bad["failed"] and "invalid server certificate label" in bad["msg"]

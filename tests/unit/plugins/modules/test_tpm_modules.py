@@ -10,25 +10,15 @@ import os
 import stat
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.hcp.core.plugins.modules import tpm_info, tpm_seal, tpm_unseal
 
 SECRET = "correct horse battery staple"
 
 
-def run(module, args, capsys):
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as exit_info:
-            module.main()
-    out = json.loads(capsys.readouterr().out)
-    out["rc"] = exit_info.value.code
-    return out
-
-
 @pytest.fixture
-def info(swtpm, capsys):
-    return run(tpm_info, {"tcti": swtpm.tcti}, capsys)
+def info(swtpm, run_module):
+    return run_module(tpm_info, {"tcti": swtpm.tcti})
 
 
 def test_tpm_info(info):
@@ -40,63 +30,63 @@ def test_tpm_info(info):
     assert sorted(info["pcrs"]["sha256"], key=int) == [str(i) for i in range(24)]
 
 
-def test_tpm_info_unreachable_tcti(capsys):
-    out = run(tpm_info, {"tcti": "swtpm:host=127.0.0.1,port=1"}, capsys)
+def test_tpm_info_unreachable_tcti(run_module):
+    out = run_module(tpm_info, {"tcti": "swtpm:host=127.0.0.1,port=1"})
     assert out["rc"] == 1 and out["failed"] and "cannot reach the TPM" in out["msg"]
 
 
-def test_seal_unseal_roundtrip_idempotent(swtpm, info, tmp_path, capsys):
+def test_seal_unseal_roundtrip_idempotent(swtpm, info, tmp_path, run_module):
     env_path = str(tmp_path / "secret.env")
     plain = str(tmp_path / "secret.txt")
     seal_args = {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path}
 
-    checked = run(tpm_seal, dict(seal_args, _ansible_check_mode=True), capsys)
+    checked = run_module(tpm_seal, dict(seal_args, _ansible_check_mode=True))
     assert checked["changed"] is True and not os.path.exists(env_path)
-    first = run(tpm_seal, seal_args, capsys)
+    first = run_module(tpm_seal, seal_args)
     assert first["changed"] is True and first["ekpubhash"] == info["ekpubhash"]
     assert stat.S_IMODE(os.stat(env_path).st_mode) == 0o600
     assert SECRET not in open(env_path).read() and SECRET not in json.dumps(first)
     before = open(env_path).read()
-    again = run(tpm_seal, seal_args, capsys)
+    again = run_module(tpm_seal, seal_args)
     assert again["changed"] is False and open(env_path).read() == before
-    changed = run(tpm_seal, dict(seal_args, content=SECRET + "!"), capsys)
+    changed = run_module(tpm_seal, dict(seal_args, content=SECRET + "!"))
     assert changed["changed"] is True
-    run(tpm_seal, seal_args, capsys)
+    run_module(tpm_seal, seal_args)
 
     unseal_args = {"tcti": swtpm.tcti, "src": env_path, "dest": plain, "mode": "0640"}
-    checked = run(tpm_unseal, dict(unseal_args, _ansible_check_mode=True), capsys)
+    checked = run_module(tpm_unseal, dict(unseal_args, _ansible_check_mode=True))
     assert checked["changed"] is True and not os.path.exists(plain)
-    first = run(tpm_unseal, unseal_args, capsys)
+    first = run_module(tpm_unseal, unseal_args)
     assert first["changed"] is True and first["unsealed"] is True and "content" not in first
     assert open(plain).read() == SECRET and stat.S_IMODE(os.stat(plain).st_mode) == 0o640
-    again = run(tpm_unseal, unseal_args, capsys)
+    again = run_module(tpm_unseal, unseal_args)
     assert again["changed"] is False and again["unsealed"] is False  # proven by the fingerprint
-    ret = run(tpm_unseal, {"tcti": swtpm.tcti, "src": env_path, "return_content": True}, capsys)
+    ret = run_module(tpm_unseal, {"tcti": swtpm.tcti, "src": env_path, "return_content": True})
     assert ret["content"] == SECRET and ret["changed"] is False
 
 
-def test_unseal_without_fingerprint_compares_content(swtpm, info, tmp_path, capsys):
+def test_unseal_without_fingerprint_compares_content(swtpm, info, tmp_path, run_module):
     env_path, plain = str(tmp_path / "e"), str(tmp_path / "p")
     args = {"ekpub": info["ekpub"], "content": SECRET, "dest": env_path, "fingerprint": False}
-    assert run(tpm_seal, args, capsys)["changed"] is True
-    assert run(tpm_seal, args, capsys)["changed"] is True  # cannot prove equality without a fingerprint
+    assert run_module(tpm_seal, args)["changed"] is True
+    assert run_module(tpm_seal, args)["changed"] is True  # cannot prove equality without a fingerprint
     unseal_args = {"tcti": swtpm.tcti, "src": env_path, "dest": plain}
-    assert run(tpm_unseal, unseal_args, capsys)["changed"] is True
-    again = run(tpm_unseal, unseal_args, capsys)
+    assert run_module(tpm_unseal, unseal_args)["changed"] is True
+    again = run_module(tpm_unseal, unseal_args)
     assert again["changed"] is False and again["unsealed"] is True
 
 
-def test_one_time_envelope(fresh_swtpm, tmp_path, capsys):
-    info = run(tpm_info, {"tcti": fresh_swtpm.tcti}, capsys)
+def test_one_time_envelope(fresh_swtpm, tmp_path, run_module):
+    info = run_module(tpm_info, {"tcti": fresh_swtpm.tcti})
     env_path, plain = str(tmp_path / "e"), str(tmp_path / "p")
-    run(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path,
-                   "policy": {"type": "one_time"}}, capsys)
-    first = run(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain}, capsys)
+    run_module(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path,
+                          "policy": {"type": "one_time"}})
+    first = run_module(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain})
     assert first["changed"] is True and first["pcr_extended"] is True
     # the file is current: nothing to unseal, so the consumed one-time policy is no obstacle
-    assert run(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain}, capsys)["changed"] is False
+    assert run_module(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain})["changed"] is False
     os.unlink(plain)
-    again = run(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain}, capsys)
+    again = run_module(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain})
     assert again["failed"] and "already unsealed once this boot" in again["msg"]
     assert not os.path.exists(plain)
 
@@ -109,29 +99,29 @@ def test_one_time_envelope(fresh_swtpm, tmp_path, capsys):
         (lambda e: e.pop("kem"), "envelope algorithms"),
     ],
 )
-def test_unseal_bad_envelopes_fail_cleanly(swtpm, info, tmp_path, capsys, mutate, message):
+def test_unseal_bad_envelopes_fail_cleanly(swtpm, info, tmp_path, run_module, mutate, message):
     env_path, plain = str(tmp_path / "e"), str(tmp_path / "p")
-    run(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path}, capsys)
+    run_module(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path})
     env = json.load(open(env_path))
     mutate(env)
-    out = run(tpm_unseal, {"tcti": swtpm.tcti, "envelope": json.dumps(env), "dest": plain}, capsys)
+    out = run_module(tpm_unseal, {"tcti": swtpm.tcti, "envelope": json.dumps(env), "dest": plain})
     assert out["rc"] == 1 and message in out["msg"] and not os.path.exists(plain)
     assert SECRET not in json.dumps(out)
 
 
-def test_unseal_envelope_for_another_tpm(other_swtpm, info, tmp_path, capsys):
+def test_unseal_envelope_for_another_tpm(other_swtpm, info, tmp_path, run_module):
     env_path = str(tmp_path / "e")
-    run(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path}, capsys)
-    out = run(tpm_unseal, {"tcti": other_swtpm.tcti, "src": env_path, "return_content": True}, capsys)
+    run_module(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path})
+    out = run_module(tpm_unseal, {"tcti": other_swtpm.tcti, "src": env_path, "return_content": True})
     assert out["failed"] and "sealed to EK" in out["msg"] and out["error"] == "WrongTpmError"
 
 
-def test_unseal_pcr_policy_not_satisfied(swtpm, info, tmp_path, capsys):
+def test_unseal_pcr_policy_not_satisfied(swtpm, info, tmp_path, run_module):
     env_path = str(tmp_path / "e")
     wrong = "ab" * 32
-    run(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path,
-                   "policy": {"type": "pcr", "pcrs": {"15": wrong}}}, capsys)
-    out = run(tpm_unseal, {"tcti": swtpm.tcti, "src": env_path, "return_content": True}, capsys)
+    run_module(tpm_seal, {"ekpub": info["ekpub_tpm2b"], "content": SECRET, "dest": env_path,
+                          "policy": {"type": "pcr", "pcrs": {"15": wrong}}})
+    out = run_module(tpm_unseal, {"tcti": swtpm.tcti, "src": env_path, "return_content": True})
     assert out["failed"] and "PCR(s) 15 differ" in out["msg"]
 
 
@@ -144,12 +134,12 @@ def test_unseal_pcr_policy_not_satisfied(swtpm, info, tmp_path, capsys):
         ({"ekpub": "x", "content": "x", "policy": {"type": "pcr"}}, "non-empty 'pcrs'"),
     ],
 )
-def test_seal_bad_inputs(tmp_path, capsys, args, message):
-    out = run(tpm_seal, dict(args, dest=str(tmp_path / "e")), capsys)
+def test_seal_bad_inputs(tmp_path, run_module, args, message):
+    out = run_module(tpm_seal, dict(args, dest=str(tmp_path / "e")))
     assert out["rc"] == 1 and message in out["msg"]
     assert not os.path.exists(str(tmp_path / "e"))
 
 
-def test_unseal_needs_a_destination(swtpm, capsys):
-    out = run(tpm_unseal, {"tcti": swtpm.tcti, "envelope": "{}"}, capsys)
+def test_unseal_needs_a_destination(swtpm, run_module):
+    out = run_module(tpm_unseal, {"tcti": swtpm.tcti, "envelope": "{}"})
     assert out["failed"] and "nothing to do" in out["msg"]

@@ -11,11 +11,8 @@ import multiprocessing
 import os
 import shutil
 import stat
-import ssl
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.attestation import replica as arepl
@@ -26,6 +23,7 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.web.attest_app import LATENCY_BUCKETS, Metrics, create_app
+from ansible_collections.hcp.core.tests.unit.helpers import serve_wsgi
 
 
 @pytest.fixture
@@ -139,20 +137,12 @@ def test_missing_snapshot_is_503(tmp_path):
 
 def test_attest_over_real_tls(site, swtpm, tmp_path):
     creds = pki.bootstrap_site_credentials(str(tmp_path / "tls"), "test", ["localhost"], [])["paths"]
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(creds["server_cert"], creds["server_key"])
-    server = make_server("127.0.0.1", 0, site["app"], threaded=True, ssl_context=context)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = "https://localhost:%d" % server.server_port
-    try:
+    with serve_wsgi(site["app"], creds["server_cert"], creds["server_key"]) as url:
         with swtpm.open() as tpm:
             result = attest_client.attest(tpm, url, site["signer"], ca_file=creds["ca_cert"], timeout=30)
             assert len(result["assets"]["rootfs.key"]) == 64
             with pytest.raises(attest_client.AttestClientError, match="cannot reach"):
                 attest_client.attest(tpm, url, site["signer"], timeout=30)  # server CA not trusted
-    finally:
-        server.shutdown()
 
 
 def samples(text):

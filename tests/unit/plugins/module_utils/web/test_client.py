@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
-import ssl
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.attestation.client import AttestClientError, http_transport
@@ -21,6 +18,7 @@ from ansible_collections.hcp.core.plugins.module_utils.policy.client import Poli
 from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import ControlTowerError
 from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import ControlTowerClient
 from ansible_collections.hcp.core.plugins.module_utils.web.client import HttpError, HttpsJsonClient, decode_json
+from ansible_collections.hcp.core.tests.unit.helpers import serve_wsgi
 
 DEEP = ("[" * 100000 + "]" * 100000).encode()
 
@@ -48,15 +46,11 @@ def app(environ, start_response):
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
+    """The app above over TLS on https://localhost:<port>: a dict with "url" and "ca" (its CA file)."""
     cred = tmp_path_factory.mktemp("cred")
     paths = pki.bootstrap_site_credentials(str(cred), "t", ["localhost"], ["orchestrator"])["paths"]
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(paths["server_cert"], paths["server_key"])
-    srv = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=context)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield {"url": "https://localhost:%d" % srv.server_port, "ca": paths["ca_cert"]}
-    srv.shutdown()
+    with serve_wsgi(app, paths["server_cert"], paths["server_key"]) as url:
+        yield {"url": url, "ca": paths["ca_cert"]}
 
 
 def free_port():

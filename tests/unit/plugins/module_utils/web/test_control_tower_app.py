@@ -2,16 +2,13 @@
 # Copyright: hcp.core contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The control tower app: through Flask's test client (nginx-style SSL_CLIENT_* environ) and
-served over real TLS on loopback with client certificates, driven by ControlTowerClient and
-the site init/unseal flows."""
+served over real TLS on loopback with client certificates (control_tower), driven by
+ControlTowerClient and the site init/unseal flows."""
 from __future__ import annotations
 
-import ssl
-import threading
 from urllib.parse import quote
 
 import pytest
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import ControlTowerError
@@ -108,37 +105,11 @@ def test_config_is_checked(tmp_path, monkeypatch):
         control_tower_app.create_app()
 
 
-class _NginxLikeHandler(WSGIRequestHandler):
-    """Passes the verified peer certificate the way nginx does (SSL_CLIENT_VERIFY/SSL_CLIENT_CERT)."""
-
-    def make_environ(self):
-        environ = super().make_environ()
-        der = self.connection.getpeercert(binary_form=True)
-        if der:
-            environ["SSL_CLIENT_VERIFY"] = "SUCCESS"
-            environ["SSL_CLIENT_CERT"] = quote(ssl.DER_cert_to_PEM_cert(der))
-        return environ
-
-
-@pytest.fixture
-def tls_tower(tmp_path, creds):
-    app = control_tower_app.create_app({"store": str(tmp_path / "store"), "operators": ["operator"]})
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(creds["server_cert"], creds["server_key"])
-    context.load_verify_locations(creds["ca_cert"])
-    context.verify_mode = ssl.CERT_OPTIONAL
-    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=context, request_handler=_NginxLikeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield "https://localhost:%d" % server.server_port
-    server.shutdown()
-
-
-def test_init_and_unseal_over_tls(tls_tower, creds):
-    operator = ControlTowerClient(tls_tower, creds["ca_cert"], creds["client_operator_cert"],
-                                  creds["client_operator_key"], timeout=30)
+def test_init_and_unseal_over_tls(control_tower):
+    url, ca_file = control_tower["url"], control_tower["ca_file"]
+    operator = ControlTowerClient(url, ca_file, control_tower["client_cert"], control_tower["client_key"], timeout=30)
     init = init_site("site-a", ["c1", "c2", "c3"], tower=operator)
-    site_side = ControlTowerClient(tls_tower, creds["ca_cert"], timeout=30)  # no certificate: token only
+    site_side = ControlTowerClient(url, ca_file, timeout=30)  # no certificate: token only
     result = unseal([init.shares["c3"], init.shares["c1"]], tower=site_side, site="site-a")
     assert result.seal_key == init.seal_key and result.used == [1, 3]
     with pytest.raises(ControlTowerError) as info:
@@ -151,7 +122,7 @@ def test_init_and_unseal_over_tls(tls_tower, creds):
     assert changed and facts["unwrap_allowed"]
     assert unseal([init.shares["c2"], init.shares["c1"]], tower=site_side).seal_key == init.seal_key
     assert operator.status("site-b") == {"site": "site-b", "registered": False}
-    unverified = ControlTowerClient(tls_tower, None, timeout=10)
+    unverified = ControlTowerClient(url, None, timeout=10)
     with pytest.raises(ControlTowerError, match="cannot reach") as info:
         unverified.status("site-a")
     assert info.value.status == 0
