@@ -6,18 +6,10 @@ from __future__ import annotations
 
 
 class ModuleDocFragment(object):
-    # Options shared by every plugin that talks to a TPM.
+    # The TPM's EK choice and the requirements of every plugin that opens a TPM (argument spec:
+    # module_helpers.TPM_ARGUMENT_SPEC, with the tcti option of section TCTI below).
     DOCUMENTATION = r"""
 options:
-  tcti:
-    description:
-      - How to reach the TPM, as a TCTI string.
-      - V(device:/dev/tpmrm0) for the kernel resource manager, V(swtpm:host=127.0.0.1,port=2321) for a software
-        TPM over TCP (the control port is O(tcti) port + 1), V(swtpm:path=/run/hcp/swtpm.sock) over a Unix socket,
-        V(tabrmd:bus_type=system) for tpm2-abrmd.
-      - When not set, the environment variables E(HCP_TCTI), E(TPM2TOOLS_TCTI) and E(TCTI) are tried in that
-        order, then V(device:/dev/tpmrm0).
-    type: str
   ek_type:
     description:
       - Which endorsement key to use, following the TCG EK credential profile.
@@ -29,4 +21,19 @@ options:
 requirements:
   - tpm2-pytss >= 3.0 and the libtss2 runtime libraries on the host running the module
   - cryptography
+"""
+
+    # How to reach the TPM: every plugin that opens one, with or without O(ek_type)
+    # (argument spec: module_helpers.TCTI_ARGUMENT_SPEC).
+    TCTI = r"""
+options:
+  tcti:
+    description:
+      - How to reach the TPM, as a TCTI string.
+      - V(device:/dev/tpmrm0) for the kernel resource manager, V(swtpm:host=127.0.0.1,port=2321) for a software
+        TPM over TCP (the control port is O(tcti) port + 1), V(swtpm:path=/run/hcp/swtpm.sock) over a Unix socket,
+        V(tabrmd:bus_type=system) for tpm2-abrmd.
+      - When not set, the environment variables E(HCP_TCTI), E(TPM2TOOLS_TCTI) and E(TCTI) are tried in that
+        order, then V(device:/dev/tpmrm0).
+    type: str
 """

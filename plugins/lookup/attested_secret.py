@@ -23,14 +23,12 @@ description:
 author: HCP maintainers (@hcp-core)
 version_added: 0.1.0
 extends_documentation_fragment:
+  - hcp.core.tpm.tcti
   - hcp.core.attestation
 options:
   _terms:
     description: Asset names of the entry (for example V(secret-db-password), V(rootfs.key)).
     required: true
-  tcti:
-    description: TCTI of the TPM to attest with (default the environment's TCTI or the resource manager).
-    type: str
   encoding:
     description:
       - How to return the bytes. V(utf-8) fails for an asset that is not valid UTF-8; use V(base64) for binary

@@ -16,8 +16,12 @@ from ansible_collections.hcp.core.plugins.module_utils.errors import MissingDepe
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 
 # Each spec matches a doc fragment of the same name (plugins/doc_fragments/): one option path.
-TPM_ARGUMENT_SPEC = dict(
+TCTI_ARGUMENT_SPEC = dict(
     tcti=dict(type="str"),
+)
+
+TPM_ARGUMENT_SPEC = dict(
+    TCTI_ARGUMENT_SPEC,
     ek_type=dict(type="str", default="rsa", choices=["rsa", "ecc"]),
 )
 
@@ -107,5 +111,5 @@ def apply_file_attributes(module, path, changed, params=None):
     return changed
 
 
-__all__ = ["ATTESTATION_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC", "apply_file_attributes",
+__all__ = ["ATTESTATION_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC", "apply_file_attributes",
            "argument_spec", "fail_on_hcp_error", "service_client_args", "write_private_file"]

@@ -24,6 +24,7 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
+  - hcp.core.tpm.tcti
   - hcp.core.attestation
   - ansible.builtin.action_common_attributes
 attributes:
@@ -37,10 +38,6 @@ attributes:
     platforms: posix
     support: full
 options:
-  tcti:
-    description: TPM TCTI string such as V(device:/dev/tpmrm0) or V(swtpm:host=127.0.0.1,port=2321); default the
-      environment's TCTI or the TPM resource manager.
-    type: str
   install:
     description: Install the assets; V(false) attests only.
     type: bool
@@ -136,7 +133,12 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hcp.core.plugins.module_utils.attestation import attester
 from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.module_helpers import ATTESTATION_ARGUMENT_SPEC, argument_spec, fail_on_hcp_error
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
+    ATTESTATION_ARGUMENT_SPEC,
+    TCTI_ARGUMENT_SPEC,
+    argument_spec,
+    fail_on_hcp_error,
+)
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
@@ -144,7 +146,7 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
             ATTESTATION_ARGUMENT_SPEC,
-            tcti=dict(type="str"),
+            TCTI_ARGUMENT_SPEC,
             install=dict(type="bool", default=True),
             root=dict(type="path", default="/"),
             rules=dict(type="dict", default={}),

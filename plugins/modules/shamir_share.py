@@ -34,6 +34,8 @@ attributes:
     platforms: posix
     support: full
     description: Target OS/families that can be operated against.
+extends_documentation_fragment:
+  - hcp.core.tpm.tcti
 options:
   path:
     description: The share file.
@@ -61,9 +63,6 @@ options:
     description: Whether this host has already been operational (changes the V(require) behaviour).
     type: bool
     default: false
-  tcti:
-    description: TCTI of the TPM, for example V(device:/dev/tpmrm0) or V(swtpm:host=127.0.0.1,port=2321).
-    type: str
   hsm:
     description: Protect with a PKCS#11 token instead of the TPM (unless O(protect_with_tpm=never)).
     type: dict
@@ -176,7 +175,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.unseal.hsm import Hsm
-from ansible_collections.hcp.core.plugins.module_utils.module_helpers import fail_on_hcp_error
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import TCTI_ARGUMENT_SPEC, argument_spec, fail_on_hcp_error
 from ansible_collections.hcp.core.plugins.module_utils.unseal.shamir import Share
 from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import (
     ProtectionUnavailableError,
@@ -217,13 +216,13 @@ def _write(module, params, tpm_factory, hsm):
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=argument_spec(
+            TCTI_ARGUMENT_SPEC,
             path=dict(type="path", required=True),
             state=dict(type="str", default="write", choices=["write", "read", "inspect"]),
             share=dict(type="str", no_log=True),
             protect_with_tpm=dict(type="str", default="best-effort", choices=["best-effort", "require", "never"]),
             operational=dict(type="bool", default=False),
-            tcti=dict(type="str"),
             hsm=dict(type="dict", options=dict(
                 module=dict(type="path", required=True),
                 token_label=dict(type="str", required=True, no_log=False),

@@ -18,6 +18,7 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
+  - hcp.core.tpm.tcti
   - hcp.core.tpm
   - ansible.builtin.action_common_attributes
 attributes:

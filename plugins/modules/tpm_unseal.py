@@ -21,6 +21,7 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
+  - hcp.core.tpm.tcti
   - hcp.core.tpm
   - ansible.builtin.files
   - ansible.builtin.action_common_attributes
@@ -125,7 +126,6 @@ from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
     write_private_file,
 )
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
-from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR
 
 
 def main():
@@ -169,11 +169,9 @@ def main():
                 result["changed"] = dest is not None
             else:
                 with Tpm(params["tcti"], ek_type=params["ek_type"]) as tpm:
-                    plaintext = env_mod.unseal(tpm, envelope)
+                    plaintext, result["pcr_extended"] = env_mod.unseal_once(
+                        tpm, envelope, extend_pcr=params["extend_pcr"] and not module.check_mode)
                     result["unsealed"] = True
-                    if one_time and params["extend_pcr"] and not module.check_mode:
-                        tpm.extend_pcr(ONE_TIME_PCR, b"hcp.core one-time unseal")
-                        result["pcr_extended"] = True
     except (HcpError, ValueError) as exc:
         fail_on_hcp_error(module, exc)
     except OSError as exc:

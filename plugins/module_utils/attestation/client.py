@@ -29,7 +29,7 @@ from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest impor
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, TpmError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import tss_rc
-from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR
+from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR, close_one_time, one_time_used
 from ansible_collections.hcp.core.plugins.module_utils.web.client import HttpsJsonClient
 
 try:
@@ -37,7 +37,6 @@ try:
 except ImportError:  # pragma: no cover
     TSS2_Exception = None
 
-ONE_TIME_EXTEND_DATA = b"hcp.core one-time unseal"
 DEFAULT_TIMEOUT = 30
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
@@ -226,12 +225,6 @@ def verify_payload(payload, signer_public):
     return files, manifest
 
 
-def one_time_used(tpm):
-    """Whether PCR 11 was extended this boot (one-time envelopes cannot be unsealed)."""
-    value = tpm.read_pcrs("sha256", [ONE_TIME_PCR])[ONE_TIME_PCR]
-    return any(bytearray(value))
-
-
 def open_assets(tpm, manifest, files, unseal=True, extend_pcr=True, one_time=ONE_TIME_UNSEAL):
     """Plaintext of the entry's assets: (assets {name: bytes}, skipped [{name, reason}], pcr_extended).
 
@@ -265,7 +258,7 @@ def open_assets(tpm, manifest, files, unseal=True, extend_pcr=True, one_time=ONE
     extended = False
     if one_time_unsealed and extend_pcr:
         try:
-            tpm.extend_pcr(ONE_TIME_PCR, ONE_TIME_EXTEND_DATA)
+            close_one_time(tpm)
         except TpmError as exc:
             raise AttestClientError("assets unsealed but PCR %d could not be extended: %s" % (ONE_TIME_PCR, exc))
         extended = True

@@ -39,6 +39,21 @@ DEFAULT_MAX_BACKOFF = 600
 DEFAULT_FETCH_TIMEOUT = 120
 
 
+def read_state(path):
+    """arepl's state file (format ``hcp.core.arepl-state`` v1) as a dict; the initial state when the
+    file is missing, unreadable or of another format. The one reader: arepl and the attestation app."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError, RecursionError):
+        state = None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+        state = {"format": STATE_FORMAT, "version": STATE_VERSION, "last_success": None, "last_attempt": None,
+                 "last_error": None, "last_error_time": None, "consecutive_failures": 0, "next_attempt": 0,
+                 "head": None, "head_time": None, "current": None}
+    return state
+
+
 class ReplicaError(HcpError):
     """The replica cannot be used or configured (no snapshot yet, bad configuration)."""
 
@@ -96,16 +111,7 @@ class Replica(object):
 
     # -- state ----------------------------------------------------------------------------
     def _load_state(self):
-        try:
-            with open(self.state_path, "r", encoding="utf-8") as handle:
-                state = json.load(handle)
-        except (OSError, ValueError):
-            state = None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-            state = {"format": STATE_FORMAT, "version": STATE_VERSION, "last_success": None, "last_attempt": None,
-                     "last_error": None, "last_error_time": None, "consecutive_failures": 0, "next_attempt": 0,
-                     "head": None, "head_time": None, "current": None}
-        return state
+        return read_state(self.state_path)
 
     def _save_state(self, state):
         atomic_write(self.state_path, (json.dumps(state, sort_keys=True, indent=1) + "\n").encode(), mode=0o640)

@@ -189,26 +189,6 @@ class UsedTickets(object):
 
 # -- snapshot entry cache -------------------------------------------------------------------
 
-def read_head(git_dir, branch="main"):
-    """The commit id of ``branch`` read from the ref files (no git process), or None."""
-    try:
-        with open(os.path.join(git_dir, "refs", "heads", branch), "r", encoding="ascii") as handle:
-            head = handle.read().strip()
-        if len(head) in (40, 64):
-            return head
-    except (OSError, UnicodeDecodeError):
-        pass
-    try:
-        with open(os.path.join(git_dir, "packed-refs"), "r", encoding="ascii") as handle:
-            for line in handle:
-                parts = line.split()
-                if len(parts) == 2 and parts[1] == "refs/heads/" + branch:
-                    return parts[0]
-    except (OSError, UnicodeDecodeError):
-        pass
-    return None
-
-
 class EntryCache(object):
     """Entries read from a snapshot, keyed by (snapshot path, head, ekpubhash).
 
@@ -223,7 +203,7 @@ class EntryCache(object):
 
     def get(self, db, ekpubhash):
         """(files or None, head, cache key) of ``ekpubhash`` in the snapshot ``db``."""
-        head = read_head(db.path) or db.head()
+        head = db.head_from_refs() or db.head()
         key = (db.path, head, ekpubhash)
         with self._lock:
             if key in self._data:

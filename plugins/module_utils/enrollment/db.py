@@ -58,6 +58,26 @@ def hostname_shard(hostname):
     return "hn2ek/%s.json" % hashlib.sha256(hostname.encode("utf-8")).hexdigest()[:2]
 
 
+def read_head(git_dir, branch=BRANCH):
+    """The commit id of ``branch`` read from the ref files (no git process), or None."""
+    try:
+        with open(os.path.join(git_dir, "refs", "heads", branch), "r", encoding="ascii") as handle:
+            head = handle.read().strip()
+        if len(head) in (40, 64):
+            return head
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        with open(os.path.join(git_dir, "packed-refs"), "r", encoding="ascii") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == "refs/heads/" + branch:
+                    return parts[0]
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
 class EnrollmentDb(object):
     """A bare git repository at ``path``; writers serialise on ``<path>/hcp-enrolldb.lock``."""
 
@@ -115,6 +135,11 @@ class EnrollmentDb(object):
             raise EnrollDbError("%s is not an hcp.core enrollment DB" % self.path)
         if doc.get("version") != VERSION:
             raise EnrollDbError("enrollment DB %s has format version %r; this code reads %d" % (self.path, doc.get("version"), VERSION))
+
+    def head_from_refs(self, branch=BRANCH):
+        """The commit id of ``branch`` read from the ref files (no git process: the attestation
+        server asks once per request), or None."""
+        return read_head(self.path, branch)
 
     def lock(self):
         """Exclusive writer lock (across processes)."""

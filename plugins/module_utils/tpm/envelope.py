@@ -323,3 +323,15 @@ def unseal(tpm, envelope):
         return AESGCM(key).decrypt(nonce, _unb64(envelope, "ciphertext"), _header_aad(envelope))
     except InvalidTag:
         raise EnvelopeIntegrityError("envelope failed authentication (AES-GCM tag mismatch): it was tampered with")
+
+
+def unseal_once(tpm, env, extend_pcr=True):
+    """(plaintext, pcr_extended): unseal the envelope ``env`` (dict) with ``tpm``; a one-time
+    envelope then closes its window at once (PCR 11, ``tpm_policy.close_one_time``) unless
+    ``extend_pcr`` is false."""
+    plaintext = unseal(tpm, env)
+    if env["policy"]["type"] == "one_time" and extend_pcr:
+        tpm_policy.close_one_time(tpm)
+        return plaintext, True
+    return plaintext, False
+

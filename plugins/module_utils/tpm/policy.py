@@ -37,6 +37,7 @@ TPM_CC_POLICY_COMMAND_CODE = 0x0000016C
 TPM_CC_ACTIVATE_CREDENTIAL = 0x00000147
 TPM_ALG_IDS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
 ONE_TIME_PCR = 11
+ONE_TIME_EXTEND_DATA = b"hcp.core one-time unseal"
 POLICY_TYPES = ("none", "pcr", "one_time")
 
 
@@ -148,3 +149,16 @@ def apply_policy(tpm, session, policy):
         selection = TPML_PCR_SELECTION.parse("%s:%s" % (bank, ",".join(str(i) for i in sorted(values))))
         tpm.ectx.policy_pcr(session, TPM2B_DIGEST(), selection)
     tpm.ectx.policy_command_code(session, TPM2_CC.ActivateCredential)
+
+
+def one_time_used(tpm):
+    """Whether PCR 11 was extended this boot (one-time envelopes cannot be unsealed any more)."""
+    value = tpm.read_pcrs("sha256", [ONE_TIME_PCR])[ONE_TIME_PCR]
+    return any(bytearray(value))
+
+
+def close_one_time(tpm):
+    """Extend PCR 11, so one-time envelopes cannot be unsealed again until the TPM restarts.
+    The one place that does it: module tpm_unseal (through envelope.unseal_once) and the attestation client."""
+    tpm.extend_pcr(ONE_TIME_PCR, ONE_TIME_EXTEND_DATA)
+

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - checked by create_app_base
 from ansible_collections.hcp.core.plugins.module_utils import fileutil
 from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
 from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
-from ansible_collections.hcp.core.plugins.module_utils.attestation.replica import snapshot_db_provider
+from ansible_collections.hcp.core.plugins.module_utils.attestation.replica import read_state, snapshot_db_provider
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     LazyApplication,
@@ -266,15 +266,16 @@ def create_app(config=None, attestor=None):
             info["head"] = attestor.db_provider().head()
         except HcpError:
             pass
-        try:
-            with open(state_path, "r", encoding="utf-8") as handle:
-                state = json.load(handle)
-            if state.get("last_success") is not None:
-                info["age_seconds"] = max(0.0, time.time() - float(state["last_success"]))
-            info["consecutive_failures"] = state.get("consecutive_failures")
-            info["last_error"] = state.get("last_error")
-        except (OSError, TypeError, ValueError, AttributeError):
-            pass
+        if state_path:
+            state = read_state(state_path)
+            try:
+                if state.get("last_success") is not None:
+                    info["age_seconds"] = max(0.0, time.time() - float(state["last_success"]))
+            except (TypeError, ValueError, OverflowError):
+                pass
+            if state.get("last_attempt") is not None:
+                info["consecutive_failures"] = state.get("consecutive_failures")
+                info["last_error"] = state.get("last_error")
         return info
 
     def body():

@@ -297,5 +297,5 @@ def test_entry_cache_follows_the_snapshot_head(swtpm, tmp_path):
     assert second["snapshot"] == db.head() != first["snapshot"]
     db._git("pack-refs", "--all")
     assert not os.path.exists(os.path.join(db.path, "refs", "heads", "main"))
-    assert attest.read_head(db.path) == db.head()
-    assert attest.read_head(str(tmp_path)) is None
+    assert db.head_from_refs() == db.head()
+    assert EnrollmentDb(str(tmp_path)).head_from_refs() is None
