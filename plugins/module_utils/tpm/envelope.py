@@ -334,4 +334,3 @@ def unseal_once(tpm, env, extend_pcr=True):
         tpm_policy.close_one_time(tpm)
         return plaintext, True
     return plaintext, False
-

@@ -161,4 +161,3 @@ def close_one_time(tpm):
     """Extend PCR 11, so one-time envelopes cannot be unsealed again until the TPM restarts.
     The one place that does it: module tpm_unseal (through envelope.unseal_once) and the attestation client."""
     tpm.extend_pcr(ONE_TIME_PCR, ONE_TIME_EXTEND_DATA)
-
