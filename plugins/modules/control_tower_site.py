@@ -29,6 +29,7 @@ attributes:
     support: full
     description: Running the same task twice changes nothing the second time.
 extends_documentation_fragment:
+  - hcp.core.attributes
   - hcp.core.service_client
 options:
   client_cert:

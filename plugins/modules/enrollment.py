@@ -25,6 +25,7 @@ attributes:
     support: none
     description: No diff; entries hold sealed assets, not comparable text.
 extends_documentation_fragment:
+  - hcp.core.attributes
   - hcp.core.service_client
 options:
   state:

@@ -35,6 +35,7 @@ attributes:
     support: full
     description: Target OS/families that can be operated against.
 extends_documentation_fragment:
+  - hcp.core.attributes
   - hcp.core.tpm.tcti
 options:
   path:

@@ -26,6 +26,7 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
+  - hcp.core.attributes
   - hcp.core.service_client
   - ansible.builtin.files
 attributes:

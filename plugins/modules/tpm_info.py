@@ -20,7 +20,7 @@ author:
 extends_documentation_fragment:
   - hcp.core.tpm.tcti
   - hcp.core.tpm
-  - ansible.builtin.action_common_attributes
+  - hcp.core.attributes
 attributes:
   check_mode:
     support: full

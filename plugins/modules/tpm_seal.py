@@ -23,7 +23,7 @@ author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
   - ansible.builtin.files
-  - ansible.builtin.action_common_attributes
+  - hcp.core.attributes
 attributes:
   check_mode:
     support: full

@@ -24,7 +24,7 @@ extends_documentation_fragment:
   - hcp.core.tpm.tcti
   - hcp.core.tpm
   - ansible.builtin.files
-  - ansible.builtin.action_common_attributes
+  - hcp.core.attributes
 attributes:
   check_mode:
     support: full

@@ -133,21 +133,10 @@ def create_app_base(name, config=None):
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("max_content_length", DEFAULT_MAX_CONTENT_LENGTH))
     app.json.sort_keys = True
 
-    @app.errorhandler(404)
-    def _not_found(exc):  # pylint: disable=unused-argument
-        return json_error(404, "not found")
-
-    @app.errorhandler(405)
-    def _not_allowed(exc):  # pylint: disable=unused-argument
-        return json_error(405, "method not allowed")
-
-    @app.errorhandler(413)
-    def _too_large(exc):  # pylint: disable=unused-argument
-        return json_error(413, "request body too large")
-
-    @app.errorhandler(500)
-    def _internal(exc):  # pylint: disable=unused-argument
-        return json_error(500, "internal error")
+    # Flask's own errors as JSON, with fixed texts (never the exception's)
+    for status, message in ((404, "not found"), (405, "method not allowed"), (413, "request body too large"),
+                            (500, "internal error")):
+        app.register_error_handler(status, lambda exc, status=status, message=message: json_error(status, message))
 
     @app.get("/healthcheck")
     def _healthcheck():
