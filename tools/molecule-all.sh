@@ -76,6 +76,11 @@ while ((next < ${#scenarios[@]} || running > 0)); do
   done
   wait -n || true
   for s in "${!pid_of[@]}"; do
+    # A scenario killed before it could write its result counts as failed (without this the loop
+    # would spin: wait -n returns at once when no child is left).
+    if [[ ! -f "${LOGS}/${s}.rc" ]] && ! kill -0 "${pid_of[$s]}" 2>/dev/null && [[ ! -f "${LOGS}/${s}.rc" ]]; then
+      echo "1 0" >"${LOGS}/${s}.rc"
+    fi
     if [[ -f "${LOGS}/${s}.rc" ]]; then
       wait "${pid_of[$s]}" 2>/dev/null || true
       unset "pid_of[$s]"
