@@ -51,9 +51,11 @@ def argument_spec(*specs, **options):
     return merged
 
 
-def service_client_args(params):
-    """(url, ca_file, client_cert, client_key, timeout) of a module using SERVICE_CLIENT_ARGUMENT_SPEC."""
-    return params["url"], params["ca_file"], params["client_cert"], params["client_key"], params["timeout"]
+def service_client_args(get):
+    """(url, ca_file, client_cert, client_key, timeout), the service clients' constructor arguments,
+    in SERVICE_CLIENT_ARGUMENT_SPEC's order: ``get`` is a module's ``params`` or a lookup's ``get_option``."""
+    get = get.__getitem__ if isinstance(get, dict) else get
+    return tuple(get(name) for name in SERVICE_CLIENT_ARGUMENT_SPEC)
 
 
 def fail_on_hcp_error(module, exc, msg=None, **extra):

@@ -8,6 +8,8 @@ from __future__ import annotations
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import service_client_args
+
 
 class HcpLookupBase(LookupBase):
     """Base of hcp.core lookups. Subclasses set NAME and call ``load_options`` first in ``run``."""
@@ -23,5 +25,5 @@ class HcpLookupBase(LookupBase):
             exc_or_message if isinstance(exc_or_message, BaseException) else None)
 
     def service_client_args(self):
-        """(url, ca_file, client_cert, client_key, timeout): the options of fragment hcp.core.service_client."""
-        return tuple(self.get_option(name) for name in ("url", "ca_file", "client_cert", "client_key", "timeout"))
+        """The service clients' constructor arguments from the options of fragment hcp.core.service_client."""
+        return service_client_args(self.get_option)
