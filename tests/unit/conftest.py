@@ -6,12 +6,14 @@ EK certificate from a private local vendor CA, and loopback ports."""
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -39,26 +41,58 @@ def _die_with_parent():
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+# Made when this file is imported, in the test worker, before ansible-test forks a child per
+# test: every child sees the same directory. Removed when the worker exits.
+_TEMPLATES = tempfile.mkdtemp(prefix="hcp-swtpm-templates.")
+atexit.register(shutil.rmtree, _TEMPLATES, True)
+
+
+def _manufactured(identity):
+    """The state and vendor CA of the test TPM called `identity`, manufactured once per test
+    worker.
+
+    swtpm_setup creates an RSA EK and two certificates (about 1.5 s). ansible-test runs every
+    test in a forked child, so session fixtures are built again for each test: without this
+    cache the unit gate spent most of its time manufacturing the same TPMs. Each fixture gets
+    a copy, so a test still starts from a TPM no other test has touched."""
+    template = os.path.join(_TEMPLATES, identity)
+    if not os.path.isdir(template):
+        scratch = tempfile.mkdtemp(prefix=identity + ".", dir=_TEMPLATES)
+        Swtpm.manufacture(scratch)
+        try:
+            os.rename(scratch, template)
+        except OSError:  # another process got there first: keep its TPM
+            shutil.rmtree(scratch)
+    return template
+
+
 class Swtpm(object):
     """One swtpm process with its own state directory and local vendor CA."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, template=None):
         self.workdir = str(workdir)
         self.state = os.path.join(self.workdir, "state")
         self.ca = os.path.join(self.workdir, "ca")
         self.proc = None
         self.port = None
-        for path in (self.state, self.ca):
-            os.makedirs(path, mode=0o700, exist_ok=True)
-        self._manufacture()
+        if template:
+            shutil.copytree(template, self.workdir, dirs_exist_ok=True)
+        else:
+            self.manufacture(self.workdir)
 
-    def _manufacture(self):
-        conf = os.path.join(self.workdir, "localca.conf")
-        opts = os.path.join(self.workdir, "localca.options")
-        setup = os.path.join(self.workdir, "swtpm_setup.conf")
+    @staticmethod
+    def manufacture(workdir):
+        """Make a TPM: state, EK and platform certificates from a private local vendor CA."""
+        state = os.path.join(workdir, "state")
+        ca = os.path.join(workdir, "ca")
+        for path in (state, ca):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        conf = os.path.join(workdir, "localca.conf")
+        opts = os.path.join(workdir, "localca.options")
+        setup = os.path.join(workdir, "swtpm_setup.conf")
         with open(conf, "w") as f:
             f.write("statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\n"
-                    "certserial = %s/certserial\n" % (self.ca, self.ca, self.ca, self.ca))
+                    "certserial = %s/certserial\n" % (ca, ca, ca, ca))
         with open(opts, "w") as f:
             f.write("--platform-manufacturer hcp-test\n--platform-version 2.1\n--platform-model swtpm\n")
         with open(setup, "w") as f:
@@ -66,7 +100,7 @@ class Swtpm(object):
                     % (shutil.which("swtpm_localca") or "/usr/bin/swtpm_localca", conf, opts))
         subprocess.run(
             ["swtpm_setup", "--tpm2", "--createek", "--create-ek-cert", "--create-platform-cert",
-             "--create-spk", "--tpmstate", self.state, "--config", setup, "--overwrite"],
+             "--create-spk", "--tpmstate", state, "--config", setup, "--overwrite"],
             check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
 
@@ -124,7 +158,7 @@ class Swtpm(object):
 @pytest.fixture(scope="session")
 def swtpm(tmp_path_factory):
     """A session-wide software TPM (PCRs may have been extended by earlier tests)."""
-    tpm = Swtpm(tmp_path_factory.mktemp("swtpm")).start()
+    tpm = Swtpm(tmp_path_factory.mktemp("swtpm"), _manufactured("session")).start()
     yield tpm
     tpm.stop()
 
@@ -132,7 +166,7 @@ def swtpm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_swtpm(tmp_path_factory):
     """A second, unrelated software TPM."""
-    tpm = Swtpm(tmp_path_factory.mktemp("swtpm-other")).start()
+    tpm = Swtpm(tmp_path_factory.mktemp("swtpm-other"), _manufactured("other")).start()
     yield tpm
     tpm.stop()
 
@@ -145,7 +179,8 @@ def fresh_swtpm(swtpm):
 
 @pytest.fixture
 def new_swtpm(tmp_path):
-    """A newly manufactured TPM for tests that change persistent state."""
-    tpm = Swtpm(tmp_path).start()
+    """A newly manufactured TPM for tests that change persistent state: a third identity,
+    unrelated to `swtpm` and `other_swtpm`."""
+    tpm = Swtpm(tmp_path / "new-swtpm", _manufactured("new")).start()
     yield tpm
     tpm.stop()
