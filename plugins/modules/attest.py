@@ -29,14 +29,8 @@ extends_documentation_fragment:
   - hcp.core.attributes
 attributes:
   check_mode:
-    support: full
     details: Attests and unseals ordinary assets to compare them, but never unseals one-time assets, never
       extends PCR 11 and writes nothing.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
-    support: full
 options:
   install:
     description: Install the assets; V(false) attests only.

@@ -18,16 +18,6 @@ description:
   - Returns the site's status; never a token or key material.
 author:
   - HCP maintainers (@hcp-core)
-attributes:
-  check_mode:
-    support: full
-    description: Can run in check_mode and return changed status prediction without modifying target.
-  diff_mode:
-    support: none
-    description: No diff is shown (share and key material must not appear in diffs).
-  idempotent:
-    support: full
-    description: Running the same task twice changes nothing the second time.
 extends_documentation_fragment:
   - hcp.core.attributes
   - hcp.core.service_client

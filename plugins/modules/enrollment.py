@@ -19,11 +19,7 @@ author: HCP maintainers (@hcp-core)
 version_added: 0.1.0
 attributes:
   check_mode:
-    support: full
-    description: Reports what would change (added, reenrolled, deleted) without calling a writing API.
-  diff_mode:
-    support: none
-    description: No diff; entries hold sealed assets, not comparable text.
+    details: Reports what would change (added, reenrolled, deleted) without calling a writing API.
 extends_documentation_fragment:
   - hcp.core.attributes
   - hcp.core.service_client

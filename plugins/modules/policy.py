@@ -22,13 +22,9 @@ extends_documentation_fragment:
   - ansible.builtin.files
   - hcp.core.attributes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
-  platform:
-    platforms: posix
-    support: full
+    description: Shows the policy's canonical JSON before and after.
 options:
   path:
     description: Path of the policy file (the service's C(policy_file)).

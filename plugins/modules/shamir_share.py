@@ -21,19 +21,8 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 attributes:
-  check_mode:
-    support: full
-    description: Can run in check_mode and return changed status prediction without modifying target.
-  diff_mode:
-    support: none
-    description: No diff is shown (share and key material must not appear in diffs).
   idempotent:
-    support: full
-    description: Writing the same share with the same protection changes nothing.
-  platform:
-    platforms: posix
-    support: full
-    description: Target OS/families that can be operated against.
+    details: Writing the same share with the same protection changes nothing.
 extends_documentation_fragment:
   - hcp.core.attributes
   - hcp.core.tpm.tcti

@@ -26,13 +26,7 @@ extends_documentation_fragment:
   - hcp.core.attributes
 attributes:
   check_mode:
-    support: full
     details: Reports what would be created without creating it.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
-    support: full
 requirements:
   - cryptography (on the target; the hcp.core runtime venv has it)
 options:

@@ -31,19 +31,11 @@ extends_documentation_fragment:
   - ansible.builtin.files
 attributes:
   check_mode:
-    support: full
-    description: Shares are combined and checked; nothing is written and the tower is not contacted.
-  diff_mode:
-    support: none
-    description: No diff is shown (share and key material must not appear in diffs).
+    details: Shares are combined and checked; nothing is written and the tower is not contacted.
   idempotent:
     support: partial
     description: O(action=unseal) and O(action=init) do nothing when O(dest) exists (unless O(force)); O(action=reinit)
       always runs.
-  platform:
-    platforms: posix
-    support: full
-    description: Target OS/families that can be operated against.
 options:
   action:
     description: What to do.

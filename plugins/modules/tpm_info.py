@@ -21,14 +21,6 @@ extends_documentation_fragment:
   - hcp.core.tpm.tcti
   - hcp.core.tpm
   - hcp.core.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
-    support: full
 options:
   pcr_bank:
     description: The PCR bank to read.

@@ -25,13 +25,10 @@ extends_documentation_fragment:
   - ansible.builtin.files
   - hcp.core.attributes
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
-    support: full
+  idempotent:
+    support: partial
+    description: With O(fingerprint=true) (the default) an envelope for the same EK, policy and data is left alone;
+      with O(fingerprint=false) it is rewritten on every run.
 options:
   ekpub:
     description:

@@ -27,13 +27,7 @@ extends_documentation_fragment:
   - hcp.core.attributes
 attributes:
   check_mode:
-    support: full
     details: In check mode a one-time envelope is not unsealed and PCR 11 is not extended.
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
-    support: full
 options:
   src:
     description: Path of the envelope on the host. Exactly one of O(src) and O(envelope) is required.

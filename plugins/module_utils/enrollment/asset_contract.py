@@ -12,6 +12,7 @@ only produce bytes, so a failing generator cannot leave anything half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
@@ -61,6 +62,8 @@ class Asset(object):
         return "Asset(%r, %d bytes, sensitive=%r)" % (self.name, len(self.data), self.sensitive)
 
 
+# repr=False: the default repr would print the secrets; eq=False: contexts compare by identity.
+@dataclasses.dataclass(repr=False, eq=False, slots=True)
 class GeneratorContext(object):
     """What a generator may read.
 
@@ -73,17 +76,14 @@ class GeneratorContext(object):
     the enrollment (all validity periods start here, so tests can pin time).
     """
 
-    __slots__ = ("hostname", "ekpubhash", "ek_public", "profile", "env", "issuer", "secrets", "now")
-
-    def __init__(self, hostname, ekpubhash, ek_public, profile, env, issuer, secrets, now):
-        self.hostname = hostname
-        self.ekpubhash = ekpubhash
-        self.ek_public = ek_public
-        self.profile = profile
-        self.env = env
-        self.issuer = issuer
-        self.secrets = secrets
-        self.now = now
+    hostname: str
+    ekpubhash: str
+    ek_public: bytes
+    profile: dict
+    env: dict
+    issuer: object
+    secrets: dict
+    now: object
 
 
 class AssetGenerator(object):

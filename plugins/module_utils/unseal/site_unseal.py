@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import json
 import os
@@ -255,22 +256,21 @@ class ControlTowerClient(object):
 
 
 # -- flows -------------------------------------------------------------------------------------
+# repr=False: __repr__ below leaves out the shares and the seal key; eq=False: compare by identity.
+@dataclasses.dataclass(repr=False, eq=False, slots=True)
 class SiteInit(object):
     """Result of init_site: ``shares`` {controller: share text} (secret: give each controller
     only its own), ``seal_key`` (bytes, secret), threshold, set_id, public_key (PEM),
     tower (bool: bundle stored at the tower), local (bool: allow_local_unseal)."""
 
-    __slots__ = ("site", "shares", "seal_key", "threshold", "set_id", "public_key", "tower", "local")
-
-    def __init__(self, site, shares, seal_key, threshold, set_id, public_key, tower, local):
-        self.site = site
-        self.shares = shares
-        self.seal_key = seal_key
-        self.threshold = threshold
-        self.set_id = set_id
-        self.public_key = public_key
-        self.tower = tower
-        self.local = local
+    site: str
+    shares: dict
+    seal_key: bytes
+    threshold: int
+    set_id: str
+    public_key: str
+    tower: bool
+    local: bool
 
     def __repr__(self):
         return "SiteInit(site=%r, controllers=%r, threshold=%d, set_id=%s, tower=%r, local=%r)" % (

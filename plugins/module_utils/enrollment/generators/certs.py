@@ -98,12 +98,10 @@ def _rsa_issuer(ctx, generator):
 
 
 class _PkinitHostGenerator(AssetGenerator):
-    """One RSA-2048 PKINIT certificate for the host."""
+    """One RSA-2048 PKINIT certificate for the host: ``<name>.key/.pem``, certificate profile
+    ``<name>``, named ``principal_format`` unless the profile sets ``principal``."""
 
-    profile = None
-
-    def principal(self, ctx, realm):  # pragma: no cover - interface
-        raise NotImplementedError
+    principal_format = None
 
     def generate(self, ctx):
         issuer = _rsa_issuer(ctx, self.name)
@@ -111,48 +109,25 @@ class _PkinitHostGenerator(AssetGenerator):
         key_name = "certificates.%s.principal" % self.name
         principal = options.get("principal")
         if principal is None:
-            principal = self.principal(ctx, _realm(ctx, self.name, options))
+            principal = self.principal_format.format(hostname=ctx.hostname, realm=_realm(ctx, self.name, options))
         try:
             pki.parse_principal(principal)
         except pki.PkiError:
             raise fail(self.name, key_name, "not a Kerberos principal name/instance@REALM")
         days = _days(self.name, options)
         key = pki.new_private_key("rsa-2048")
-        cert = issuer.issue(key.public_key(), self.profile, ctx.hostname, principal=principal, days=days, now=ctx.now)
+        cert = issuer.issue(key.public_key(), self.name, ctx.hostname, principal=principal, days=days, now=ctx.now)
         return _pair(ctx, self.name, self.name, key, cert, lambda f, s: _host_install(self.name, f, s))
 
 
-@register
-class PkinitClientGenerator(_PkinitHostGenerator):
-    """``pkinit-client.key/.pem`` for ``host/<hostname>@REALM`` (or ``principal``)."""
-
-    name = "pkinit-client"
-    profile = "pkinit-client"
-
-    def principal(self, ctx, realm):
-        return "host/%s@%s" % (ctx.hostname, realm)
-
-
-@register
-class PkinitKdcGenerator(_PkinitHostGenerator):
-    """``pkinit-kdc.key/.pem`` for ``krbtgt/REALM@REALM`` (restrict to KDC hosts by policy)."""
-
-    name = "pkinit-kdc"
-    profile = "pkinit-kdc"
-
-    def principal(self, ctx, realm):
-        return "krbtgt/%s@%s" % (realm, realm)
-
-
-@register
-class PkinitIpropGenerator(_PkinitHostGenerator):
-    """``pkinit-iprop.key/.pem`` for ``iprop/<hostname>@REALM`` (KDC replicas)."""
-
-    name = "pkinit-iprop"
-    profile = "pkinit-iprop"
-
-    def principal(self, ctx, realm):
-        return "iprop/%s@%s" % (ctx.hostname, realm)
+# The host PKINIT certificates differ only in their name and default principal.
+for _name, _principal_format in (
+    ("pkinit-client", "host/{hostname}@{realm}"),  # the host's own client identity
+    ("pkinit-kdc", "krbtgt/{realm}@{realm}"),  # the KDC's; restrict to KDC hosts by policy
+    ("pkinit-iprop", "iprop/{hostname}@{realm}"),  # KDC replicas
+):
+    register(type("PkinitHostGenerator[%s]" % _name, (_PkinitHostGenerator,),
+                  {"name": _name, "principal_format": _principal_format}))
 
 
 @register
