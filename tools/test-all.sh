@@ -3,7 +3,7 @@
 # lanes A and B side by side (their output is shown once all ended, one after the other); a lane
 # written A,B,C runs its gates one after the other. ansible-lint and ansible-test sanity are
 # single-threaded, and molecule leaves about a third of the two cores idle (waits on systemd and
-# services), so `make test` runs the gates in one lane beside molecule's two scenario lanes.
+# services), so `make test` runs the gates in one lane beside molecule's scenario lanes.
 # setup/install failures stop the run; a failing gate is recorded and the next gate still runs.
 # Ends with a per-gate time table (plus molecule's per-scenario times when it ran) and
 # "N passed, N failed"; exits non-zero when anything failed.
