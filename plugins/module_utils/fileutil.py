@@ -97,7 +97,7 @@ def _parts(path):
 
 def _owners(uid):
     """Who may own a directory on the path: root, this process and the file's owner."""
-    owners = set([0, os.geteuid()])
+    owners = {0, os.geteuid()}
     if uid is not None and uid >= 0:
         owners.add(uid)
     return frozenset(owners)
