@@ -21,7 +21,7 @@ import time
 from ansible_collections.hcp.core.plugins.module_utils.attestation import install as asset_install
 from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, TpmUnavailableError
-from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import safe_install
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 CONFIG_FORMAT = "hcp.core.attester-config"
@@ -132,7 +132,8 @@ def _write_status(path, out):
               "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     status.update((k, out[k]) for k in ("hostname", "ekpubhash", "server", "snapshot", "changed_assets", "skipped",
                                         "pcr_extended"))
-    atomic_write(path, (json.dumps(status, sort_keys=True) + "\n").encode(), 0o644)
+    # root writes it: walked without following links (fileutil.safe_install), like the assets
+    safe_install(path, (json.dumps(status, sort_keys=True) + "\n").encode(), 0o644)
 
 
 def run_config(config, sleep=time.sleep):
@@ -189,8 +190,8 @@ def main(argv=None):
     if config.get("success_file"):
         try:
             _write_status(config["success_file"], out)
-        except OSError as exc:
-            sys.stderr.write("attester: cannot write %s: %s\n" % (config["success_file"], exc.strerror or exc))
+        except (OSError, HcpError) as exc:
+            sys.stderr.write("attester: cannot write %s: %s\n" % (config["success_file"], getattr(exc, "strerror", None) or exc))
             return 1
     sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
     return 0

@@ -6,9 +6,13 @@
 ``plan(manifest, assets, root, rules)`` decides, from the install hints the enrollment
 pipeline recorded in the signed manifest (or operator ``rules``), one action per asset and
 whether it would change anything (content, mode or ownership); ``apply(actions)`` performs
-them. Files are written atomically, secret files are always 0600, a symlink at a
-destination is refused, users' files go under their home and belong to them, the issuer CA
-goes into the system trust store and keytabs are merged. See docs/attestation-client.md.
+them. Files are written atomically, secret files are always 0600, users' files go under
+their home and belong to them, the issuer CA goes into the system trust store and keytabs
+are merged. The installer runs as root and writes into users' homes, so every path is walked
+with ``fileutil.safe_install``/``read_nofollow`` (openat + O_NOFOLLOW from "/", fchown and
+fchmod on descriptors only): a symbolic link anywhere on a destination, or a directory on it
+owned by a user other than root and the file's owner, is refused and nothing is written.
+See docs/attestation-client.md.
 """
 
 from __future__ import annotations
@@ -18,12 +22,11 @@ import os
 import pwd
 import grp
 import re
-import stat
 import struct
 import subprocess
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
+from ansible_collections.hcp.core.plugins.module_utils.fileutil import UnsafePathError, read_nofollow, safe_install
 
 TRUST_ANCHOR = "trust-anchor"
 KEYTAB = "keytab"
@@ -31,6 +34,7 @@ TRUST_ANCHOR_DIR = "/usr/local/share/ca-certificates"
 UPDATE_CA_CERTIFICATES = "update-ca-certificates"
 RULE_KEYS = frozenset(["dest", "mode", "owner", "group"])
 _SAFE_RE = re.compile(r"[^A-Za-z0-9.-]+")
+MAX_KEYTAB_SIZE = 16 * 1024 * 1024  # an existing keytab larger than this is refused, not read
 
 
 class AssetInstallError(HcpError):
@@ -45,7 +49,7 @@ class Action(object):
     """One planned installation. ``content`` may be secret: never log or return it."""
 
     __slots__ = ("name", "path", "content", "mode", "uid", "gid", "category", "sensitive", "user",
-                 "content_changed", "attrs_changed", "exists", "dir_modes")
+                 "content_changed", "attrs_changed", "exists", "home", "private_dirs")
 
     def __init__(self, **kwargs):
         for key in self.__slots__:
@@ -181,19 +185,15 @@ def _under_root(root, path):
     return os.path.normpath(os.path.join(root, path.lstrip("/"))) if root not in ("", "/") else os.path.normpath(path)
 
 
-def _read_nofollow(path, name):
-    """(bytes, lstat) of an existing regular file, (None, None) when absent; refuses symlinks."""
+def _read_current(path, name, uid, max_size):
+    """(stat, bytes) of the installed file, (None, None) when absent, bytes None when larger
+    than ``max_size``; read without following any link (fileutil.read_nofollow)."""
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None, None
-    if stat.S_ISLNK(info.st_mode):
-        raise AssetInstallError("asset %s: destination %s is a symbolic link: refused" % (name, path))
-    if not stat.S_ISREG(info.st_mode):
-        raise AssetInstallError("asset %s: destination %s is not a regular file" % (name, path))
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(), info
+        return read_nofollow(path, max_size, uid)
+    except UnsafePathError as exc:
+        raise AssetInstallError("asset %s: destination refused: %s" % (name, exc))
+    except OSError as exc:
+        raise AssetInstallError("asset %s: cannot read %s: %s" % (name, path, exc.strerror or exc))
 
 
 def plan(manifest, assets, root="/", rules=None, unavailable=None, site=None):
@@ -233,7 +233,7 @@ def plan(manifest, assets, root="/", rules=None, unavailable=None, site=None):
             skipped.append({"name": name, "reason": unavailable.get(name, "content not available")})
             continue
         owner = spec.get("owner") or "root"
-        user = None
+        user = home = None
         try:
             pw = pwd.getpwnam(owner)
         except KeyError:
@@ -247,7 +247,8 @@ def plan(manifest, assets, root="/", rules=None, unavailable=None, site=None):
             except KeyError:
                 skipped.append({"name": name, "reason": "user %s does not exist" % user})
                 continue
-            if not os.path.isdir(_under_root(root, home)):
+            home = _under_root(root, home)
+            if not os.path.isdir(home):
                 skipped.append({"name": name, "reason": "home directory of %s does not exist" % user})
                 continue
             dest = os.path.join(home, rest)
@@ -257,12 +258,17 @@ def plan(manifest, assets, root="/", rules=None, unavailable=None, site=None):
                 gid = grp.getgrnam(spec["group"]).gr_gid
             except KeyError:
                 raise AssetInstallError("asset %s: group %s does not exist" % (name, spec["group"]))
-        path = _under_root(root, dest)
+        path = os.path.normpath(dest) if user is not None else _under_root(root, dest)
+        if user is not None and not path.startswith(home + os.sep):
+            raise AssetInstallError("asset %s: destination %s is not under the home of %s" % (name, path, user))
         sensitive = bool(asset.get("sensitive"))
         mode = 0o600 if sensitive else (_mode(spec.get("mode"), name) or 0o644)
-        current, info = _read_nofollow(path, name)
         content = assets[name]
+        info, current = _read_current(path, name, pw.pw_uid, MAX_KEYTAB_SIZE if category == KEYTAB else len(content))
         if category == KEYTAB:
+            if info is not None and current is None:
+                raise AssetInstallError("asset %s: the installed keytab %s is larger than %d bytes"
+                                        % (name, path, MAX_KEYTAB_SIZE))
             content = merge_keytabs(current, content)
         content_changed = current is None or not hmac.compare_digest(current, content)
         attrs_changed = info is not None and ((info.st_mode & 0o7777) != mode or info.st_uid != pw.pw_uid
@@ -276,30 +282,23 @@ def plan(manifest, assets, root="/", rules=None, unavailable=None, site=None):
                 parent = os.path.dirname(parent)
         actions.append(Action(name=name, path=path, content=content, mode=mode, uid=pw.pw_uid, gid=gid,
                               category=category, sensitive=sensitive, user=user, content_changed=content_changed,
-                              attrs_changed=attrs_changed, exists=info is not None))
-    for action in actions:
-        action.dir_modes = _missing_dirs(action, root, leaf_private)
+                              attrs_changed=attrs_changed, exists=info is not None,
+                              home=home, private_dirs=leaf_private))
     return Plan(actions, skipped)
 
 
-def _missing_dirs(action, root, leaf_private):
-    """[(dir, mode, uid, gid)] to create, outermost first: 0700 for a directory holding only
-    secrets (no public file in or below it) and for every directory created under a user's
-    home (owned by the user), 0755 else."""
-    missing = []
-    directory = os.path.dirname(action.path)
-    while not os.path.lexists(directory):
-        missing.append(directory)
-        directory = os.path.dirname(directory)
-    home = None
-    if action.user is not None:
-        home = _under_root(root, pwd.getpwnam(action.user).pw_dir)
-    out = []
-    for path in reversed(missing):
-        owned = home is not None and path.startswith(home + os.sep)
-        private = leaf_private.get(path, False) or owned
-        out.append((path, 0o700 if private else 0o755, action.uid if owned else 0, action.gid if owned else 0))
-    return out
+def _dir_maker(action):
+    """``make_dir`` of fileutil.safe_install for one action: (mode, uid, gid) of a missing
+    directory. Under a user's home: 0700, owned by the user; the home itself and anything
+    above it are never created. Elsewhere: 0700 for a directory holding only secrets (no
+    public file in or below it), 0755 else, owned by root."""
+    def make_dir(path):
+        if action.home is not None:
+            if not path.startswith(action.home + os.sep):
+                return None
+            return 0o700, action.uid, action.gid
+        return (0o700 if action.private_dirs.get(path, False) else 0o755), 0, 0
+    return make_dir
 
 
 # --- applying --------------------------------------------------------------------------------
@@ -330,22 +329,14 @@ def apply(actions, dry_run=False, root="/"):
             trust_changed = True
         if dry_run:
             continue
-        for path, mode, uid, gid in action.dir_modes or ():
-            if not os.path.lexists(path):
-                os.mkdir(path, mode)
-                os.chmod(path, mode)
-                os.chown(path, uid, gid)
-        # re-check at write time: a symlink planted since planning is refused too
-        _read_nofollow(action.path, action.name)
+        # A changed file (content, mode or owner) is always rewritten whole: a new inode with
+        # the final owner and mode renamed over the old one, so a hard link planted at the
+        # destination never gets its target chowned. Every path component is re-checked here:
+        # a link planted since planning is refused too.
         try:
-            if action.content_changed:
-                atomic_write(action.path, action.content, action.mode)
-            fd = os.open(action.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            try:
-                os.fchown(fd, action.uid, action.gid)
-                os.fchmod(fd, action.mode)
-            finally:
-                os.close(fd)
+            safe_install(action.path, action.content, action.mode, action.uid, action.gid, make_dir=_dir_maker(action))
+        except UnsafePathError as exc:
+            raise AssetInstallError("asset %s: destination refused: %s" % (action.name, exc))
         except OSError as exc:
             raise AssetInstallError("asset %s: cannot install %s: %s" % (action.name, action.path, exc.strerror or exc))
     if trust_changed and not dry_run and os.path.normpath(root or "/") == "/":
