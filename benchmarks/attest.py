@@ -123,7 +123,7 @@ def run(swtpm, workdir, count):
         cert_der = tpm.ek_certificate_der()
         pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
         h, host, files, _s = enroll.build_entry(config, pem, "bench.example.test", PROFILE)
-        db.add(h, host, files)
+        enroll.store_entry(db, config, h, host, files)
         signer = config.signer.public_key_pem()
         server = attest.Attestor(lambda: db, os.urandom(32), signer_pub=signer, vendor_cas=cas, require_ek_cert=True)
 

@@ -355,7 +355,7 @@ def run(bench, swtpm, workdir, pairs):
         cert_der = tpm.ek_certificate_der()
         pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
         h, host, files, _s = enroll.build_entry(config, pem, "bench.example.test", bench.PROFILE)
-        db.add(h, host, files)
+        enroll.store_entry(db, config, h, host, files)
         ekpub = base64.b64encode(tpm.ek_public().marshal()).decode()
         # the recording side: same ticket key and DB as the served app
         server = attest.Attestor(lambda: db, attest.load_ticket_keys(ticket_key_file), vendor_cas=cas,

@@ -73,7 +73,7 @@ def main():
                 t0 = time.perf_counter()
                 h, host, files, _s = enroll.build_entry(config, eks[serial], "host%06d.example.test" % serial, PROFILE)
                 t1 = time.perf_counter()
-                db.add(h, host, files)
+                enroll.store_entry(db, config, h, host, files)
                 t_store += time.perf_counter() - t1
                 t_build += t1 - t0
                 serial += 1

@@ -91,7 +91,7 @@ class AttestSite(object):
         with tpm_fixture.open() as tpm:
             cert = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
         self.hash, host, files, _s = enroll.build_entry(self.config, cert, "node1.example.test", profile or ATTEST_PROFILE)
-        self.db.add(self.hash, host, files)
+        enroll.store_entry(self.db, self.config, self.hash, host, files)
         self.signer = self.config.signer.public_key_pem()
         self.signer_file = tmp_path / "signer.pub.pem"
         self.signer_file.write_bytes(self.signer)

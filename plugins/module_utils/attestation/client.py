@@ -8,6 +8,9 @@ quotes the requested PCRs over the nonce, sends the evidence, recovers the sessi
 ActivateCredential (only this TPM, holding both the EK and the AK, can), decrypts the
 entry, verifies it against the trusted asset-signer key, and unseals every sensitive asset
 (extending PCR 11 afterwards when an asset carries the one-time policy).
+With a ``state_dir``, the client remembers the highest manifest generation it accepted per
+server set and TPM (``GenerationMemory``) and refuses an older, validly signed entry: a server
+or replica serving a rolled-back enrollment DB.
 Wire formats: docs/attestation.md.
 """
 
@@ -21,11 +24,12 @@ import json
 import os
 import stat
 import tempfile
+import time
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
 from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
-from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import verify_entry
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import generation as manifest_generation, verify_entry
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, TpmError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import tss_rc
@@ -185,29 +189,161 @@ def _servers(server):
     return servers
 
 
-def fetch(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, client_cert=None, extra=None):
+def fetch(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, client_cert=None, extra=None,
+          state_dir=None, check_only=False):
     """Both round trips and the manifest check, trying ``server`` (URL, transport, or a list of
     them in failover order; one server serves both round trips) until one answers with an
-    entry that verifies with ``signer_public``. Nothing is unsealed: sensitive assets are
-    still envelopes sealed to the TPM. Returns {hostname, ekpubhash, snapshot, manifest,
-    files: {stored file: bytes}, server}. A single server's failure is raised as is; with
-    several, AllServersFailedError lists every cause."""
+    entry that verifies with ``signer_public`` (and, with ``state_dir``, is not older than the
+    newest this client accepted from this server set: RollbackError; ``check_only``: check but
+    record nothing, for check mode). Nothing is unsealed:
+    sensitive assets are still envelopes sealed to the TPM. Returns {hostname, ekpubhash,
+    snapshot, manifest, generation, files: {stored file: bytes}, server}. A single server's
+    failure is raised as is; with several, AllServersFailedError lists every cause."""
     servers = _servers(server)
+    memory = GenerationMemory(state_dir) if state_dir else None
     causes = []
     for index, one in enumerate(servers):
         try:
             transport = one if callable(one) else http_transport(one, ca_file, timeout, client_cert)
             payload, response = run_protocol(tpm, transport, extra)
             files, manifest = verify_payload(payload, signer_public)
+            generation = manifest_generation(manifest)
+            if memory is not None:
+                memory.accept([server_label(s, i) for i, s in enumerate(servers)], payload["ekpubhash"], generation,
+                              record=not check_only)
         except AttestClientError as exc:
             if len(servers) == 1:
                 raise
             causes.append((server_label(one, index), exc))
             continue
         return {"hostname": manifest.get("hostname"), "ekpubhash": payload["ekpubhash"],
-                "snapshot": response.get("snapshot"), "manifest": manifest, "files": files,
+                "snapshot": response.get("snapshot"), "manifest": manifest, "generation": generation, "files": files,
                 "server": server_label(one, index)}
     raise AllServersFailedError(causes)
+
+
+# --- the highest manifest generation accepted, per server set and TPM (rollback refusal) ----------
+
+GENERATIONS_FORMAT = "hcp.core.attest-generations"
+GENERATIONS_VERSION = 1
+GENERATIONS_FILE = "generations.json"
+MAX_GENERATIONS_BYTES = 1024 * 1024
+MAX_GENERATION_RECORDS = 1024
+
+
+class RollbackError(AttestClientError):
+    """A server showed a validly signed entry older than one this client already accepted
+    (a rolled-back enrollment DB, or a replica serving an old snapshot)."""
+
+
+class GenerationMemory(object):
+    """``<state_dir>/generations.json`` (format ``hcp.core.attest-generations`` v1, 0600, written
+    atomically under ``generations.lock``): for each (server set, ekpubhash) the highest manifest
+    generation accepted. ``accept`` refuses a lower one; a v1 manifest (no generation) counts as 0,
+    so it is accepted only while nothing newer was (docs/attestation-client.md). The file holds
+    no secret; it is refused (fail closed) when it is not a private regular file of this user or
+    is corrupt: removing it re-trusts the next answer."""
+
+    def __init__(self, state_dir):
+        self.directory = os.path.abspath(state_dir)
+        self.path = os.path.join(self.directory, GENERATIONS_FILE)
+
+    def __repr__(self):
+        return "GenerationMemory(%r)" % self.path
+
+    @staticmethod
+    def key(servers, ekpubhash):
+        """The record key of a server set (order and duplicates do not matter) and a TPM."""
+        doc = json.dumps({"servers": sorted(set(servers)), "ekpubhash": ekpubhash}, sort_keys=True)
+        return hashlib.sha256(doc.encode("utf-8")).hexdigest()
+
+    def _check_directory(self):
+        try:
+            os.mkdir(self.directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise AttestClientError("cannot create the attestation state directory %s: %s" % (self.directory, exc.strerror or exc))
+        info = os.lstat(self.directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (os.geteuid(), 0) or info.st_mode & 0o022:
+            raise AttestClientError("the attestation state directory %s is not a directory only this user (or root) "
+                                    "can write" % self.directory)
+
+    def _load(self):
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise AttestClientError("cannot read the generation memory %s: %s" % (self.path, exc.strerror or exc))
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read(MAX_GENERATIONS_BYTES + 1)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise AttestClientError("the generation memory %s is not a private file of this user" % self.path)
+        try:
+            if len(data) > MAX_GENERATIONS_BYTES:
+                raise ValueError("too large")
+            doc = json.loads(data)
+            if doc.get("format") != GENERATIONS_FORMAT or doc.get("version") != GENERATIONS_VERSION:
+                raise ValueError("unknown format")
+            records = doc["generations"]
+            for name, record in records.items():
+                value, when = record["generation"], record["time"]
+                if len(name) != 64 or isinstance(value, bool) or not isinstance(value, int) or value < 0 \
+                        or isinstance(when, bool) or not isinstance(when, int):
+                    raise ValueError("bad record")
+        except (ValueError, RecursionError, TypeError, KeyError, AttributeError):
+            raise AttestClientError("the generation memory %s is corrupt (remove it to reset; the next answer is then "
+                                    "trusted)" % self.path)
+        return records
+
+    @staticmethod
+    def _refusal(generation, known):
+        offered = "a v1 manifest (no generation)" if generation == 0 else "generation %d" % generation
+        return ("the attestation server offered an entry of %s, older than generation %d this client already accepted "
+                "from this server set: refusing a rolled-back enrollment DB" % (offered, known))
+
+    def highest(self, servers, ekpubhash):
+        """The highest generation accepted for the server set and TPM, or None."""
+        record = self._load().get(self.key(servers, ekpubhash))
+        return None if record is None else record["generation"]
+
+    def accept(self, servers, ekpubhash, generation, record=True):
+        """Record ``generation`` for the server set and TPM; RollbackError when a higher one was
+        accepted before (nothing is written then). ``record=False``: the check only."""
+        if not record:
+            known = self.highest(servers, ekpubhash)
+            if known is not None and generation < known:
+                raise RollbackError(self._refusal(generation, known))
+            return
+        self._check_directory()
+        key = self.key(servers, ekpubhash)
+        try:
+            # O_NOFOLLOW: the lock file never follows a link planted in the state directory.
+            fd = os.open(os.path.join(self.directory, "generations.lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise AttestClientError("cannot lock the generation memory in %s: %s" % (self.directory, exc.strerror or exc))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            records = self._load()
+            known = records.get(key, {}).get("generation")
+            if known is not None and generation < known:
+                raise RollbackError(self._refusal(generation, known))
+            if known == generation:
+                return
+            records[key] = {"generation": generation, "time": int(time.time())}
+            if len(records) > MAX_GENERATION_RECORDS:
+                for old in sorted(records, key=lambda k: records[k]["time"])[:len(records) - MAX_GENERATION_RECORDS]:
+                    if old != key:
+                        del records[old]
+            doc = {"format": GENERATIONS_FORMAT, "version": GENERATIONS_VERSION, "generations": records}
+            try:
+                atomic_write(self.path, (json.dumps(doc, sort_keys=True) + "\n").encode("ascii"), 0o600)
+            except OSError as exc:
+                raise AttestClientError("cannot write the generation memory %s: %s" % (self.path, exc.strerror or exc))
+        finally:
+            os.close(fd)
 
 
 def verify_payload(payload, signer_public):
@@ -266,18 +402,19 @@ def open_assets(tpm, manifest, files, unseal=True, extend_pcr=True, one_time=ONE
 
 
 def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, unseal=True, extend_pcr=True,
-           client_cert=None, extra=None, one_time=ONE_TIME_UNSEAL):
+           client_cert=None, extra=None, one_time=ONE_TIME_UNSEAL, state_dir=None, check_only=False):
     """Attest with ``tpm`` (tpm.Tpm) to ``server`` (URL, transport callable, or a failover list).
 
     ``signer_public``: PEM (or key) of the trusted asset signer: the entry's manifest must
     verify with it. ``unseal``: unseal sensitive assets (else they stay envelopes).
     ``extend_pcr``: after unsealing, extend PCR 11 when any asset has the one-time policy.
-    ``one_time``: see open_assets().
+    ``one_time``: see open_assets(). ``state_dir``: where the highest accepted manifest generation
+    is remembered (see fetch(); None: no rollback check); ``check_only``: check it, record nothing.
 
-    Returns {hostname, ekpubhash, snapshot, manifest, assets: {name: bytes}, files:
+    Returns {hostname, ekpubhash, snapshot, manifest, generation, assets: {name: bytes}, files:
     {stored file: bytes}, pcr_extended, skipped: [{name, reason}], server}. ``assets`` holds
     plaintext (secrets included): never log it."""
-    fetched = fetch(tpm, server, signer_public, ca_file, timeout, client_cert, extra)
+    fetched = fetch(tpm, server, signer_public, ca_file, timeout, client_cert, extra, state_dir=state_dir, check_only=check_only)
     assets, skipped, extended = open_assets(tpm, fetched["manifest"], fetched["files"], unseal, extend_pcr, one_time)
     return dict(fetched, assets=assets, skipped=skipped, pcr_extended=extended)
 
@@ -411,14 +548,15 @@ class PayloadCache(object):
             return None
 
 
-def attest_cached(tpm, server, signer_public, names, ca_file=None, timeout=DEFAULT_TIMEOUT, cache=None):
+def attest_cached(tpm, server, signer_public, names, ca_file=None, timeout=DEFAULT_TIMEOUT, cache=None, state_dir=None):
     """Plaintext of the assets ``names`` ({name: bytes}), attesting at most once per ``cache``
     (a PayloadCache, or None for no cache). A cache hit re-verifies the manifest with
-    ``signer_public`` and unseals locally. Unknown names raise AttestClientError naming them."""
+    ``signer_public`` and unseals locally. Unknown names raise AttestClientError naming them.
+    ``state_dir``: see fetch()."""
     if cache is None:
-        fetched = fetch(tpm, server, signer_public, ca_file, timeout)
+        fetched = fetch(tpm, server, signer_public, ca_file, timeout, state_dir=state_dir)
     else:
-        fetched, hit = cache.get_or_fetch(lambda: fetch(tpm, server, signer_public, ca_file, timeout))
+        fetched, hit = cache.get_or_fetch(lambda: fetch(tpm, server, signer_public, ca_file, timeout, state_dir=state_dir))
         if hit:
             payload = {"ekpubhash": fetched["ekpubhash"], "files": fetched["files"]}
             files, manifest = verify_payload(payload, signer_public)

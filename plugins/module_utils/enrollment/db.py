@@ -7,7 +7,8 @@ Layout (format "hcp.core.enrolldb" v1, docs/enrollment-db.md):
 ``ekpubhash/<h[0:2]>/<h[0:6]>/<h[0:32]>/`` holds one entry's files (``ekpubhash`` with
 the full 64-hex hash, ``hostname``, ``ek.pub``, ``clientprofile``, assets, manifest);
 ``hn2ek/<sha256(hostname)[0:2]>.json`` are the shards of the hostname index (JSON arrays
-of {hostname, ekpubhash} sorted by hostname); ``FORMAT`` names the format.
+of {hostname, ekpubhash} sorted by hostname); ``FORMAT`` names the format; ``GENERATION``
+holds the commit's generation (the commit count of the first-parent history of ``main``).
 
 Every write is one commit made with ``git fast-import`` under an exclusive lock: it
 touches only the trees on the changed paths (flat cost as the DB grows, unlike an index
@@ -46,6 +47,11 @@ class AlreadyEnrolledError(EnrollDbError):
 
 class NotEnrolledError(EnrollDbError):
     """No entry matches."""
+
+
+# The commit's generation (docs/enrollment-db.md): one decimal line at the root of every commit.
+GENERATION_FILE = "GENERATION"
+GENERATION_RE = re.compile(r"[1-9][0-9]{0,17}")
 
 
 def entry_dir(ekpubhash):
@@ -141,14 +147,33 @@ class EnrollmentDb(object):
         server asks once per request), or None."""
         return read_head(self.path, branch)
 
+    def generation(self, rev=None):
+        """The generation of ``rev`` (default: the branch head): the number of commits in its
+        first-parent history, 0 before the first commit. Read from ``GENERATION`` (written by every
+        commit); a commit from before that file counts its history once (``git rev-list --count``)."""
+        raw = self.read_file(GENERATION_FILE, rev=rev)
+        if raw is not None:
+            text = raw.decode("ascii", "replace").strip()
+            if not GENERATION_RE.fullmatch(text):
+                raise EnrollDbError("%s holds a malformed %s" % (self.path, GENERATION_FILE))
+            return int(text)
+        if rev is None and self.head() is None:
+            return 0
+        return int(self._git("rev-list", "--count", "--first-parent", rev or self.ref).decode("ascii").strip())
+
     def lock(self):
         """Exclusive writer lock (across processes)."""
         return exclusive_lock(os.path.join(self.path, "hcp-enrolldb.lock"), 0o640)
 
-    def _commit(self, message, files, deletes, parent=True, author="hcp-enrollment <hcp@localhost>"):
-        """One commit: ``deletes`` (paths or directories) then ``files`` {path: bytes}.
+    def _commit(self, message, files, deletes, parent=True, author="hcp-enrollment <hcp@localhost>", generation=None):
+        """One commit: ``deletes`` (paths or directories) then ``files`` {path: bytes}, with
+        ``GENERATION`` set to ``generation`` (default: the parent's + 1; call under the lock).
         The stream ends with ``done``: if the writer dies before it, fast-import aborts and
         the branch does not move."""
+        if generation is None:
+            generation = self.generation() + 1 if parent else 1
+        files = dict(files)
+        files[GENERATION_FILE] = b"%d\n" % generation
         now = int(time.time())
         msg = message.encode("utf-8")
         proc = subprocess.Popen(
@@ -313,10 +338,28 @@ class EnrollmentDb(object):
             if not FILE_NAME_RE.match(name) or not isinstance(data, bytes):
                 raise EnrollDbError("invalid entry file %r" % (name,))
 
-    def add(self, ekpubhash, hostname, files, message=None, replace=False):
+    @staticmethod
+    def _check_manifest_generation(files, generation):
+        """A stored manifest must carry the generation of the commit that stores it (the writer
+        stamps it under the lock: ``finalize``), so clients can rely on it to refuse a rollback."""
+        if "manifest.json" not in files:
+            return
+        try:
+            manifest = json.loads(files["manifest.json"])
+        except (ValueError, RecursionError):
+            manifest = None
+        stamped = manifest.get("generation") if isinstance(manifest, dict) else None
+        if isinstance(stamped, bool) or stamped != generation:
+            raise EnrollDbError("the entry's manifest has generation %r, its commit gets %d (stamp it with finalize)"
+                                % (stamped, generation))
+
+    def add(self, ekpubhash, hostname, files, message=None, replace=False, finalize=None):
         """Store an entry (``files``: {name: bytes}, without ekpubhash/hostname which are
         written here). 409-type AlreadyEnrolledError when the EK or the hostname is taken
         (``replace=True``: re-enrollment of the same EK and hostname replaces the files).
+        ``finalize(generation)``: called under the lock with the generation the commit gets;
+        returns files (the signed manifest) merged over ``files``. A ``manifest.json`` must carry
+        that generation.
         Returns the new commit id."""
         if not EKPUBHASH_RE.match(ekpubhash or ""):
             raise EnrollDbError("ekpubhash must be 64 lowercase hex characters")
@@ -337,6 +380,12 @@ class EnrollmentDb(object):
                     raise AlreadyEnrolledError("TPM %s is already enrolled" % ekpubhash)
                 if owner is not None:
                     raise AlreadyEnrolledError("hostname %s is already enrolled with TPM %s" % (hostname, owner))
+            generation = self.generation() + 1
+            if finalize is not None:
+                files = dict(files)
+                files.update(finalize(generation))
+                self._check_files(files)
+            self._check_manifest_generation(files, generation)
             out = dict(("%s/%s" % (base, k), v) for k, v in files.items())
             out[base + "/ekpubhash"] = ekpubhash.encode() + b"\n"
             out[base + "/hostname"] = hostname.encode() + b"\n"
@@ -347,7 +396,7 @@ class EnrollmentDb(object):
                 path = hostname_shard(hostname)
                 out[path] = self._shard_bytes(self._shard_rows(path) + [{"hostname": hostname, "ekpubhash": ekpubhash}])
             verb = "reenroll" if replace else "add"
-            return self._commit(message or "%s: %s %s" % (verb, hostname, ekpubhash), out, deletes)
+            return self._commit(message or "%s: %s %s" % (verb, hostname, ekpubhash), out, deletes, generation=generation)
 
     def delete(self, prefix, message=None):
         """Delete every entry whose ekpubhash starts with ``prefix`` (non-empty) in one

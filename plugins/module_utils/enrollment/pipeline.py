@@ -3,10 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The enrollment pipeline (no Ansible imports): EK checks, profile merge, asset
 generation, sealing of sensitive assets to the EK, and the signed manifest. It builds
-the files of one DB entry in memory; enroll_db stores them in one commit, so a failure
-anywhere here writes nothing.
+the files of one DB entry in memory; ``store_entry`` stores them in one commit, signing the
+manifest under the DB lock with the commit's generation, so a failure anywhere writes nothing.
 
-Manifest format "hcp.core.manifest" v1: docs/enrollment-db.md.
+Manifest format "hcp.core.manifest" v2: docs/enrollment-db.md.
 """
 
 from __future__ import annotations
@@ -57,8 +57,13 @@ class PolicyRejectedError(HcpError):
     """The policy service rejected the enrollment, or could not be asked (fail closed)."""
 
 
-def build_entry(config, ek_data, hostname, client_profile, now=None, operation="add", policy_check=None, caller=None):
+def build_entry(config, ek_data, hostname, client_profile, now=None, operation="add", policy_check=None, caller=None,
+                generation=None):
     """Everything one entry holds: (ekpubhash, hostname, files {name: bytes}, summary).
+
+    The manifest is signed only with a ``generation`` (the DB generation of the commit that
+    stores it); without one, ``files`` holds the unsigned ``manifest.json`` and ``store_entry``
+    stamps and signs it under the DB lock.
 
     ``policy_check(params)``: called with the hook payload (hostname, ekpubhash, operation,
     auth.client_cert = ``caller``, the merged profile, and ``__env`` at the top level) after
@@ -111,10 +116,18 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
         "assets": listing,
         "files": dict((n, hashlib.sha256(d).hexdigest()) for n, d in sorted(files.items())),
     }
-    manifest_bytes = (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode()
-    files["manifest.json"] = manifest_bytes
-    files["manifest.sig"] = config.signer.sign(manifest_bytes)
+    files["manifest.json"] = manifest_mod.serialize(manifest)
+    if generation is not None:
+        files.update(manifest_mod.stamp(files, config.signer, generation))
     view = dict((k, v) for k, v in profile.items() if k != "__env")
     summary = {"ekpubhash": ekhash, "hostname": hostname,
                "assets": [{"name": a["name"], "sensitive": a["sensitive"]} for a in listing], "profile": view}
     return ekhash, hostname, files, summary
+
+
+def store_entry(db, config, ekpubhash, hostname, files, message=None, replace=False):
+    """Store a built entry in ``db`` (enrollment.db.EnrollmentDb) in one commit: the manifest is
+    stamped with that commit's generation and signed by ``config.signer`` under the DB lock.
+    Returns the new commit id."""
+    return db.add(ekpubhash, hostname, files, message=message, replace=replace,
+                  finalize=lambda generation: manifest_mod.stamp(files, config.signer, generation))

@@ -221,7 +221,7 @@ class EnrollmentService(object):
             h, host, files, summary = enroll.build_entry(
                 self.enrollment_config(), data, request.get("hostname"), request.get("profile"),
                 policy_check=self.policy_check("add"), caller=request.get("caller"))
-            self.db.add(h, host, files, message="add: %s %s by %s" % (host, h, who))
+            enroll.store_entry(self.db, self.enrollment_config(), h, host, files, message="add: %s %s by %s" % (host, h, who))
             return summary
         if op == "reenroll":
             h = request.get("ekpubhash") or ""
@@ -234,7 +234,8 @@ class EnrollmentService(object):
             _h, _host, files, summary = enroll.build_entry(
                 self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll",
                 policy_check=self.policy_check("reenroll"), caller=request.get("caller"))
-            self.db.add(h, host, files, message="reenroll: %s %s by %s" % (host, h, who), replace=True)
+            enroll.store_entry(self.db, self.enrollment_config(), h, host, files,
+                               message="reenroll: %s %s by %s" % (host, h, who), replace=True)
             return summary
         if op == "delete":
             prefix = (request.get("prefix") or "").lower()

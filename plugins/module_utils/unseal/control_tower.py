@@ -13,7 +13,9 @@ exclusive ``flock`` on ``<store>/.lock``, so concurrent uwsgi workers serialise.
   only rights are storing and fetching that site's bundle. Issuing again revokes the old one.
 * ``store_bundle`` / ``unwrap`` (token-authenticated): a stored bundle unwraps **once**; after
   that the site is locked (``UnwrapLockedError``) until an operator calls ``reallow_unwrap``.
-  Storing a new bundle (re-initialisation) re-arms the unwrap.
+  The token stores the site's *first* bundle only (after ``register_site``; a re-initialisation
+  re-registers with ``replace``, which drops the old bundle): replacing a stored bundle needs an
+  operator as well (``OperatorRequiredError``), so only an operator ever re-arms the unwrap.
 * ``status`` reports facts without secrets.
 
 Every error is a ControlTowerError carrying the HTTP ``status`` the API answers with.
@@ -43,7 +45,7 @@ TOKEN_BYTES = 32
 MAX_BUNDLE_BYTES = 64 * 1024
 MAX_PUBLIC_KEY_BYTES = 16 * 1024
 SITE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-COUNTERS = ("tokens_issued", "stores", "unwraps", "refused_unwraps", "reallows")
+COUNTERS = ("tokens_issued", "stores", "unwraps", "refused_unwraps", "reallows", "refused_stores")
 
 
 class ControlTowerError(HcpError):
@@ -72,6 +74,12 @@ class TokenInvalidError(ControlTowerError):
 
 class TokenForbiddenError(ControlTowerError):
     """A valid token of another site."""
+
+    status = 403
+
+
+class OperatorRequiredError(ControlTowerError):
+    """The operation re-arms the unwrap (replacing a stored bundle): a site token alone may not."""
 
     status = 403
 
@@ -198,7 +206,7 @@ class ControlTower(object):
             "bundle_stored_at": doc["bundle_stored_at"],
             "unwrap_allowed": bool(doc["bundle"] is not None and doc["unwrap_allowed"]),
             "last_unwrap": doc["last_unwrap"],
-            "counts": dict(doc["counts"]),
+            "counts": dict(dict((name, 0) for name in COUNTERS), **doc["counts"]),
         }
 
     # -- operator operations ------------------------------------------------------------
@@ -289,13 +297,23 @@ class ControlTower(object):
                                           % doc["site"])
         raise TokenInvalidError("the token is not valid for site %s (unknown, revoked or replaced)" % doc["site"])
 
-    def store_bundle(self, site, token, bundle):
-        """Store the site's seal key bundle (encrypted to the site key); re-arms the unwrap."""
+    def store_bundle(self, site, token, bundle, operator=None):
+        """Store the site's seal key bundle (encrypted to the site key) and arm its one-time unwrap.
+
+        The site token stores the first bundle after the site's (re-)registration; replacing a
+        stored bundle re-arms the unwrap and needs ``operator`` (the verified operator's name)
+        too: OperatorRequiredError (403, counted in ``refused_stores``) otherwise."""
         _check_token_shape(token)
         bundle = _check_bundle(bundle)
         with self._locked():
             doc = self._load(site)
             self._authorise(doc, token)
+            if doc["bundle"] is not None and not operator:
+                doc["counts"]["refused_stores"] = doc["counts"].get("refused_stores", 0) + 1
+                self._save(doc)
+                raise OperatorRequiredError("site %s already has a bundle: replacing it re-arms the unwrap, which needs "
+                                            "a control tower operator (a client certificate listed in operators) besides "
+                                            "the site token, or a re-registration with replace" % site)
             doc["bundle"] = bundle
             doc["bundle_stored_at"] = _now()
             doc["unwrap_allowed"] = True

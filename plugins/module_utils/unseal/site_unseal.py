@@ -199,8 +199,8 @@ class LocalTower(object):
     def status(self, site):
         return self.tower.status(site)
 
-    def store_bundle(self, site, token, bundle):
-        self.tower.store_bundle(site, token, bundle)
+    def store_bundle(self, site, token, bundle, as_operator=False):
+        self.tower.store_bundle(site, token, bundle, operator="local operator" if as_operator else None)
 
     def unwrap(self, site, token):
         return self.tower.unwrap(site, token)
@@ -218,9 +218,10 @@ class ControlTowerClient(object):
     def __repr__(self):
         return "ControlTowerClient(url=%r)" % self.url
 
-    def _call(self, method, path, token=None, body=None):
+    def _call(self, method, path, token=None, body=None, send_cert=None):
         headers = {"Authorization": "Bearer " + token} if token else {}
-        response = self.http.request(method, path, json_body=body, headers=headers, send_cert=not token)
+        send_cert = not token if send_cert is None else send_cert
+        response = self.http.request(method, path, json_body=body, headers=headers, send_cert=send_cert)
         if response.status not in (200, 201) or not isinstance(response.body, dict):
             raise ControlTowerError("control tower %s %s: HTTP %d: %s" % (method, path, response.status, response.error_detail()),
                                     response.status)
@@ -248,8 +249,11 @@ class ControlTowerClient(object):
                 return {"site": site, "registered": False}
             raise
 
-    def store_bundle(self, site, token, bundle):
-        self._call("PUT", "/v1/sites/%s/bundle" % check_site_name(site), token=token, body={"bundle": bundle})
+    def store_bundle(self, site, token, bundle, as_operator=False):
+        """Store the site's bundle with its token; replacing a stored one needs ``as_operator``
+        (this client's operator certificate is sent along with the token)."""
+        self._call("PUT", "/v1/sites/%s/bundle" % check_site_name(site), token=token, body={"bundle": bundle},
+                   send_cert=as_operator)
 
     def unwrap(self, site, token):
         return self._call("POST", "/v1/sites/%s/unwrap" % check_site_name(site), token=token)["bundle"]

@@ -3,12 +3,13 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The control tower's HTTP face (Flask), hosted by role hcp.core.webapi.
 
-Operator routes need a client certificate verified by nginx (``SSL_CLIENT_VERIFY=SUCCESS``;
-optionally its CN in the configured ``operators`` list); site routes need
-``Authorization: Bearer <site token>`` and nothing else. Configuration: the JSON file named
-by ``HCP_CONTROL_TOWER_CONFIG`` (``store``: state directory; ``operators``: optional list of
-allowed operator CNs; ``max_content_length``). API table: docs/site-unseal.md. Logic:
-unseal/control_tower.py.
+Operator routes need a client certificate verified by nginx (``SSL_CLIENT_VERIFY=SUCCESS``)
+whose CN is in the configured ``operators`` list (absent or empty: nobody is an operator);
+site routes need ``Authorization: Bearer <site token>``. Replacing a stored bundle (which
+re-arms the one-time unwrap) needs both the token and an operator certificate. Configuration:
+the JSON file named by ``HCP_CONTROL_TOWER_CONFIG`` (``store``: state directory;
+``operators``: operator certificate CNs; ``max_content_length``). API table:
+docs/site-unseal.md. Logic: unseal/control_tower.py.
 
 =======  ===================================  ========  =========================================
 method   path                                 auth      effect
@@ -18,7 +19,7 @@ GET      /v1/sites/<site>                     operator  status (404 when unknown
 DELETE   /v1/sites/<site>                     operator  forget the site
 POST     /v1/sites/<site>/token               operator  issue the site token (shown once)
 POST     /v1/sites/<site>/reallow-unwrap      operator  re-arm the one-time unwrap
-PUT      /v1/sites/<site>/bundle              token     store {bundle} (sealed to the site key)
+PUT      /v1/sites/<site>/bundle              token     store the first {bundle}; replace: +operator
 POST     /v1/sites/<site>/unwrap              token     the bundle, once
 =======  ===================================  ========  =========================================
 """
@@ -51,8 +52,11 @@ def create_app(config=None):
     if not isinstance(config.get("store"), str) or not config["store"]:
         raise common.ServiceConfigError("control tower configuration needs store (a directory)")
     operators = config.get("operators")
-    if operators is not None and (not isinstance(operators, list) or not all(isinstance(o, str) for o in operators)):
+    if operators is None:
+        operators = []  # no list: no operator (fail closed), never "any certificate of the client CA"
+    if not isinstance(operators, list) or not all(isinstance(o, str) and o for o in operators):
         raise common.ServiceConfigError("operators must be a list of certificate common names")
+    operators = frozenset(operators)
     app = common.create_app_base("hcp-control-tower", {
         "max_content_length": config.get("max_content_length", DEFAULT_MAX_CONTENT_LENGTH)})
     tower = ControlTower(config["store"])
@@ -62,9 +66,15 @@ def create_app(config=None):
         identity = common.client_identity(flask.request.environ)
         if identity is None:
             raise _Unauthenticated("operator routes need a verified client certificate")
-        if operators is not None and identity["cn"] not in operators:
-            raise _Forbidden("client certificate %s is not a control tower operator" % identity["subject"])
+        if identity["cn"] not in operators:
+            raise _Forbidden("client certificate %s is not a control tower operator%s" % (
+                identity["subject"], "" if operators else " (no operator is configured)"))
         return identity
+
+    def optional_operator():
+        """The CN of a verified operator certificate sent along with a site token, else None."""
+        identity = common.client_identity(flask.request.environ)
+        return identity["cn"] if identity is not None and identity["cn"] in operators else None
 
     def bearer():
         header = flask.request.headers.get("Authorization", "")
@@ -137,7 +147,7 @@ def create_app(config=None):
     def store(site):
         def op():
             presented = bearer()
-            tower.store_bundle(site, presented, body().get("bundle"))
+            tower.store_bundle(site, presented, body().get("bundle"), operator=optional_operator())
             return flask.jsonify({"stored": True})
         return run(op)
 

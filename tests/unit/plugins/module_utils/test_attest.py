@@ -50,7 +50,7 @@ def _enroll(db, config, tpm_fixture, hostname, profile=None):
         # PEM: ekpub.load_ek_public() strips DER input and breaks certificates ending in whitespace bytes
         cert = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
     h, host, files, _summary = enroll.build_entry(config, cert, hostname, profile or PROFILE)
-    db.add(h, host, files)
+    enroll.store_entry(db, config, h, host, files)
     return h, files
 
 
@@ -291,7 +291,7 @@ def test_entry_cache_follows_the_snapshot_head(swtpm, tmp_path):
         first = attest_client.attest(tpm, transport, site["signer"])
         ek_pem = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
         _h, host, files, _s = enroll.build_entry(config, ek_pem, "cache.example.test", PROFILE, operation="reenroll")
-        db.add(h, host, files, replace=True)  # re-enrollment: new head, new key
+        enroll.store_entry(db, config, h, host, files, replace=True)  # re-enrollment: new head, new key
         second = attest_client.attest(tpm, transport, site["signer"])
     assert first["assets"]["rootfs.key"] != second["assets"]["rootfs.key"]
     assert second["snapshot"] == db.head() != first["snapshot"]

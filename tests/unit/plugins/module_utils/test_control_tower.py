@@ -15,6 +15,7 @@ from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower impo
     BadRequestError,
     ControlTower,
     ControlTowerError,
+    OperatorRequiredError,
     SiteConflictError,
     TokenForbiddenError,
     TokenInvalidError,
@@ -80,12 +81,42 @@ def test_token_is_stored_as_hash_and_unwrap_is_once(tower, pem):
     assert info.value.status == 423 and "re-allow" in str(info.value)
     status = tower.status("site-a")
     assert status["unwrap_allowed"] is False and status["last_unwrap"]
-    assert status["counts"] == {"tokens_issued": 1, "stores": 1, "unwraps": 1, "refused_unwraps": 1, "reallows": 0}
+    assert status["counts"] == {"tokens_issued": 1, "stores": 1, "unwraps": 1, "refused_unwraps": 1, "reallows": 0,
+                                "refused_stores": 0}
     assert token not in json.dumps(status)
     status, changed = tower.reallow_unwrap("site-a")
     assert changed and status["unwrap_allowed"]
     assert tower.reallow_unwrap("site-a")[1] is False
     assert tower.unwrap("site-a", token) == stored
+
+
+def test_only_an_operator_replaces_a_bundle(tower, pem):
+    tower.register_site("site-a", pem)
+    token = tower.issue_token("site-a")
+    first = bundle(pem)
+    assert tower.store_bundle("site-a", token, first)["unwrap_allowed"]  # the first store: the init flow
+    assert tower.unwrap("site-a", token) == first
+    # the attack: the token holder stores again to re-arm the one-time unwrap
+    with pytest.raises(OperatorRequiredError) as info:
+        tower.store_bundle("site-a", token, seal_to_site(pem, b"x" * 32, "site-a", "seal-key"))
+    assert info.value.status == 403
+    status = tower.status("site-a")
+    assert status["unwrap_allowed"] is False and status["counts"]["refused_stores"] == 1 and status["counts"]["stores"] == 1
+    with pytest.raises(UnwrapLockedError):
+        tower.unwrap("site-a", token)
+    other = bundle(pem)
+    assert tower.store_bundle("site-a", token, other, operator="operator")["unwrap_allowed"]
+    assert tower.unwrap("site-a", token) == other
+    # a record written before refused_stores existed still loads and counts
+    path = os.path.join(tower.sites_dir, "site-a.json")
+    doc = json.load(open(path))
+    del doc["counts"]["refused_stores"]
+    with open(path, "w") as handle:
+        json.dump(doc, handle)
+    assert tower.status("site-a")["counts"]["refused_stores"] == 0
+    with pytest.raises(OperatorRequiredError):
+        tower.store_bundle("site-a", token, other)
+    assert tower.status("site-a")["counts"]["refused_stores"] == 1
 
 
 def test_tokens_are_per_site_and_revocable(tower, pem):

@@ -15,7 +15,7 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import generators  # noqa: F401  pylint: disable=unused-import
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.asset_contract import GeneratorError
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
-from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollDbError, EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.profile import ProfileError
 from ansible_collections.hcp.core.plugins.module_utils.errors import InvalidEkError
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import manifest as manifest_mod
@@ -43,11 +43,12 @@ def config(swtpm):
 
 
 def test_entry_is_sealed_signed_and_unsealable(swtpm, ek, config, tmp_path):
-    h, host, files, summary = enroll.build_entry(config, ek["cert"], "Node1.Example.Test", PROFILE)
+    h, host, files, summary = enroll.build_entry(config, ek["cert"], "Node1.Example.Test", PROFILE, generation=7)
     assert h == ek["hash"] and host == "node1.example.test"
     assert files["etc-hostname"] == b"node1.example.test\n"
     assert "rootfs.key" not in files and "rootfs.key.sealed" in files
     manifest = manifest_mod.verify_entry(files, config.signer.public_key_pem())
+    assert manifest["version"] == 2 and manifest["generation"] == 7
     assert {a["name"] for a in manifest["assets"]} >= {"etc-hostname", "rootfs.key", "https-server.key", "https-server.pem", "ca.pem"}
     assert all(s["sensitive"] is False or "key" in s["name"] for s in summary["assets"])
     assert b"PRIVATE KEY" not in b"".join(v for k, v in files.items() if not k.endswith(".sealed"))
@@ -58,11 +59,17 @@ def test_entry_is_sealed_signed_and_unsealable(swtpm, ek, config, tmp_path):
     bad = dict(files, **{"etc-hostname": b"evil.example.test\n"})
     with pytest.raises(pki.SignatureError):
         manifest_mod.verify_entry(bad, config.signer.public_key_pem())
-    # And the entry lands in the DB as one commit.
+    # And the entry lands in the DB as one commit, its manifest stamped with that commit's generation
+    # (a manifest signed for another generation is refused).
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
-    db.add(h, host, files)
-    assert db.get(h)["manifest.sig"] == files["manifest.sig"]
+    with pytest.raises(EnrollDbError, match="generation 7, its commit gets 2"):
+        db.add(h, host, files)
+    enroll.store_entry(db, config, h, host, files)
+    stored = manifest_mod.verify_entry(db.get(h), config.signer.public_key_pem())
+    assert stored["generation"] == db.generation() == 2 and stored["files"] == manifest["files"]
+    unsigned = enroll.build_entry(config, ek["cert"], "node1.example.test", PROFILE)[2]
+    assert "manifest.sig" not in unsigned and "generation" not in json.loads(unsigned["manifest.json"])
 
 
 def test_sealed_asset_is_useless_to_another_tpm(other_swtpm, ek, config):

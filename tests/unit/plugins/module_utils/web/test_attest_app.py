@@ -37,7 +37,7 @@ def site(tmp_path, swtpm, other_swtpm):
     with swtpm.open() as tpm:
         h, host, files, _s = enroll.build_entry(config, ek_public_pem(tpm.ek_public()), "web1.example.test",
                                                 {"assets": ["hostname", "rootfs-key"]})
-    source.add(h, host, files)
+    enroll.store_entry(source, config, h, host, files)
     replica = arepl.Replica(str(tmp_path / "arepl"), source.path)
     assert replica.sync()["error"] is None
     key_file = tmp_path / "ticket.key"

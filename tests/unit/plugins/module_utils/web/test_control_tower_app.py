@@ -6,17 +6,21 @@ served over real TLS on loopback with client certificates (control_tower), drive
 ControlTowerClient and the site init/unseal flows."""
 from __future__ import annotations
 
+import base64
 from urllib.parse import quote
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
-from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import ControlTowerError
+from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import ControlTower, ControlTowerError
 from ansible_collections.hcp.core.plugins.module_utils.web import wsgi as common, control_tower_app
 from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import (
     ControlTowerClient,
+    combine_shares,
     generate_site_key,
     init_site,
+    open_sealed,
     public_key_pem,
     seal_to_site,
     unseal,
@@ -76,6 +80,70 @@ def test_operator_and_site_routes(client):
     assert http.delete("/v1/sites/site-a", environ_base=op).get_json() == {"deleted": True}
 
 
+def _site_with_bundle(http, op, site="site-a"):
+    pem = public_key_pem(generate_site_key())
+    assert http.post("/v1/sites", json={"site": site, "public_key": pem}, environ_base=op).status_code == 201
+    auth = {"Authorization": "Bearer " + http.post("/v1/sites/%s/token" % site, environ_base=op).get_json()["token"]}
+    first = seal_to_site(pem, b"s" * 32, site, "seal-key")
+    assert http.put("/v1/sites/%s/bundle" % site, json={"bundle": first}, headers=auth).status_code == 200
+    return pem, auth, first
+
+
+def test_site_token_cannot_rearm_the_unwrap(client):
+    http, op, intruder = client
+    pem, auth, first = _site_with_bundle(http, op)
+    assert http.post("/v1/sites/site-a/unwrap", headers=auth).status_code == 200
+    assert http.post("/v1/sites/site-a/unwrap", headers=auth).status_code == 423
+    # the attack: the token holder stores a bundle again (its own, or the same) to re-arm the unwrap
+    forged = seal_to_site(pem, b"f" * 32, "site-a", "seal-key")
+    for bundle in (forged, first):
+        response = http.put("/v1/sites/site-a/bundle", json={"bundle": bundle}, headers=auth)
+        assert response.status_code == 403 and "needs a control tower operator" in response.get_json()["error"]
+    # a certificate that is not an operator's adds nothing
+    response = http.put("/v1/sites/site-a/bundle", json={"bundle": forged}, headers=auth, environ_base=intruder)
+    assert response.status_code == 403
+    assert http.post("/v1/sites/site-a/reallow-unwrap", headers=auth).status_code == 401
+    assert http.post("/v1/sites/site-a/reallow-unwrap", headers=auth, environ_base=intruder).status_code == 403
+    assert http.post("/v1/sites/site-a/unwrap", headers=auth).status_code == 423  # still locked
+    status = http.get("/v1/sites/site-a", environ_base=op).get_json()
+    assert status["unwrap_allowed"] is False and status["counts"]["refused_stores"] == 3 and status["counts"]["stores"] == 1
+    # an operator (certificate and token) may replace the bundle, which re-arms the unwrap
+    assert http.put("/v1/sites/site-a/bundle", json={"bundle": forged}, headers=auth, environ_base=op).status_code == 200
+    assert http.post("/v1/sites/site-a/unwrap", headers=auth).get_json()["bundle"] == forged
+    # a re-initialisation re-registers with replace (operator): the new token stores the new first bundle
+    other = public_key_pem(generate_site_key())
+    assert http.post("/v1/sites", json={"site": "site-a", "public_key": other, "replace": True},
+                     environ_base=op).status_code == 201
+    fresh = {"Authorization": "Bearer " + http.post("/v1/sites/site-a/token", environ_base=op).get_json()["token"]}
+    bundle = seal_to_site(other, b"s" * 32, "site-a", "seal-key")
+    assert http.put("/v1/sites/site-a/bundle", json={"bundle": bundle}, headers=fresh).status_code == 200
+    assert http.put("/v1/sites/site-a/bundle", json={"bundle": bundle}, headers=fresh).status_code == 403
+
+
+@pytest.mark.parametrize("operators", [[], None])
+def test_no_operator_list_means_no_operator(tmp_path, creds, operators):
+    config = {"store": str(tmp_path / "store")}
+    if operators is not None:
+        config["operators"] = operators
+    http = control_tower_app.create_app(config).test_client()
+    op = cert_environ(creds["client_operator_cert"])
+    pem = public_key_pem(generate_site_key())
+    response = http.post("/v1/sites", json={"site": "site-a", "public_key": pem}, environ_base=op)
+    assert response.status_code == 403 and "no operator is configured" in response.get_json()["error"]
+    # a site registered beforehand (same store) cannot be re-armed by any client-CA certificate either
+    tower = ControlTower(str(tmp_path / "store"))
+    tower.register_site("site-a", pem)
+    auth = {"Authorization": "Bearer " + tower.issue_token("site-a")}
+    tower.store_bundle("site-a", auth["Authorization"][7:], seal_to_site(pem, b"s" * 32, "site-a", "seal-key"))
+    assert http.post("/v1/sites/site-a/unwrap", headers=auth).status_code == 200
+    for path in ("/v1/sites/site-a/reallow-unwrap", "/v1/sites/site-a/token"):
+        assert http.post(path, environ_base=op).status_code == 403
+    assert http.get("/v1/sites/site-a", environ_base=op).status_code == 403
+    bundle = seal_to_site(pem, b"f" * 32, "site-a", "seal-key")
+    assert http.put("/v1/sites/site-a/bundle", json={"bundle": bundle}, headers=auth, environ_base=op).status_code == 403
+    assert http.post("/v1/sites/site-a/unwrap", headers=auth).status_code == 423
+
+
 def test_bad_input_is_400_and_json(client):
     http, op, dummy = client
     assert http.post("/v1/sites", data="x", environ_base=op).status_code == 400
@@ -98,8 +166,9 @@ def test_bad_input_is_400_and_json(client):
 def test_config_is_checked(tmp_path, monkeypatch):
     with pytest.raises(common.ServiceConfigError):
         control_tower_app.create_app({})
-    with pytest.raises(common.ServiceConfigError):
-        control_tower_app.create_app({"store": str(tmp_path), "operators": "admin"})
+    for operators in ("admin", [""], [None]):
+        with pytest.raises(common.ServiceConfigError):
+            control_tower_app.create_app({"store": str(tmp_path), "operators": operators})
     monkeypatch.delenv(control_tower_app.CONFIG_ENV, raising=False)
     with pytest.raises(common.ServiceConfigError):
         control_tower_app.create_app()
@@ -121,6 +190,19 @@ def test_init_and_unseal_over_tls(control_tower):
     facts, changed = operator.reallow_unwrap("site-a")
     assert changed and facts["unwrap_allowed"]
     assert unseal([init.shares["c2"], init.shares["c1"]], tower=site_side).seal_key == init.seal_key
+    # replacing the stored bundle: refused with the token alone, done with the operator certificate too
+    secret, dummy = combine_shares([init.shares["c1"], init.shares["c2"]])
+    site_key = X25519PrivateKey.from_private_bytes(base64.b64decode(secret["site_key"]))
+    token = open_sealed(site_key, secret["token"], "site-a", "token").decode()
+    bundle = seal_to_site(init.public_key, init.seal_key, "site-a", "seal-key")
+    with pytest.raises(ControlTowerError) as info:
+        site_side.store_bundle("site-a", token, bundle)
+    assert info.value.status == 403
+    with pytest.raises(ControlTowerError) as info:
+        site_side.store_bundle("site-a", token, bundle, as_operator=True)  # no certificate to send
+    assert info.value.status == 403
+    operator.store_bundle("site-a", token, bundle, as_operator=True)
+    assert operator.status("site-a")["unwrap_allowed"] is True
     assert operator.status("site-b") == {"site": "site-b", "registered": False}
     unverified = ControlTowerClient(url, None, timeout=10)
     with pytest.raises(ControlTowerError, match="cannot reach") as info:
