@@ -113,16 +113,17 @@ def mask_secret(module, *secrets):
             module.no_log_values.update(added)
 
 
-def unmask_secret(module, *secrets):
-    """Release the masks ``mask_secret`` put on ``secrets`` so a secret the task asked for
-    (``return_content``) reaches its registered variable intact. Call it just before
-    ``exit_json``; the collection's action plugin (plugins/plugin_utils/action.py) then hides the
-    whole result from the output."""
+def unmask_secret(module, *values):
+    """Release the masks ``mask_secret`` put inside ``values``, the strings a task asked for
+    (``return_content``) exactly as they go into the result, so they reach its registered variable
+    intact: every masked form found inside one of them is released (a form need not be the whole
+    value: the base64url of a share's bytes is part of the share's text). Masks of no_log options
+    stay. Call it just before ``exit_json``; the collection's action plugin
+    (plugins/plugin_utils/action.py) then hides the whole result from the output."""
     masked = module.__dict__.get("hcp_masked_secrets", set())
-    for secret in secrets:
-        forms = secret_forms(secret) & masked
-        masked.difference_update(forms)
-        module.no_log_values.difference_update(forms)
+    released = set(form for form in masked if any(form in value for value in values))
+    masked.difference_update(released)
+    module.no_log_values.difference_update(released)
 
 
 def _file_params(module, path):

@@ -183,12 +183,12 @@ def main():
         else:
             result["changed"] = apply_file_attributes(module, dest, result["changed"])
     if params["return_content"] and plaintext is not None:
-        # asked for: released from the mask; the action plugin hides this result from the output
-        unmask_secret(module, plaintext)
         try:
             result["content"] = plaintext.decode("utf-8")
         except UnicodeDecodeError:
             result["content_b64"] = base64.b64encode(plaintext).decode("ascii")
+        # asked for: released from the mask; the action plugin hides this result from the output
+        unmask_secret(module, result.get("content", result.get("content_b64")))
     module.exit_json(**result)
 
 
