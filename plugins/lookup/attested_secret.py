@@ -42,7 +42,7 @@ options:
     default: true
 notes:
   - The lookup never puts a secret in an error message, a warning or a verbose line. The value it returns is a
-    secret, printed by any task that prints it (C(ansible.builtin.debug), C(ansible.builtin.set_fact) with C(-v)):
+    secret, printed by any task that prints it (C(ansible.builtin.debug), C(ansible.builtin.set_fact) with C(-v));
     such tasks need C(no_log=true).
 """
 
