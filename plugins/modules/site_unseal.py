@@ -101,7 +101,7 @@ options:
 notes:
   - O(action=init) and O(action=reinit) return the shares in clear in RV(shares) only with O(return_content=true) (the
     result is then hidden from the output, but the registered variable holds them); give each controller only its own
-    share (M(hcp.core.shamir_share)). These actions refuse to run without O(return_content=true): the new shares would
+    share (M(hcp.core.shamir_share)). These actions refuse to run without O(return_content=true), as the new shares would
     be lost.
 seealso:
   - module: hcp.core.shamir_share
