@@ -12,6 +12,7 @@ import base64
 import os
 
 from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.common.parameters import remove_values
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
@@ -103,7 +104,8 @@ def secret_forms(secret):
 def mask_secret(module, *secrets):
     """Register every secret in ``secrets`` (bytes or str; None is skipped) and its encodings
     (``secret_forms``) with ``module.no_log_values``: Ansible then replaces them with ``********``
-    in everything the module returns, ``msg`` and warnings included. Call it as soon as the
+    in every value the module returns, ``msg`` included, but not in ``module.warn`` texts
+    (ansible-core 2.19 sends them unmasked): warn with ``warn_masked``. Call it as soon as the
     module holds the secret, whether or not it will return it."""
     masked = module.__dict__.setdefault("hcp_masked_secrets", set())
     for secret in secrets:
@@ -124,6 +126,12 @@ def unmask_secret(module, *values):
     released = set(form for form in masked if any(form in value for value in values))
     masked.difference_update(released)
     module.no_log_values.difference_update(released)
+
+
+def warn_masked(module, text):
+    """``module.warn(text)`` with the masked values (no_log options, ``mask_secret``) replaced, as
+    Ansible does for the result but not for warnings."""
+    module.warn(remove_values(text, module.no_log_values))
 
 
 def _file_params(module, path):
@@ -166,4 +174,4 @@ def apply_file_attributes(module, path, changed, params=None):
 
 __all__ = ["ATTESTATION_ARGUMENT_SPEC", "RETURN_CONTENT_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC",
            "apply_file_attributes", "argument_spec", "fail_on_hcp_error", "mask_secret", "secret_forms", "service_client_args", "unmask_secret",
-           "write_private_file"]
+           "warn_masked", "write_private_file"]

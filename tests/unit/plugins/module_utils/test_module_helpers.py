@@ -11,7 +11,7 @@ import pytest
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.hcp.core.plugins.module_utils.module_helpers import mask_secret, secret_forms, unmask_secret
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import mask_secret, secret_forms, unmask_secret, warn_masked
 
 BINARY = bytes(range(240, 256)) + b"\x00tail"
 
@@ -39,13 +39,15 @@ def test_masked_in_messages_in_every_form(capsys):
 
     def leak(module):
         mask_secret(module, secret, BINARY, None)
-        module.warn("warning with %s" % base64.b64encode(secret.encode()).decode())
+        warn_masked(module, "warning with %s" % base64.b64encode(secret.encode()).decode())
         module.fail_json(msg="failed on %s / %s / %s" % (secret, BINARY.hex(), base64.urlsafe_b64encode(BINARY).decode()),
                          detail=[base64.b64encode(BINARY).decode()])
     out = _printed(capsys, {}, leak)
     assert secret not in out and BINARY.hex() not in out and base64.b64encode(BINARY).decode() not in out
     assert base64.urlsafe_b64encode(BINARY).decode() not in out and base64.b64encode(secret.encode()).decode() not in out
-    assert json.loads(out)["msg"].startswith("failed on ********")
+    result = json.loads(out)
+    assert result["msg"] == "failed on ******** / ******** / ********" and result["detail"] == ["VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"]
+    assert "warning with ********" in out
 
 
 def test_unmask_releases_what_is_returned_only(capsys):
