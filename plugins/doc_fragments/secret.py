@@ -18,8 +18,7 @@ options:
       - Whatever this option says, the secret (its text, base64 and hex) is masked in every message and warning the
         module returns.
       - A result holding the secret is hidden from the output as with C(no_log=true), even when the task does not set
-        it (up to version 0.1.0 it was printed with C(-v)); the registered variable holds the secret, so keep it out
-        of C(debug) and other output.
+        it; the registered variable holds the secret, so keep it out of C(debug) and other output.
       - Cannot be combined with C(async) (the job's result file on the host would hold the secret).
     type: bool
     default: false
