@@ -41,7 +41,9 @@ options:
     type: bool
     default: true
 notes:
-  - Tasks using the returned values need C(no_log=true).
+  - The lookup never puts a secret in an error message, a warning or a verbose line. The value it returns is a
+    secret, printed by any task that prints it (C(ansible.builtin.debug), C(ansible.builtin.set_fact) with C(-v));
+    such tasks need C(no_log=true).
 """
 
 EXAMPLES = r"""

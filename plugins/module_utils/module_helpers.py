@@ -8,9 +8,11 @@ This is the only module_utils file that knows about AnsibleModule; the core stay
 
 from __future__ import annotations
 
+import base64
 import os
 
 from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.common.parameters import remove_values
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
@@ -39,6 +41,14 @@ ATTESTATION_ARGUMENT_SPEC = dict(
     signer_public=dict(type="str"),
     signer_public_file=dict(type="path"),
     timeout=dict(type="int", default=30),
+)
+
+
+# Modules that can return secret material (tpm_unseal, shamir_share, site_unseal) return it only
+# with return_content=true; doc fragment hcp.core.secret
+# (plugins/plugin_utils/action.py hides such a result).
+RETURN_CONTENT_ARGUMENT_SPEC = dict(
+    return_content=dict(type="bool", default=False),
 )
 
 
@@ -73,6 +83,55 @@ def _library_named(message):
     start = message.find("'")
     end = message.find("'", start + 1)
     return message[start + 1:end] if 0 <= start < end else "tpm2-pytss"
+
+
+def secret_forms(secret):
+    """The strings under which ``secret`` (bytes or str) could show in a result or a message: its
+    text (when it is UTF-8) as is and without surrounding whitespace, and the base64 and hex of
+    its bytes. Empty strings are left out (masking "" would mask everything)."""
+    data = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+    forms = {base64.b64encode(data).decode("ascii"), base64.urlsafe_b64encode(data).decode("ascii"), data.hex()}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        forms.update((text, text.strip()))
+    forms.discard("")
+    return forms
+
+
+def mask_secret(module, *secrets):
+    """Register every secret in ``secrets`` (bytes or str; None is skipped) and its encodings
+    (``secret_forms``) with ``module.no_log_values``: Ansible then replaces them with ``********``
+    in every value the module returns, ``msg`` included, but not in ``module.warn`` texts
+    (ansible-core 2.19 sends them unmasked): warn with ``warn_masked``. Call it as soon as the
+    module holds the secret, whether or not it will return it."""
+    masked = module.__dict__.setdefault("hcp_masked_secrets", set())
+    for secret in secrets:
+        if secret is not None:
+            added = secret_forms(secret) - module.no_log_values  # a no_log option's value stays masked for good
+            masked.update(added)
+            module.no_log_values.update(added)
+
+
+def unmask_secret(module, *values):
+    """Release the masks ``mask_secret`` put inside ``values``, the strings a task asked for
+    (``return_content``) exactly as they go into the result, so they reach its registered variable
+    intact: every masked form found inside one of them is released (a form need not be the whole
+    value: the base64url of a share's bytes is part of the share's text). Masks of no_log options
+    stay. Call it just before ``exit_json``; the collection's action plugin
+    (plugins/plugin_utils/action.py) then hides the whole result from the output."""
+    masked = module.__dict__.get("hcp_masked_secrets", set())
+    released = set(form for form in masked if any(form in value for value in values))
+    masked.difference_update(released)
+    module.no_log_values.difference_update(released)
+
+
+def warn_masked(module, text):
+    """``module.warn(text)`` with the masked values (no_log options, ``mask_secret``) replaced, as
+    Ansible does for the result but not for warnings."""
+    module.warn(remove_values(text, module.no_log_values))
 
 
 def _file_params(module, path):
@@ -113,5 +172,6 @@ def apply_file_attributes(module, path, changed, params=None):
     return changed
 
 
-__all__ = ["ATTESTATION_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC", "apply_file_attributes",
-           "argument_spec", "fail_on_hcp_error", "service_client_args", "write_private_file"]
+__all__ = ["ATTESTATION_ARGUMENT_SPEC", "RETURN_CONTENT_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC",
+           "apply_file_attributes", "argument_spec", "fail_on_hcp_error", "mask_secret", "secret_forms", "service_client_args", "unmask_secret",
+           "warn_masked", "write_private_file"]

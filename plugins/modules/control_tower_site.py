@@ -95,6 +95,7 @@ from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
     argument_spec,
     fail_on_hcp_error,
     service_client_args,
+    warn_masked,
 )
 from ansible_collections.hcp.core.plugins.module_utils.unseal.site_unseal import ControlTowerClient, SiteStateError, ensure_site
 
@@ -122,7 +123,7 @@ def main():
     except HcpError as exc:
         fail_on_hcp_error(module, exc)
     for warning in warnings:
-        module.warn(warning)
+        warn_masked(module, warning)
     module.exit_json(changed=bool(actions), status=status, actions=actions)
 
 

@@ -15,8 +15,9 @@ description:
   - V(write) protects the share with the host's TPM (a persistent AES-256 key at 0x81000002, or the next free
     handle up to 0x81000005), with a PKCS#11 HSM when O(hsm) is given, or stores it in plaintext, according to
     O(protect_with_tpm). The file is written atomically with mode V(0600).
-  - V(read) decrypts the share and returns it in RV(share). A share the TPM or HSM can no longer decrypt (TPM
-    replaced or cleared) is reported with RV(reinit_needed=true) instead of a failure.
+  - V(read) decrypts the share, and returns it in RV(share) when O(return_content=true) (the result is then hidden
+    from the output). A share the TPM or HSM can no longer decrypt (TPM replaced or cleared) is reported with
+    RV(reinit_needed=true) instead of a failure. Without O(return_content) V(read) only checks that the share decrypts.
   - V(inspect) reports the protection recorded in the file without decrypting it.
 author:
   - HCP maintainers (@hcp-core)
@@ -26,6 +27,7 @@ attributes:
 extends_documentation_fragment:
   - hcp.core.attributes
   - hcp.core.tpm.tcti
+  - hcp.core.secret
 options:
   path:
     description: The share file.
@@ -77,7 +79,8 @@ options:
     description: Hostname reported in the alert (default the system hostname).
     type: str
 notes:
-  - O(state=read) returns the share in clear in RV(share); tasks using it must set C(no_log=true).
+  - O(state=read) with O(return_content=true) returns the share in clear in RV(share); the result is hidden from the
+    output, but the registered variable holds the share.
 seealso:
   - module: hcp.core.site_unseal
 """
@@ -100,8 +103,8 @@ EXAMPLES = r"""
   hcp.core.shamir_share:
     path: /var/lib/hcp/unseal.share
     state: read
-  register: my_share
-  no_log: true
+    return_content: true
+  register: my_share  # my_share.share; the task's output is hidden
 """
 
 RETURN = r"""
@@ -150,8 +153,8 @@ set_id:
   returned: when the file exists
   type: str
 share:
-  description: The share text. Secret; use no_log.
-  returned: O(state=read) and the share decrypted
+  description: The share text. Secret; the result holding it is hidden from the output.
+  returned: O(state=read) with O(return_content=true), when the share decrypted
   type: str
 reinit_needed:
   description: The share cannot be decrypted on this host any more (TPM replaced); the site must re-initialise it.
@@ -165,7 +168,14 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.unseal.hsm import Hsm
-from ansible_collections.hcp.core.plugins.module_utils.module_helpers import TCTI_ARGUMENT_SPEC, argument_spec, fail_on_hcp_error
+from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
+    RETURN_CONTENT_ARGUMENT_SPEC,
+    TCTI_ARGUMENT_SPEC,
+    argument_spec,
+    fail_on_hcp_error,
+    mask_secret,
+    unmask_secret,
+)
 from ansible_collections.hcp.core.plugins.module_utils.unseal.shamir import Share
 from ansible_collections.hcp.core.plugins.module_utils.unseal.share_store import (
     ProtectionUnavailableError,
@@ -197,6 +207,7 @@ def _write(module, params, tpm_factory, hsm):
         wanted = Share.from_text(params["share"], "share")
     except HcpError as exc:
         fail_on_hcp_error(module, exc)
+    mask_secret(module, params["share"], wanted.to_bytes())
     try:
         return ensure_share(params["path"], wanted, params["protect_with_tpm"], tpm_factory=tpm_factory, hsm=hsm,
                             operational=params["operational"], hostname=params["hostname"], check_mode=module.check_mode)
@@ -208,6 +219,7 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
             TCTI_ARGUMENT_SPEC,
+            RETURN_CONTENT_ARGUMENT_SPEC,
             path=dict(type="path", required=True),
             state=dict(type="str", default="write", choices=["write", "read", "inspect"]),
             share=dict(type="str", no_log=True),
@@ -246,8 +258,14 @@ def main():
                 except ShareUndecryptableError as exc:
                     module.exit_json(changed=False, path=path, reinit_needed=True, reason=str(exc), alert=None,
                                      **share_facts(path))
-            module.exit_json(changed=False, path=path, reinit_needed=False, share=share.to_text(), reason=None,
-                             alert=None, **share_facts(path))
+            text = share.to_text()
+            mask_secret(module, text, share.to_bytes())
+            result = dict(changed=False, path=path, reinit_needed=False, reason=None, alert=None, **share_facts(path))
+            if params["return_content"]:
+                # asked for: released from the mask; the action plugin hides this result from the output
+                unmask_secret(module, text)
+                result["share"] = text
+            module.exit_json(**result)
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             module.fail_json(msg="directory %s does not exist" % directory)

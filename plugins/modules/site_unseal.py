@@ -17,18 +17,19 @@ description:
     V(0600) unless O(mode) says otherwise). With O(unseal_mode=local) (sites initialised with
     O(allow_local_unseal=true)) no tower is contacted.
   - O(action=init) creates the site key and a seal key, registers the site at the tower (operator client certificate),
-    gets the site token, stores the sealed seal key at the tower, writes the seal key to O(dest) and returns one share
-    per controller in RV(shares).
+    gets the site token, stores the sealed seal key at the tower, writes the seal key to O(dest) and makes one share
+    per controller, returned in RV(shares) with O(return_content=true) (the result is then hidden from the output).
   - O(action=reinit) recovers the seal key from O(shares) (through the tower this needs an operator's re-allow of the
     unwrap) and initialises the site again with the same seal key and a new site key, giving new RV(shares) for every
     controller, for example after a controller's TPM was replaced.
-  - The seal key is never returned.
+  - The seal key is never returned; it and the shares are masked in every message.
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
   - hcp.core.attributes
   - hcp.core.service_client
   - ansible.builtin.files
+  - hcp.core.secret
 attributes:
   check_mode:
     details: Shares are combined and checked; nothing is written and the tower is not contacted.
@@ -90,8 +91,10 @@ options:
     description: Operator client certificate (PEM), needed for O(action=init) and O(action=reinit).
     type: path
 notes:
-  - O(action=init) and O(action=reinit) return the shares in clear in RV(shares); tasks must set C(no_log=true) and
-    give each controller only its own share (M(hcp.core.shamir_share)).
+  - O(action=init) and O(action=reinit) return the shares in clear in RV(shares) only with O(return_content=true) (the
+    result is then hidden from the output, but the registered variable holds them); give each controller only its own
+    share (M(hcp.core.shamir_share)). These actions refuse to run without O(return_content=true), as the new shares would
+    be lost.
 seealso:
   - module: hcp.core.shamir_share
   - module: hcp.core.control_tower_site
@@ -108,8 +111,8 @@ EXAMPLES = r"""
     ca_file: /etc/hcp/tower-ca.pem
     client_cert: /etc/hcp/operator.pem
     client_key: /etc/hcp/operator.key
-  register: site_init
-  no_log: true
+    return_content: true
+  register: site_init  # site_init.shares; the task's output is hidden
   run_once: true
 
 - name: Unseal from the shares gathered from the controllers
@@ -154,8 +157,8 @@ needed:
   returned: failure for too few shares
   type: int
 shares:
-  description: Share text per controller. Secret; use no_log.
-  returned: O(action=init) or O(action=reinit), when changed and not in check mode
+  description: Share text per controller. Secret; the result holding it is hidden from the output.
+  returned: O(action=init) or O(action=reinit) with O(return_content=true), when changed and not in check mode
   type: dict
 threshold:
   description: Shares needed to unseal.
@@ -179,11 +182,14 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hcp.core.plugins.module_utils.unseal import site_unseal as su
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
+    RETURN_CONTENT_ARGUMENT_SPEC,
     SERVICE_CLIENT_ARGUMENT_SPEC,
     apply_file_attributes,
     argument_spec,
     fail_on_hcp_error,
+    mask_secret,
     service_client_args,
+    unmask_secret,
     write_private_file,
 )
 
@@ -213,6 +219,7 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
             SERVICE_CLIENT_ARGUMENT_SPEC,
+            RETURN_CONTENT_ARGUMENT_SPEC,
             action=dict(type="str", default="unseal", choices=["unseal", "init", "reinit"]),
             site=dict(type="str", required=True),
             dest=dict(type="path", required=True),
@@ -233,7 +240,10 @@ def main():
     p = module.params
     dest, action = p["dest"], p["action"]
     out = dict(dest=dest, unsealed=False)
-    seal_key = None
+    seal_key = new_shares = None
+    if action != "unseal" and not p["return_content"]:
+        module.fail_json(msg="action=%s makes new shares, returned only with return_content=true: set it (the result is "
+                         "hidden from the output)" % action)
     exists = os.path.exists(dest)
     if action != "reinit" and exists and not p["force"]:
         module.exit_json(changed=apply_file_attributes(module, dest, False), **out)
@@ -248,6 +258,7 @@ def main():
         if action == "unseal":
             result = su.unseal(p["shares"], tower=_tower(module, p, False), site=p["site"], mode=p["unseal_mode"])
             seal_key = result.seal_key
+            mask_secret(module, seal_key, _encode(seal_key, p["key_format"]))
             out.update(_combined(result), unsealed=True, via=result.via)
         else:
             tower = _tower(module, p, True)
@@ -259,15 +270,19 @@ def main():
                                                threshold=p["threshold"], allow_local_unseal=p["allow_local_unseal"],
                                                mode=p["unseal_mode"])
                 out.update(_combined(result), unsealed=True, via=result.via)
-            seal_key = fresh.seal_key
-            out.update(shares=fresh.shares, threshold=fresh.threshold, set_id=fresh.set_id,
-                       public_key=fresh.public_key)
+            seal_key, new_shares = fresh.seal_key, fresh.shares
+            mask_secret(module, seal_key, _encode(seal_key, p["key_format"]), *new_shares.values())
+            out.update(threshold=fresh.threshold, set_id=fresh.set_id, public_key=fresh.public_key)
     except su.InsufficientSharesError as exc:
         module.fail_json(msg=str(exc), valid=exc.valid, needed=exc.needed, excluded=exc.excluded,
                          error=type(exc).__name__)
     except HcpError as exc:  # MissingDependencyError names cryptography or requests itself
         fail_on_hcp_error(module, exc)
     changed = write_private_file(module, dest, _encode(seal_key, p["key_format"]), True)
+    if new_shares is not None:
+        # asked for (return_content): released from the mask; the action plugin hides this result from the output
+        unmask_secret(module, *new_shares.values())
+        out["shares"] = new_shares
     module.exit_json(changed=changed, **out)
 
 

@@ -147,6 +147,7 @@ from ansible_collections.hcp.core.plugins.module_utils.fileutil import read_if_e
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
     apply_file_attributes,
     fail_on_hcp_error,
+    mask_secret,
     write_private_file,
 )
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import ekpubhash
@@ -208,6 +209,7 @@ def main():
     dest = params["dest"]
     ek_data = params["ekpub"] if params["ekpub"] is not None else _read(module, params["ekpub_path"], "EK public key")
     data = params["content"].encode("utf-8") if params["content"] is not None else _read(module, params["src"], "source")
+    mask_secret(module, data)  # never returned; masked in any message all the same
     try:
         policy = normalize_policy(_policy(params["policy"]))
         public = load_ek_public(ek_data)

@@ -13,7 +13,7 @@ description:
   - Recovers data sealed by M(hcp.core.tpm_seal) on the host whose TPM owns the envelope's EK, after the TPM checked
     the envelope's policy (ActivateCredential under the EK and the policy bound into the well-known key).
   - Writes the plaintext to O(dest) atomically (mode V(0600) unless O(mode) says otherwise), or returns it when
-    O(return_content=true).
+    O(return_content=true); the result is then hidden from the output (see O(return_content)).
   - Idempotent. When the envelope carries a fingerprint and O(dest) already holds the sealed data, nothing is
     unsealed and nothing changes; otherwise the file is only rewritten when its content differs.
   - For a V(one_time) envelope PCR 11 is extended after unsealing (O(extend_pcr)), so it cannot be unsealed again
@@ -25,6 +25,7 @@ extends_documentation_fragment:
   - hcp.core.tpm
   - ansible.builtin.files
   - hcp.core.attributes
+  - hcp.core.secret
 attributes:
   check_mode:
     details: In check mode a one-time envelope is not unsealed and PCR 11 is not extended.
@@ -40,12 +41,6 @@ options:
       - Where to write the plaintext. Its directory must exist.
       - At least one of O(dest) and O(return_content=true) is required.
     type: path
-  return_content:
-    description:
-      - Return the plaintext as RV(content) (or RV(content_b64) when it is not UTF-8).
-      - Secret material then lives in the task result; set C(no_log=true) on the task.
-    type: bool
-    default: false
   extend_pcr:
     description: After unsealing a V(one_time) envelope, extend PCR 11 so it cannot be unsealed again this boot.
     type: bool
@@ -69,8 +64,7 @@ EXAMPLES = r"""
     src: /var/lib/hcp/sealed/db-password.env
     return_content: true
     tcti: swtpm:host=127.0.0.1,port=2321
-  register: db_password
-  no_log: true
+  register: db_password  # db_password.content; the task's output is hidden
 """
 
 RETURN = r"""
@@ -96,12 +90,12 @@ pcr_extended:
   returned: always
   type: bool
 content:
-  description: The plaintext, when O(return_content=true) and it is UTF-8 text.
-  returned: when requested
+  description: The plaintext, when it is UTF-8 text. Secret; the result holding it is hidden from the output.
+  returned: when O(return_content=true)
   type: str
 content_b64:
-  description: The plaintext in base64, when O(return_content=true) and it is not UTF-8.
-  returned: when requested
+  description: The plaintext in base64, when it is not UTF-8. Secret; the result holding it is hidden from the output.
+  returned: when O(return_content=true)
   type: str
 """
 
@@ -114,25 +108,28 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope as en
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import read_if_exists
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
+    RETURN_CONTENT_ARGUMENT_SPEC,
     TPM_ARGUMENT_SPEC,
     apply_file_attributes,
+    argument_spec,
     fail_on_hcp_error,
+    mask_secret,
+    unmask_secret,
     write_private_file,
 )
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
 
 
 def main():
-    argument_spec = dict(
-        src=dict(type="path"),
-        envelope=dict(type="str"),
-        dest=dict(type="path"),
-        return_content=dict(type="bool", default=False),
-        extend_pcr=dict(type="bool", default=True),
-    )
-    argument_spec.update(TPM_ARGUMENT_SPEC)
     module = AnsibleModule(
-        argument_spec=argument_spec,
+        argument_spec=argument_spec(
+            TPM_ARGUMENT_SPEC,
+            RETURN_CONTENT_ARGUMENT_SPEC,
+            src=dict(type="path"),
+            envelope=dict(type="str"),
+            dest=dict(type="path"),
+            extend_pcr=dict(type="bool", default=True),
+        ),
         required_one_of=[("src", "envelope")],
         mutually_exclusive=[("src", "envelope")],
         add_file_common_args=True,
@@ -156,6 +153,7 @@ def main():
         result.update(ekpubhash=envelope["ekpubhash"], policy=envelope["policy"])
         one_time = envelope["policy"]["type"] == "one_time"
         current = read_if_exists(dest) if dest else None
+        mask_secret(module, current)  # the plaintext already in dest
         current_ok = current is not None and env_mod.fingerprint_matches(envelope, current) is True
         plaintext = None
         if not current_ok or params["return_content"]:
@@ -165,6 +163,7 @@ def main():
                 with Tpm(params["tcti"], ek_type=params["ek_type"]) as tpm:
                     plaintext, result["pcr_extended"] = env_mod.unseal_once(
                         tpm, envelope, extend_pcr=params["extend_pcr"] and not module.check_mode)
+                    mask_secret(module, plaintext)
                     result["unsealed"] = True
     except (HcpError, ValueError) as exc:
         fail_on_hcp_error(module, exc)
@@ -182,6 +181,8 @@ def main():
             result["content"] = plaintext.decode("utf-8")
         except UnicodeDecodeError:
             result["content_b64"] = base64.b64encode(plaintext).decode("ascii")
+        # asked for: released from the mask; the action plugin hides this result from the output
+        unmask_secret(module, result.get("content", result.get("content_b64")))
     module.exit_json(**result)
 
 

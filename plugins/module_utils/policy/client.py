@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Asking the policy service (or a local policy file) for a decision.
 
-Both :class:`PolicyClient` (HTTP, ``POST {url}/run``) and :class:`LocalPolicy` (in-process)
+Both :class:`PolicyClient` (HTTPS only, ``POST {url}/run``) and :class:`LocalPolicy` (in-process)
 offer ``check(hookname, request_uid, params) -> PolicyResult``. A reject is a result; anything
 that is not a clear accept or reject raises :class:`PolicyUnavailableError`, which callers
 must treat as refusal (fail closed). Wire format: docs/policy-service.md.
@@ -58,12 +58,12 @@ def _check_args(hookname, request_uid, params):
 class PolicyClient:
     """Client of a policy service at ``url`` (e.g. ``https://policy.example.test``), over TLS
     verified with ``ca_file`` (system CAs when None), optionally presenting ``client_cert``/
-    ``client_key``."""
+    ``client_key``. Any other scheme, ``http://`` included (even on loopback), raises
+    PolicyUnavailableError here: an accept read off an unauthenticated channel could be forged."""
 
     def __init__(self, url, ca_file=None, client_cert=None, client_key=None, timeout=5):
-        # http:// is still accepted here (a loopback policy service); see docs/policy-service.md
         self.http = HttpsJsonClient(url, ca_file, client_cert, client_key, timeout, what="policy service",
-                                    error_class=PolicyUnavailableError, allow_http=True)
+                                    error_class=PolicyUnavailableError)
         self.url = self.http.url + "/run"
 
     def check(self, hookname, request_uid, params):

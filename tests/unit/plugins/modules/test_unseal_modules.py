@@ -28,15 +28,19 @@ def test_argument_validation(tmp_path, run_module):
     out = run_module(site_unseal, {"site": "site-a", "dest": str(tmp_path / "k"), "action": "init"})
     assert out["rc"] == 1 and "controllers" in out["msg"]
     out = run_module(site_unseal, {"site": "site-a", "dest": str(tmp_path / "k"), "action": "init", "controllers": ["a"],
-                                   "url": "https://localhost:1"})
+                                   "url": "https://localhost:1", "return_content": True})
     assert out["rc"] == 1 and "client_cert" in out["msg"]
+    # init/reinit make shares that only return_content=true returns: refused before anything happens
+    out = run_module(site_unseal, {"site": "site-a", "dest": str(tmp_path / "k"), "action": "init", "controllers": ["a"],
+                                   "url": "https://localhost:1"})
+    assert out["rc"] == 1 and "return_content=true" in out["msg"] and not os.path.exists(str(tmp_path / "k"))
     out = run_module(control_tower_site, {"url": "https://localhost:1", "site": "s"})
     assert out["rc"] == 1 and "client_cert" in out["msg"]
 
 
 def test_site_round_trip_with_shares_on_tpms(control_tower, tmp_path, run_module, swtpm, other_swtpm, new_swtpm):
     init_args = dict(control_tower, action="init", site="site-a", controllers=["c1", "c2", "c3"],
-                     dest=str(tmp_path / "init.key"), key_format="hex")
+                     dest=str(tmp_path / "init.key"), key_format="hex", return_content=True)
     checked = run_module(site_unseal, dict(init_args, _ansible_check_mode=True))
     assert checked["changed"] is True and not os.path.exists(init_args["dest"])
     init = run_module(site_unseal, init_args)
@@ -60,7 +64,9 @@ def test_site_round_trip_with_shares_on_tpms(control_tower, tmp_path, run_module
         assert run_module(shamir_share, args)["changed"] is False
     facts = run_module(shamir_share, {"path": paths["c1"], "state": "inspect"})
     assert facts["protection"] == "tpm" and facts["threshold"] == 2 and facts["count"] == 3
-    gathered = [run_module(shamir_share, {"path": paths[n], "state": "read", "tcti": tpms[n].tcti})["share"]
+    checked = run_module(shamir_share, {"path": paths["c1"], "state": "read", "tcti": tpms["c1"].tcti}, raw=True)
+    assert checked["reinit_needed"] is False and "share" not in checked and init["shares"]["c1"] not in checked["raw"]
+    gathered = [run_module(shamir_share, {"path": paths[n], "state": "read", "tcti": tpms[n].tcti, "return_content": True})["share"]
                 for n in ("c1", "c3")]
     assert gathered == [init["shares"]["c1"], init["shares"]["c3"]]
 
@@ -88,10 +94,10 @@ def test_site_round_trip_with_shares_on_tpms(control_tower, tmp_path, run_module
     reallowed = run_module(control_tower_site, dict(op, reallow_unwrap=True))
     assert reallowed["changed"] and reallowed["status"]["unwrap_allowed"] is True
     assert run_module(control_tower_site, dict(op, reallow_unwrap=True))["changed"] is False
-    shares12 = [run_module(shamir_share, {"path": paths[n], "state": "read", "tcti": tpms[n].tcti})["share"]
+    shares12 = [run_module(shamir_share, {"path": paths[n], "state": "read", "tcti": tpms[n].tcti, "return_content": True})["share"]
                 for n in ("c1", "c2")]
     reinit = run_module(site_unseal, dict(control_tower, action="reinit", site="site-a", controllers=["c1", "c2", "c3"],
-                                          shares=shares12, dest=str(tmp_path / "re.key"), key_format="hex"))
+                                          shares=shares12, dest=str(tmp_path / "re.key"), key_format="hex", return_content=True))
     assert reinit["rc"] == 0 and reinit["set_id"] != init["set_id"]
     assert open(str(tmp_path / "re.key")).read().strip() == seal_key_hex
     rewritten = run_module(shamir_share, {"path": paths["c3"], "share": reinit["shares"]["c3"], "tcti": swtpm.tcti})
@@ -100,7 +106,7 @@ def test_site_round_trip_with_shares_on_tpms(control_tower, tmp_path, run_module
 
 def test_share_never_and_require_without_tpm(tmp_path, run_module, control_tower):
     init = run_module(site_unseal, dict(control_tower, action="init", site="site-b", controllers=["a", "b", "c"],
-                                        dest=str(tmp_path / "k"), allow_local_unseal=True))
+                                        dest=str(tmp_path / "k"), allow_local_unseal=True, return_content=True))
     path = str(tmp_path / "a.share")
     args = {"path": path, "share": init["shares"]["a"], "protect_with_tpm": "never", "tcti": NO_TPM}
     wrote = run_module(shamir_share, args)
@@ -195,7 +201,7 @@ def test_hsm_protected_share_in_a_separate_process(tmp_path):
     assert wrote["changed"] and wrote["protection"] == "hsm" and wrote["protected_with_tpm"] is False
     assert "1234-pin" not in json.dumps(wrote)
     assert module({"path": path, "share": text, "hsm": hsm, "tcti": NO_TPM})["changed"] is False
-    read = module({"path": path, "state": "read", "hsm": hsm})
+    read = module({"path": path, "state": "read", "hsm": hsm, "return_content": True})
     assert read["share"] == text and read["reinit_needed"] is False
     wrong_pin = module({"path": path, "state": "read", "hsm": dict(hsm, pin="0000-bad")})
     assert wrong_pin["failed"] and "PIN" in wrong_pin["msg"] and "0000-bad" not in wrong_pin["msg"]
