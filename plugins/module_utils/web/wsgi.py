@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - exercised by the sanity import test on
 
 VERIFY_SUCCESS = "SUCCESS"
 DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
+MAX_ERROR_CHARS = 400
 
 
 class ServiceConfigError(HcpError):
@@ -94,8 +95,12 @@ def client_identity(environ):
 
 
 def json_error(status, message, **extra):
-    """Flask JSON error response ``{"error": message, **extra}`` with the given status."""
+    """Flask JSON error response ``{"error": message, **extra}`` with the given status. The
+    message is cut at MAX_ERROR_CHARS: a message quoting a request's value never echoes a
+    large input back."""
     _require_flask()
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + "... (cut)"
     body = {"error": message}
     body.update(extra)
     response = flask.jsonify(body)
@@ -140,7 +145,11 @@ def _http_error(exc):
     fixed text, never the description; redirects (308 to a trailing slash) pass unchanged."""
     if exc.code is None or exc.code < 400:
         return exc
-    return json_error(exc.code, HTTP_ERROR_TEXTS.get(exc.code) or (exc.name or "error").lower())
+    response = json_error(exc.code, HTTP_ERROR_TEXTS.get(exc.code) or (exc.name or "error").lower())
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":  # e.g. Allow of a 405
+            response.headers[name] = value
+    return response
 
 
 HTTP_ERROR_TEXTS = {400: "bad request", 404: "not found", 405: "method not allowed", 413: "request body too large",

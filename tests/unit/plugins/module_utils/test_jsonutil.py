@@ -83,7 +83,7 @@ def depth_of(value):
     return 0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(JSON_VALUES, st.integers(min_value=0, max_value=8))
 def test_plain_json_round_trips_and_depth_is_exact(value, limit):
     text = json.dumps(value)
@@ -95,7 +95,7 @@ def test_plain_json_round_trips_and_depth_is_exact(value, limit):
             loads(text, max_depth=limit)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_arbitrary_bytes_never_raise_anything_else(data):
     try:

@@ -141,10 +141,10 @@ def test_hostile_json_bodies_are_400(client, tmp_path, body):
     route answers 400 JSON through the bounded decoder and stores nothing."""
     http, op, _intruder = client
     store = tmp_path / "store"
-    before = sorted(os.listdir(store)) if store.exists() else []
+    before = sorted(os.walk(str(store)))
     response = http.post("/v1/sites", data=body, content_type="application/json", environ_base=op)
     assert response.status_code == 400 and response.is_json, (response.status_code, response.data[:200])
     response = http.put("/v1/sites/site-a/bundle", data=body, content_type="text/plain",
                         headers={"Authorization": "Bearer hcpct1." + "A" * 43})
     assert response.status_code == 400 and response.is_json, (response.status_code, response.data[:200])
-    assert (sorted(os.listdir(store)) if store.exists() else []) == before
+    assert sorted(os.walk(str(store))) == before

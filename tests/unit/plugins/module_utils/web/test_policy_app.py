@@ -164,7 +164,7 @@ def test_caller_identity_in_audit(service):
 
 
 @pytest.mark.parametrize("body,status", [
-    ("[" * 20000 + "]" * 20000, 400),
+    ("[" * 1000 + "]" * 1000, 400),
     (json.dumps({"hookname": "h", "request_uid": "u", "params": "[" * 1000 + "]" * 1000}), 400),
     ('{"hookname": "h", "request_uid": "u", "params": {"a": NaN}}', 401),
     ('{"hookname": "h", "request_uid": "u", "params": {"a": 1e400}}', 401),
