@@ -272,7 +272,8 @@ def handle(config_path, raw, service=None):
         return dict((v, k) for k, v in EXIT_STATUS.items()).get(status, 1), {"error": str(exc)}
     except ValueError as exc:  # UnicodeError included; the message may quote the input: not shown
         return 2, {"error": "invalid writer request (%s)" % type(exc).__name__}
-    except Exception as exc:  # pylint: disable=broad-except - one request never kills the writer
+    # one request never kills the writer daemon
+    except Exception as exc:  # pylint: disable=broad-except
         sys.stderr.write("enrollment writer: request failed: %s: %s\n" % (type(exc).__name__, str(exc)[:500]))
         return 1, {"error": "enrollment writer failed"}
 

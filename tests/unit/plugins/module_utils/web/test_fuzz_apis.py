@@ -389,11 +389,12 @@ SITE_NAMES = st.one_of(st.sampled_from(["site-a", "site-a\n", "Site", "a" * 64, 
                        st.text(max_size=30)).map(lambda s: quote(clean(s), safe=""))
 
 
+TOWER_ROUTES = [("post", "/v1/sites"), ("get", "/v1/sites/%s"), ("delete", "/v1/sites/%s"), ("post", "/v1/sites/%s/token"),
+                ("post", "/v1/sites/%s/reallow-unwrap"), ("put", "/v1/sites/%s/bundle"), ("post", "/v1/sites/%s/unwrap")]
+
+
 @FUZZ
-@given(identity=IDENTITIES, site=SITE_NAMES, route=st.sampled_from([("post", "/v1/sites"), ("get", "/v1/sites/%s"), ("delete", "/v1/sites/%s"),
-                                               ("post", "/v1/sites/%s/token"), ("post", "/v1/sites/%s/reallow-unwrap"),
-                                               ("put", "/v1/sites/%s/bundle"), ("post", "/v1/sites/%s/unwrap")]),
-       body=bodies(TOWER_FIELDS), content_type=CONTENT_TYPES,
+@given(identity=IDENTITIES, site=SITE_NAMES, route=st.sampled_from(TOWER_ROUTES), body=bodies(TOWER_FIELDS), content_type=CONTENT_TYPES,
        bearer=st.one_of(st.none(), TEXT.filter(lambda t: "\n" not in t and "\r" not in t and "\x00" not in t)))
 def test_fuzz_control_tower_api(tower, identity, site, route, body, content_type, bearer):
     method, template = route
