@@ -480,7 +480,7 @@ def _ensure_dir(directory):
     os.chmod(directory, 0o700)
 
 
-SERVER_CERT_LABEL = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+SERVER_CERT_LABEL = re.compile(r"\A[a-z0-9][a-z0-9_.-]*\Z")
 
 
 def check_server_certs(server_certs):
@@ -489,7 +489,7 @@ def check_server_certs(server_certs):
     if not isinstance(server_certs, dict):
         raise PkiError("server_certs must be a mapping of label to a list of DNS names")
     for label, names in server_certs.items():
-        if not isinstance(label, str) or not SERVER_CERT_LABEL.match(label):
+        if not isinstance(label, str) or not SERVER_CERT_LABEL.fullmatch(label):
             raise PkiError("invalid server certificate label %r (allowed: [a-z0-9][a-z0-9_.-]*)" % (label,))
         if (not isinstance(names, (list, tuple)) or not names
                 or not all(isinstance(name, str) and name for name in names)):

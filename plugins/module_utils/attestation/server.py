@@ -292,7 +292,7 @@ class Attestor(object):
     # -- round trip 1 ---------------------------------------------------------------------
     def initiate(self, ekpubhash, now=None):
         """{version, nonce (b64), pcrs (selection), ticket} for the EK ``ekpubhash``."""
-        if not isinstance(ekpubhash, str) or not EKPUBHASH_RE.match(ekpubhash):
+        if not isinstance(ekpubhash, str) or not EKPUBHASH_RE.fullmatch(ekpubhash):
             raise AttestRequestError("ekpubhash must be 64 lowercase hex characters")
         now = int(time.time() if now is None else now)
         nonce = os.urandom(NONCE_BYTES)

@@ -17,7 +17,7 @@ import re
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
-ASSET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+ASSET_NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,99}\Z")
 # Names the pipeline itself writes into an entry: generators may not produce them.
 RESERVED_NAMES = frozenset(
     ["ek.pub", "ekpubhash", "hostname", "clientprofile", "profile.json", "manifest.json", "manifest.sig", "entry.json"]
@@ -44,7 +44,7 @@ class Asset(object):
     __slots__ = ("name", "data", "sensitive", "install")
 
     def __init__(self, name, data, sensitive, install=None):
-        if not isinstance(name, str) or not ASSET_NAME_RE.match(name) or name in RESERVED_NAMES:
+        if not isinstance(name, str) or not ASSET_NAME_RE.fullmatch(name) or name in RESERVED_NAMES:
             raise GeneratorError("invalid asset name %r" % (name,))
         if name.endswith(".sealed"):
             raise GeneratorError("asset name %r may not end in .sealed" % (name,))

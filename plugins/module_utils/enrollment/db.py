@@ -27,14 +27,34 @@ import sys
 import time
 
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import exclusive_lock
-from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
+
+try:
+    # google-re2: linear-time matching for the callers' hostname regexes (never Python's
+    # backtracking re on a caller's pattern); pinned in requirements.txt.
+    import re2
+except ImportError:  # pragma: no cover - find() fails closed without it
+    re2 = None
 
 FORMAT = "hcp.core.enrolldb"
 VERSION = 1
 BRANCH = "main"
-EKPUBHASH_RE = re.compile(r"^[0-9a-f]{64}$")
-PREFIX_RE = re.compile(r"^[0-9a-f]{0,64}$")
-FILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Validators match the whole string (fullmatch; \A...\Z also for any caller using .match):
+# a trailing $ would also match before a final newline.
+EKPUBHASH_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+PREFIX_RE = re.compile(r"\A[0-9a-f]{0,64}\Z")
+FILE_NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+# Callers' hostname regexes (GET /v1/find): RE2 matches in time linear in the hostname, times
+# the compiled program's size, which these bound (RE2 programs of at most 2000 instructions
+# search a 253-character hostname in well under 0.1 ms; the memory bound keeps the 128 patterns
+# re2 caches small).
+MAX_REGEX_CHARS = 256
+MAX_REGEX_PROGRAM = 2000
+MAX_REGEX_MEMORY = 1 << 20
+# RE2 refuses repetition counts above 1000 but wraps ones beyond 2**31 (a{4294967296} compiles
+# to a pattern matching nothing): refuse any count above RE2's limit before compiling.
+_REPEAT_RE = re.compile(r"\{([0-9]+)(?:,([0-9]*))?\}")
+MAX_REGEX_REPEAT = 1000
 
 
 class EnrollDbError(HcpError):
@@ -52,6 +72,39 @@ class NotEnrolledError(EnrollDbError):
 # The commit's generation (docs/enrollment-db.md): one decimal line at the root of every commit.
 GENERATION_FILE = "GENERATION"
 GENERATION_RE = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def compile_hostname_regex(pattern):
+    """A caller's hostname regex compiled by RE2 (linear-time matching, no backreferences or
+    look-around); EnrollDbError (400) when it is not a string of at most MAX_REGEX_CHARS
+    characters, uses a repetition count above MAX_REGEX_REPEAT or does not compile;
+    MissingDependencyError without google-re2 (fail closed: never Python's re)."""
+    if not isinstance(pattern, str):
+        raise EnrollDbError("hostname regex must be a string")
+    if len(pattern) > MAX_REGEX_CHARS:
+        raise EnrollDbError("hostname regex is longer than %d characters" % MAX_REGEX_CHARS)
+    for match in _REPEAT_RE.finditer(pattern):
+        if any(count and int(count) > MAX_REGEX_REPEAT for count in match.groups()):
+            raise EnrollDbError("hostname regex repeats more than %d times" % MAX_REGEX_REPEAT)
+    if re2 is None:
+        raise MissingDependencyError("hostname regex search needs the Python library google-re2 (module re2), "
+                                     "which is not installed")
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = True
+    options.max_mem = MAX_REGEX_MEMORY
+    try:
+        compiled = re2.compile(pattern, options)
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else ""
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        raise EnrollDbError("invalid hostname regex: %s" % str(detail)[:200]) from None
+    except (ValueError, TypeError, OverflowError):  # UnicodeEncodeError: a lone surrogate
+        raise EnrollDbError("invalid hostname regex: not encodable as UTF-8") from None
+    if compiled.programsize > MAX_REGEX_PROGRAM:
+        raise EnrollDbError("hostname regex is too complex (RE2 program larger than %d)" % MAX_REGEX_PROGRAM)
+    return compiled
 
 
 def entry_dir(ekpubhash):
@@ -256,7 +309,7 @@ class EnrollmentDb(object):
 
     def _entry_hashes(self, prefix, rev=None):
         """Full ekpubhashes of entries whose hash starts with ``prefix``."""
-        if not PREFIX_RE.match(prefix):
+        if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix):
             raise EnrollDbError("ekpubhash prefix must be lowercase hex (at most 64 characters)")
         if len(prefix) >= 6:
             base = "ekpubhash/%s/%s/" % (prefix[:2], prefix[:6])
@@ -306,11 +359,9 @@ class EnrollmentDb(object):
         return result
 
     def find(self, hostname_regex, rev=None):
-        """Entries whose hostname matches ``hostname_regex`` (re.search): [{hostname, ekpubhash}]."""
-        try:
-            pattern = re.compile(hostname_regex)
-        except (re.error, TypeError) as exc:
-            raise EnrollDbError("invalid hostname regex: %s" % exc)
+        """Entries whose hostname matches ``hostname_regex`` anywhere (RE2 syntax, at most
+        MAX_REGEX_CHARS characters; matched in linear time): [{hostname, ekpubhash}]."""
+        pattern = compile_hostname_regex(hostname_regex)
         return [e for e in self._index(rev=rev) if pattern.search(e["hostname"])]
 
     def by_hostname(self, hostname, rev=None):
@@ -335,7 +386,7 @@ class EnrollmentDb(object):
     @staticmethod
     def _check_files(files):
         for name, data in files.items():
-            if not FILE_NAME_RE.match(name) or not isinstance(data, bytes):
+            if not isinstance(name, str) or not FILE_NAME_RE.fullmatch(name) or not isinstance(data, bytes):
                 raise EnrollDbError("invalid entry file %r" % (name,))
 
     @staticmethod
@@ -361,7 +412,7 @@ class EnrollmentDb(object):
         returns files (the signed manifest) merged over ``files``. A ``manifest.json`` must carry
         that generation.
         Returns the new commit id."""
-        if not EKPUBHASH_RE.match(ekpubhash or ""):
+        if not isinstance(ekpubhash, str) or not EKPUBHASH_RE.fullmatch(ekpubhash):
             raise EnrollDbError("ekpubhash must be 64 lowercase hex characters")
         self._check_files(files)
         base = entry_dir(ekpubhash)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 MAX_PROFILE_BYTES = 64 * 1024
 MAX_PROFILE_DEPTH = 16
-_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL_RE = re.compile(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _VAR_RE = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")
 
 
@@ -31,7 +32,7 @@ def check_hostname(hostname):
     if len(name) > 253:
         raise ProfileError("hostname is longer than 253 characters")
     for label in name.split("."):
-        if not _LABEL_RE.match(label):
+        if not _LABEL_RE.fullmatch(label):
             raise ProfileError("hostname %r is not a valid DNS name (label %r)" % (hostname[:80], label[:63]))
     return name
 
@@ -54,20 +55,15 @@ def parse_profile(data, max_bytes=MAX_PROFILE_BYTES, max_depth=MAX_PROFILE_DEPTH
     when serialised and ``max_depth`` deep; ProfileError otherwise."""
     if data is None or data == "" or data == b"":
         return {}
-    if isinstance(data, (bytes, bytearray)):
-        if len(data) > max_bytes:
-            raise ProfileError("profile is larger than %d bytes" % max_bytes)
+    if isinstance(data, (bytes, bytearray, str)):
+        # the one bounded decoder: a deep or odd document is a ProfileError, never a
+        # RecursionError in the writer daemon
         try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProfileError("profile is not UTF-8")
-    if isinstance(data, str):
-        if len(data) > max_bytes:
-            raise ProfileError("profile is larger than %d bytes" % max_bytes)
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise ProfileError("profile is not valid JSON: %s" % exc)
+            data = jsonutil.loads(data, "profile", max_bytes=max_bytes, max_depth=max_depth + 1)
+        except jsonutil.JsonInputError as exc:
+            if exc.reason == "depth":
+                raise ProfileError("profile is nested deeper than %d levels" % max_depth) from None
+            raise ProfileError(str(exc)) from None
     if not isinstance(data, dict):
         raise ProfileError("profile must be a JSON object")
     _depth(data, max_depth)

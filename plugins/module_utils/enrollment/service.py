@@ -25,13 +25,14 @@ import subprocess
 import sys
 import uuid
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import asset_contract
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import db as enroll_db
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import profile as enroll_profile
 from ansible_collections.hcp.core.plugins.module_utils.policy import client as policy_client
-from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError, MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.tpm import ek_trust
 
 # Exit codes of the writer process <-> HTTP statuses.
@@ -64,9 +65,9 @@ def _socket_write(path, request):
     except OSError as exc:
         raise ServiceError("enrollment writer unreachable: %s" % (exc.strerror or exc), 500)
     try:
-        framed = json.loads(b"".join(chunks))
+        framed = jsonutil.loads(b"".join(chunks), "enrollment writer answer", max_bytes=MAX_RESPONSE_BYTES)
         return int(framed["exit"]), framed["result"]
-    except (ValueError, KeyError, TypeError):
+    except (jsonutil.JsonInputError, ValueError, KeyError, TypeError):
         raise ServiceError("enrollment writer gave no valid answer", 500)
 
 
@@ -80,6 +81,10 @@ def classify(exc):
     """HTTP status of a library exception."""
     if isinstance(exc, ServiceError):
         return exc.status
+    if isinstance(exc, jsonutil.JsonInputError):
+        return 400
+    if isinstance(exc, MissingDependencyError):
+        return 503
     if isinstance(exc, enroll.PolicyRejectedError):
         return 403
     if isinstance(exc, enroll_db.AlreadyEnrolledError):
@@ -180,8 +185,8 @@ class EnrollmentService(object):
                                   timeout=WRITER_TIMEOUT, check=False)
             code = proc.returncode
             try:
-                body = json.loads(proc.stdout or b"{}")
-            except ValueError:
+                body = jsonutil.loads(proc.stdout or b"{}", "enrollment writer answer", max_bytes=MAX_RESPONSE_BYTES)
+            except jsonutil.JsonInputError:
                 body = {}
         else:
             return self.perform(request)
@@ -205,7 +210,10 @@ class EnrollmentService(object):
     def perform(self, request):
         """Run one write request in this process (the writer side)."""
         op = request.get("op")
-        who = ((request.get("caller") or {}).get("subject")) or "local"
+        caller = request.get("caller") if isinstance(request.get("caller"), dict) else None
+        who = (caller or {}).get("subject") or "local"
+        if not isinstance(who, str):
+            raise ServiceError("caller subject must be a string", 400)
         if op == "add":
             ekpub = request.get("ekpub")
             if not isinstance(ekpub, str):
@@ -220,12 +228,12 @@ class EnrollmentService(object):
                     raise ServiceError("ekpub is neither PEM nor base64", 400)
             h, host, files, summary = enroll.build_entry(
                 self.enrollment_config(), data, request.get("hostname"), request.get("profile"),
-                policy_check=self.policy_check("add"), caller=request.get("caller"))
+                policy_check=self.policy_check("add"), caller=caller)
             enroll.store_entry(self.db, self.enrollment_config(), h, host, files, message="add: %s %s by %s" % (host, h, who))
             return summary
         if op == "reenroll":
             h = request.get("ekpubhash") or ""
-            if not enroll_db.EKPUBHASH_RE.match(h):
+            if not isinstance(h, str) or not enroll_db.EKPUBHASH_RE.fullmatch(h):
                 raise ServiceError("ekpubhash must be 64 lowercase hex characters", 400)
             current = self.db.get(h)
             if current is None:
@@ -233,12 +241,15 @@ class EnrollmentService(object):
             host = current["hostname"].decode().strip()
             _h, _host, files, summary = enroll.build_entry(
                 self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll",
-                policy_check=self.policy_check("reenroll"), caller=request.get("caller"))
+                policy_check=self.policy_check("reenroll"), caller=caller)
             enroll.store_entry(self.db, self.enrollment_config(), h, host, files,
                                message="reenroll: %s %s by %s" % (host, h, who), replace=True)
             return summary
         if op == "delete":
-            prefix = (request.get("prefix") or "").lower()
+            prefix = request.get("prefix") or ""
+            if not isinstance(prefix, str):
+                raise ServiceError("ekpubhash prefix must be a string", 400)
+            prefix = prefix.lower()
             return {"entries": self.db.delete(prefix, message="delete: %s by %s" % (prefix, who))}
         if op == "janitor":
             return {"rewritten_shards": self.db.janitor()}
@@ -246,20 +257,26 @@ class EnrollmentService(object):
 
 
 def handle(config_path, raw, service=None):
-    """One writer request: (exit code, JSON-able body). Never raises for bad input.
-    ``service`` (an EnrollmentService) is reused when given: keys stay loaded."""
+    """One writer request: (exit code, JSON-able body). Never raises: bad input is a 4xx code,
+    anything unexpected (a bug; RecursionError, MemoryError...) code 1 with a fixed message,
+    the exception on stderr (the journal). ``service`` (an EnrollmentService) is reused when
+    given: keys stay loaded."""
     try:
         if service is None:
             service = writer_service(config_path)
-        if len(raw) > MAX_REQUEST_BYTES:
-            raise ServiceError("request larger than %d bytes" % MAX_REQUEST_BYTES, 400)
-        request = json.loads(raw)
+        request = jsonutil.loads(raw, "writer request", max_bytes=MAX_REQUEST_BYTES)
         if not isinstance(request, dict):
             raise ServiceError("request must be a JSON object", 400)
         return 0, service.perform(request)
-    except (HcpError, ValueError) as exc:
-        status = classify(exc) if isinstance(exc, HcpError) else 400
+    except HcpError as exc:
+        status = classify(exc)
         return dict((v, k) for k, v in EXIT_STATUS.items()).get(status, 1), {"error": str(exc)}
+    except ValueError as exc:  # UnicodeError included; the message may quote the input: not shown
+        return 2, {"error": "invalid writer request (%s)" % type(exc).__name__}
+    # one request never kills the writer daemon
+    except Exception as exc:  # pylint: disable=broad-except
+        sys.stderr.write("enrollment writer: request failed: %s: %s\n" % (type(exc).__name__, str(exc)[:500]))
+        return 1, {"error": "enrollment writer failed"}
 
 
 def writer_service(config_path):
@@ -296,7 +313,11 @@ def serve(config_path, listen_fd=3):
             try:
                 conn.settimeout(WRITER_TIMEOUT)
                 code, body = handle(config_path, _read_request(conn), service)
-                conn.sendall(json.dumps({"exit": code, "result": body}).encode())
+                try:
+                    answer = json.dumps({"exit": code, "result": body}).encode()
+                except (TypeError, ValueError, RecursionError):
+                    answer = json.dumps({"exit": 1, "result": {"error": "enrollment writer failed"}}).encode()
+                conn.sendall(answer)
             except OSError:
                 continue  # the client went away; its request may or may not have been applied
 

@@ -15,6 +15,7 @@ import copy
 import json
 import re
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 ACTIONS = ("accept", "reject", "jump", "call", "return", "next")
@@ -29,7 +30,7 @@ TYPES = {
     "int": "number", "object": "object", "dict": "object", "array": "array", "list": "array",
     "boolean": "boolean", "bool": "boolean",
 }
-PATH_RE = re.compile(r"^(\.|(\.[A-Za-z0-9_<>-]+)+)$")
+PATH_RE = re.compile(r"\A(\.|(\.[A-Za-z0-9_<>-]+)+)\Z")
 VAR_RE = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 DEFAULT_LIMITS = {
@@ -38,6 +39,9 @@ DEFAULT_LIMITS = {
     "max_data_depth": 64,
     "max_data_bytes": 1024 * 1024,
 }
+# JSON text parse_json accepts (policy documents, request data; the data limits above apply after)
+MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 256
 _ENV_PASSES = 10
 _CACHE_SIZE = 64
 
@@ -247,7 +251,7 @@ def _compile_condition(cond, loc, problems):
             problems.append('%s: condition "%s" needs "%s"' % (loc, op, key))
             ok = False
     path = cond[op]
-    if not isinstance(path, str) or not PATH_RE.match(path):
+    if not isinstance(path, str) or not PATH_RE.fullmatch(path):
         problems.append("%s.%s: invalid path %s" % (loc, op, json.dumps(path)))
         ok = False
     if not ok:
@@ -298,7 +302,7 @@ def _compile_condition(cond, loc, problems):
 def _check_path(value, loc, problems, nullable=False):
     if nullable and value is None:
         return None
-    if not isinstance(value, str) or not PATH_RE.match(value):
+    if not isinstance(value, str) or not PATH_RE.fullmatch(value):
         problems.append("%s: invalid path %s" % (loc, json.dumps(value)))
         return None
     return _path_nodes(value)
@@ -705,21 +709,13 @@ class Policy:
             cursor = flt.next
 
 
-def _reject_constant(name):
-    raise ValueError("non-JSON constant %s" % name)
-
-
-def parse_json(text, what="JSON"):
-    """json.loads that refuses NaN/Infinity; bytes must be UTF-8."""
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError:
-            raise PolicyError("%s is not UTF-8" % what) from None
+def parse_json(text, what="JSON", max_bytes=MAX_JSON_BYTES, max_depth=MAX_JSON_DEPTH):
+    """The bounded decoder (``jsonutil.loads``: UTF-8, no NaN/Infinity, size and nesting
+    bounds) raising PolicyError ``malformed <what>: <problem>``."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise PolicyError("malformed %s: %s" % (what, exc.__class__.__name__ if isinstance(exc, RecursionError) else exc)) from None
+        return jsonutil.loads(text, what, max_bytes=max_bytes, max_depth=max_depth)
+    except jsonutil.JsonInputError as exc:
+        raise PolicyError("malformed %s: %s" % (what, exc.detail)) from None
 
 
 def load_policy(doc_or_json, limits=None):

@@ -32,11 +32,13 @@ from ansible_collections.hcp.core.plugins.module_utils.attestation import server
 from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
 from ansible_collections.hcp.core.plugins.module_utils.attestation.replica import read_state, snapshot_db_provider
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInputError
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     LazyApplication,
     create_app_base,
     json_error,
     load_config,
+    request_json,
 )
 
 CONFIG_ENV = "HCP_ATTEST_CONFIG"
@@ -279,7 +281,14 @@ def create_app(config=None, attestor=None):
         return info
 
     def body():
-        data = flask.request.get_json(silent=True)
+        """The JSON object body (Content-Type application/json), decoded within the size and
+        nesting bounds."""
+        if not flask.request.is_json:
+            raise attest.AttestRequestError("request body must be a JSON object (Content-Type: application/json)")
+        try:
+            data = request_json()
+        except JsonInputError as exc:
+            raise attest.AttestRequestError(str(exc)) from None
         if not isinstance(data, dict):
             raise attest.AttestRequestError("request body must be a JSON object")
         return data

@@ -11,8 +11,7 @@ Transport failures raise the caller's error class with status 0; the caller maps
 
 from __future__ import annotations
 
-import json
-
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
 
 try:
@@ -23,6 +22,7 @@ except ImportError:  # pragma: no cover - reported by HttpsJsonClient()
 
 DEFAULT_TIMEOUT = 30
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_RESPONSE_DEPTH = 2 * jsonutil.DEFAULT_MAX_DEPTH
 
 
 class HttpError(HcpError):
@@ -59,11 +59,13 @@ class Response(object):
         return "no details"
 
 
-def decode_json(content):
-    """The JSON value of ``content`` or None (undecodable, too deep, too large a number)."""
+def decode_json(content, max_bytes=MAX_RESPONSE_BYTES):
+    """The JSON value of ``content`` or None (undecodable, too deep, too large a number):
+    ``jsonutil.loads``, the servers' decoder, with room for a server's wrapper around data
+    it accepted at the servers' depth bound."""
     try:
-        return json.loads(content)
-    except (ValueError, RecursionError, OverflowError, TypeError):
+        return jsonutil.loads(content, "answer", max_bytes=max_bytes, max_depth=MAX_RESPONSE_DEPTH)
+    except jsonutil.JsonInputError:
         return None
 
 
@@ -109,4 +111,4 @@ class HttpsJsonClient(object):
             raise self.error_class("cannot reach the %s at %s: %s" % (self.what, self.url, type(exc).__name__), 0) from None
         if len(content) > self.max_response_bytes:
             raise self.error_class("%s %s answered more than %d bytes" % (self.what, self.url, self.max_response_bytes), 0)
-        return Response(response.status_code, content, decode_json(content))
+        return Response(response.status_code, content, decode_json(content, self.max_response_bytes))

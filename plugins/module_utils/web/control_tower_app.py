@@ -26,6 +26,7 @@ POST     /v1/sites/<site>/unwrap              token     the bundle, once
 
 from __future__ import annotations
 
+from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInputError
 from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower import (
     BadRequestError,
     ControlTower,
@@ -84,8 +85,11 @@ def create_app(config=None):
         return token.strip()
 
     def body():
-        flask.request.get_data(cache=True)  # 413 beyond max_content_length, whatever the content type
-        data = flask.request.get_json(silent=True, force=True)
+        # any content type; 413 beyond max_content_length; bounded decoding (jsonutil)
+        try:
+            data = common.request_json()
+        except JsonInputError as exc:
+            raise BadRequestError(str(exc)) from None
         if not isinstance(data, dict):
             raise BadRequestError("request body must be a JSON object")
         return data

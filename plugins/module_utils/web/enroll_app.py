@@ -16,15 +16,18 @@ except ImportError:  # pragma: no cover - checked by create_app_base
 
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.service import EnrollmentService, ServiceError, classify
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInputError
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     client_identity,
     LazyApplication,
     create_app_base,
     json_error,
     load_config,
+    request_json,
 )
 
 CONFIG_ENV = "HCP_ENROLL_CONFIG"
+KIND_NAMES = {str: "a string", dict: "a JSON object", bool: "a boolean"}
 
 
 def create_app(config=None):
@@ -51,17 +54,36 @@ def create_app(config=None):
     def run(func):
         try:
             return func()
+        except JsonInputError as exc:
+            return json_error(400, str(exc))
         except HcpError as exc:
             status = classify(exc)
-            return json_error(status, str(exc) if status < 500 else "internal error")
+            if status >= 500:
+                app.logger.error("enrollment request failed: %s", exc)
+            return json_error(status, str(exc) if status < 500 or status == 503 else "internal error")
 
-    def form(name, default=None):
+    def body():
+        """The JSON object of a JSON request (decoded once, bounded), None for form requests."""
+        if not flask.request.is_json:
+            return None
+        if "hcp_body" not in flask.g:
+            data = request_json()
+            if not isinstance(data, dict):
+                raise ServiceError("request body must be a JSON object", 400)
+            flask.g.hcp_body = data
+        return flask.g.hcp_body
+
+    def form(name, default=None, kinds=(str,)):
+        """Field ``name`` from the query string or form, else from a JSON body; a value of
+        another type than ``kinds`` is a 400 (never a 500 further down)."""
         value = flask.request.values.get(name)
-        if value is None and flask.request.is_json:
-            body = flask.request.get_json(silent=True)
-            if isinstance(body, dict):
-                value = body.get(name)
-        return default if value is None else value
+        if value is None and body() is not None:
+            value = body().get(name)
+        if value is None:
+            return default
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ServiceError("%s must be %s" % (name, " or ".join(KIND_NAMES[k] for k in kinds)), 400)
+        return value
 
     def ekpub_input():
         upload = flask.request.files.get("ekpub")
@@ -80,7 +102,7 @@ def create_app(config=None):
     def add():
         def op():
             who = caller()
-            summary = service.add(ekpub_input(), form("hostname"), form("profile", {}), caller=who)
+            summary = service.add(ekpub_input(), form("hostname"), form("profile", {}, (str, dict)), caller=who)
             return flask.jsonify(summary), 201
         return run(op)
 
@@ -88,19 +110,22 @@ def create_app(config=None):
     def query():
         def op():
             caller()
-            return flask.jsonify(service.query(form("ekpubhash", ""), nofiles=form("nofiles") not in (None, "", "0", "false")))
+            nofiles = form("nofiles", None, (str, bool))
+            return flask.jsonify(service.query(form("ekpubhash", ""), nofiles=nofiles not in (None, False, "", "0", "false")))
         return run(op)
 
     @app.post("/v1/delete")
     def delete():
         def op():
-            return flask.jsonify(service.delete(form("ekpubhash", ""), caller=caller()))
+            who = caller()
+            return flask.jsonify(service.delete(form("ekpubhash", ""), caller=who))
         return run(op)
 
     @app.post("/v1/reenroll")
     def reenroll():
         def op():
-            return flask.jsonify(service.reenroll(form("ekpubhash", ""), caller=caller())), 201
+            who = caller()
+            return flask.jsonify(service.reenroll(form("ekpubhash", ""), caller=who)), 201
         return run(op)
 
     @app.get("/v1/find")
@@ -120,6 +145,7 @@ def create_app(config=None):
     @app.get("/v1/get-asset-signer")
     def get_asset_signer():
         def op():
+            caller()
             return flask.Response(service.asset_signer(), mimetype="application/x-pem-file")
         return run(op)
 

@@ -17,8 +17,9 @@ import os
 import sys
 import threading
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.policy.client import LocalPolicy, PolicyUnavailableError
-from ansible_collections.hcp.core.plugins.module_utils.policy.engine import PolicyError, parse_json
+from ansible_collections.hcp.core.plugins.module_utils.policy.engine import MAX_JSON_BYTES, MAX_JSON_DEPTH, PolicyError
 from ansible_collections.hcp.core.plugins.module_utils.web import wsgi as common
 
 CONFIG_ENV = "HCP_POLICY_CONFIG"
@@ -52,30 +53,36 @@ def _caller(environ):
     return identity["subject"] if identity else None
 
 
+def _decode(text, what):
+    """(value, error_response): the bounded decoder (jsonutil). Text that is not JSON is a 401
+    (the reference's status for bad JSON); beyond the size or nesting bound, a 400."""
+    try:
+        return jsonutil.loads(text, what, max_bytes=MAX_JSON_BYTES, max_depth=MAX_JSON_DEPTH), None
+    except jsonutil.JsonInputError as exc:
+        return None, common.json_error(400 if exc.reason in ("size", "depth") else 401, str(exc))
+
+
 def _request_fields(request):
     """(hookname, request_uid, params, error_response) from a JSON body or form fields."""
     if request.mimetype == "application/json":
-        try:
-            body = parse_json(request.get_data(cache=False), "request body")
-        except PolicyError as exc:
-            return None, None, None, common.json_error(401, str(exc))
+        body, error = _decode(request.get_data(cache=False), "request body")
+        if error is not None:
+            return None, None, None, error
         if not isinstance(body, dict):
             return None, None, None, common.json_error(400, "request body must be a JSON object")
         hookname, request_uid, params = body.get("hookname"), body.get("request_uid"), body.get("params")
         if isinstance(params, str):
-            try:
-                params = parse_json(params, "params")
-            except PolicyError as exc:
-                return None, None, None, common.json_error(401, str(exc))
+            params, error = _decode(params, "params")
+            if error is not None:
+                return None, None, None, error
     else:
         form = request.form
         hookname, request_uid, params = form.get("hookname"), form.get("request_uid"), form.get("params")
         if params is None:
             return None, None, None, common.json_error(400, "missing field params")
-        try:
-            params = parse_json(params, "params")
-        except PolicyError as exc:
-            return None, None, None, common.json_error(401, str(exc))
+        params, error = _decode(params, "params")
+        if error is not None:
+            return None, None, None, error
     if not isinstance(hookname, str) or not hookname:
         return None, None, None, common.json_error(400, "hookname must be a non-empty string")
     if not isinstance(request_uid, str):

@@ -17,6 +17,7 @@ import json
 import os
 from urllib.parse import unquote
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
 
 try:
@@ -30,11 +31,14 @@ except ImportError:  # pragma: no cover - exercised by the sanity import test on
 
 try:
     import flask
+    from werkzeug.exceptions import HTTPException
 except ImportError:  # pragma: no cover - exercised by the sanity import test only
     flask = None
+    HTTPException = None
 
 VERIFY_SUCCESS = "SUCCESS"
 DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
+MAX_ERROR_CHARS = 400
 
 
 class ServiceConfigError(HcpError):
@@ -68,31 +72,36 @@ def client_identity(environ):
     pem = unquote(escaped)
     try:
         cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        emails = []
+        dns = []
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        if san is not None:
+            emails = san.get_values_for_type(x509.RFC822Name)
+            dns = san.get_values_for_type(x509.DNSName)
+        return {
+            "subject": cert.subject.rfc4514_string(),
+            "cn": str(cns[0].value) if cns else None,
+            "emails": list(emails),
+            "dns": list(dns),
+            "pem": pem,
+            "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(),
+        }
+    # cryptography parses lazily and raises several types: any failure is "no identity"
+    except Exception:  # pylint: disable=broad-except
         return None
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    emails = []
-    dns = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        san = None
-    if san is not None:
-        emails = san.get_values_for_type(x509.RFC822Name)
-        dns = san.get_values_for_type(x509.DNSName)
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "cn": str(cns[0].value) if cns else None,
-        "emails": list(emails),
-        "dns": list(dns),
-        "pem": pem,
-        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(),
-    }
 
 
 def json_error(status, message, **extra):
-    """Flask JSON error response ``{"error": message, **extra}`` with the given status."""
+    """Flask JSON error response ``{"error": message, **extra}`` with the given status. The
+    message is cut at MAX_ERROR_CHARS: a message quoting a request's value never echoes a
+    large input back."""
     _require_flask()
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + "... (cut)"
     body = {"error": message}
     body.update(extra)
     response = flask.jsonify(body)
@@ -122,8 +131,35 @@ def load_config(env_var, required=False):
     return data
 
 
+def request_json(what="request body", max_depth=jsonutil.DEFAULT_MAX_DEPTH):
+    """The JSON value of the current request's body, whatever its content type, decoded by
+    ``jsonutil.loads`` within the app's MAX_CONTENT_LENGTH (413 beyond, from werkzeug) and
+    ``max_depth``; JsonInputError (400 through the app's handler) when it is not acceptable."""
+    _require_flask()
+    data = flask.request.get_data(cache=True)
+    limit = flask.current_app.config.get("MAX_CONTENT_LENGTH") or DEFAULT_MAX_CONTENT_LENGTH
+    return jsonutil.loads(data, what, max_bytes=limit, max_depth=max_depth)
+
+
+def _http_error(exc):
+    """werkzeug's HTTP errors (400 from the form parser, 404, 405, 413, ...) as JSON with a
+    fixed text, never the description; redirects (308 to a trailing slash) pass unchanged."""
+    if exc.code is None or exc.code < 400:
+        return exc
+    response = json_error(exc.code, HTTP_ERROR_TEXTS.get(exc.code) or (exc.name or "error").lower())
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":  # e.g. Allow of a 405
+            response.headers[name] = value
+    return response
+
+
+HTTP_ERROR_TEXTS = {400: "bad request", 404: "not found", 405: "method not allowed", 413: "request body too large",
+                    500: "internal error"}
+
+
 def create_app_base(name, config=None):
-    """Flask app with JSON 404/405/413/500 handlers, MAX_CONTENT_LENGTH and GET /healthcheck.
+    """Flask app with JSON error handlers (werkzeug's HTTP errors, JsonInputError as 400,
+    anything unexpected as 500), MAX_CONTENT_LENGTH and GET /healthcheck.
 
     ``config`` may set ``max_content_length`` (bytes, default 1 MiB).
     """
@@ -134,9 +170,9 @@ def create_app_base(name, config=None):
     app.json.sort_keys = True
 
     # Flask's own errors as JSON, with fixed texts (never the exception's)
-    for status, message in ((404, "not found"), (405, "method not allowed"), (413, "request body too large"),
-                            (500, "internal error")):
-        app.register_error_handler(status, lambda exc, status=status, message=message: json_error(status, message))
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(500, lambda exc: json_error(500, "internal error"))
+    app.register_error_handler(jsonutil.JsonInputError, lambda exc: json_error(400, str(exc)))
 
     @app.get("/healthcheck")
     def _healthcheck():

@@ -9,8 +9,8 @@ import re
 
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.asset_contract import GeneratorError
 
-USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+USER_RE = re.compile(r"\A[a-z_][a-z0-9_.-]{0,31}\Z")
+NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
 
 
 def fail(generator, key, problem):
@@ -50,6 +50,6 @@ def string_list(generator, key, value, pattern=None):
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise fail(generator, key, "must be a list of non-empty strings")
     for item in value:
-        if pattern is not None and not pattern.match(item):
+        if pattern is not None and not pattern.fullmatch(item):
             raise fail(generator, key, "invalid entry %r" % (item,))
     return value

@@ -249,3 +249,45 @@ def test_without_metrics_dir_counts_in_memory_only(tmp_path, monkeypatch):
     text = metrics.render({"age_seconds": None})
     assert samples(text)['hcp_attest_total{result="ok"}'] == "1" and "hcp_attest_metrics_errors" not in text
     assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.fixture
+def bare_app(tmp_path):
+    """The attestation app over an empty DB (initiate needs none; these requests never reach it)."""
+    key_file = tmp_path / "ticket.key"
+    attest.write_ticket_key_file(str(key_file))
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    used = tmp_path / "used"
+    app = create_app({"db": db.path, "ticket_key_file": str(key_file), "used_ticket_dir": str(used),
+                      "max_content_length": 64 * 1024})
+    return app.test_client(), used
+
+
+def test_initiate_refuses_a_hash_with_a_trailing_newline(bare_app):
+    """EKPUBHASH_RE ended in $, which matches before a final newline: '<64 hex>\\n' got a ticket."""
+    client, _used = bare_app
+    for bad in ("0" * 64 + "\n", "0" * 64 + "\r\n", "\n" + "0" * 64, "0" * 63 + "\n"):
+        response = client.post("/v1/initiate", json={"ekpubhash": bad})
+        assert response.status_code == 400 and "ticket" not in response.get_json(), repr(bad)
+    assert client.post("/v1/initiate", json={"ekpubhash": "0" * 64}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/initiate", "/v1/complete"])
+@pytest.mark.parametrize("body", [
+    "[" * 20000 + "]" * 20000,
+    '{"ekpubhash": %s, "ticket": "x"}' % ("[" * 20000 + "]" * 20000),
+    '{"ekpubhash": NaN, "ticket": NaN}',
+    '{"ekpubhash": 1e400, "ticket": -Infinity}',
+    '{"ekpubhash": %s}' % ("9" * 5000),
+    '{"ekpubhash": "\\udc00", "ticket": "\\ud800"}',
+    b'{"ekpubhash": "\xff"}',
+])
+def test_hostile_json_bodies_are_400(bare_app, path, body):
+    """Deep documents made get_json raise RecursionError (a 500); odd numbers and lone
+    surrogates reached the attestor. All are a 400 JSON error now, and nothing is recorded."""
+    client, used = bare_app
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400 and response.is_json, (response.status_code, response.data[:200])
+    assert len(response.data) < 600
+    assert not used.exists() or not os.listdir(used)

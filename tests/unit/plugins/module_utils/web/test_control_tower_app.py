@@ -7,6 +7,7 @@ ControlTowerClient and the site init/unseal flows."""
 from __future__ import annotations
 
 import base64
+import os
 from urllib.parse import quote
 
 import pytest
@@ -208,3 +209,24 @@ def test_init_and_unseal_over_tls(control_tower):
     with pytest.raises(ControlTowerError, match="cannot reach") as info:
         unverified.status("site-a")
     assert info.value.status == 0
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 20000 + "]" * 20000,
+    '{"site": "site-a", "public_key": %s}' % ("[" * 20000 + "]" * 20000),
+    '{"site": "site-a", "public_key": NaN, "replace": Infinity}',
+    '{"site": "site-a", "replace": %s}' % ("9" * 5000),
+    '{"site": "\\ud800", "public_key": "x"}',
+])
+def test_hostile_json_bodies_are_400(client, tmp_path, body):
+    """Deep documents made get_json raise RecursionError (a 500); now every operator and site
+    route answers 400 JSON through the bounded decoder and stores nothing."""
+    http, op, _intruder = client
+    store = tmp_path / "store"
+    before = sorted(os.walk(str(store)))
+    response = http.post("/v1/sites", data=body, content_type="application/json", environ_base=op)
+    assert response.status_code == 400 and response.is_json, (response.status_code, response.data[:200])
+    response = http.put("/v1/sites/site-a/bundle", data=body, content_type="text/plain",
+                        headers={"Authorization": "Bearer hcpct1." + "A" * 43})
+    assert response.status_code == 400 and response.is_json, (response.status_code, response.data[:200])
+    assert sorted(os.walk(str(store))) == before

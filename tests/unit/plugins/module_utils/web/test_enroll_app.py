@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from urllib.parse import quote
 
 import pytest
@@ -195,3 +196,150 @@ def test_socket_activated_writer(socket_site):
     r = call(site, "post", "/v1/delete", data={"ekpubhash": site["hash"]})
     assert r.status_code == 500 and r.get_json()["error"] == "internal error"
     assert site["db"].get(site["hash"]) is not None
+
+
+# -- attacks: each runs against the real app and checks that nothing was written ---------------
+
+def raw_writer_call(sock, payload):
+    """One writer-protocol exchange with raw bytes (what a compromised web process could send)."""
+    import socket  # pylint: disable=import-outside-toplevel
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(60)
+        conn.connect(sock)
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+def deep_json(levels, leaf="1"):
+    return "[" * levels + leaf + "]" * levels
+
+
+def test_find_runs_callers_regex_in_linear_time(site):
+    """ReDoS: a nested quantifier that fails after a long run of 'a' takes Python's backtracking
+    re exponential time per enrolled hostname (about 2**n steps); RE2 answers at once."""
+    host = "a" * 26 + ".example.test"
+    assert call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": host}).status_code == 201
+    head = site["db"].head()
+    started = time.monotonic()
+    r = call(site, "get", "/v1/find", query_string={"hostname_regex": "^(a+)+$"})
+    assert r.status_code == 200 and r.get_json() == {"entries": []}
+    assert time.monotonic() - started < 2
+    r = call(site, "get", "/v1/find", query_string={"hostname_regex": r"^a+\.example\.test$"})
+    assert [e["hostname"] for e in r.get_json()["entries"]] == [host]
+    assert site["db"].head() == head
+
+
+@pytest.mark.parametrize("pattern,match", [
+    ("a{4294967296}", "repeats more than 1000"),  # Python's re: OverflowError (500)
+    ("a{1,99999999999999999999}", "repeats more than 1000"),
+    ("a" * 257, "longer than 256"),
+    ("(?=a)b", "invalid hostname regex"),  # look-ahead: not in RE2
+    (r"(a)\1", "invalid hostname regex"),  # back-reference: not in RE2
+    ("[", "invalid hostname regex"),
+    ("(.*){300}", "too complex"),
+])
+def test_find_refuses_bad_or_costly_patterns(site, pattern, match):
+    head = site["db"].head()
+    r = call(site, "get", "/v1/find", query_string={"hostname_regex": pattern})
+    assert r.status_code == 400 and match in r.get_json()["error"], r.get_json()
+    assert len(r.data) < 600
+    assert site["db"].head() == head
+
+
+def test_find_fails_closed_without_re2(site, monkeypatch):
+    """Without google-re2 the search is refused (503 naming the library), never run by re."""
+    from ansible_collections.hcp.core.plugins.module_utils.enrollment import db as enroll_db  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(enroll_db, "re2", None)
+    r = call(site, "get", "/v1/find", query_string={"hostname_regex": "^node"})
+    assert r.status_code == 503 and "google-re2" in r.get_json()["error"]
+
+
+def test_deep_profile_never_kills_the_writer_daemon(socket_site):
+    """A profile nested 30,000 deep made the writer's json.loads raise RecursionError, which
+    nothing caught: the daemon died and every later write failed. Now: a 400, and the daemon
+    answers the next request (also after hostile raw requests on its socket)."""
+    site = socket_site
+    head = site["db"].head()
+    deep = '{"a": %s}' % deep_json(30000)
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "deep.example.test", "profile": deep})
+    assert r.status_code == 400 and "nested deeper than 16" in r.get_json()["error"], r.get_json()
+    for payload in (json.dumps({"op": "add", "ekpub": site["ek"], "hostname": "deep.example.test", "profile": deep}).encode(),
+                    deep_json(100000).encode(), b'{"op": "delete", "prefix": ["00"]}', b'{"op": "reenroll", "ekpubhash": 7}',
+                    b'{"op": "add", "ekpub": "\\ud800", "hostname": "x.example.test"}', b'{"op": NaN}', b"\xff" * 1000,
+                    b'{"op": "add", "ekpub": "x", "caller": "me"}'):
+        answer = raw_writer_call(site["sock"], payload)
+        assert answer["exit"] in (2, 4, 5) and isinstance(answer["result"]["error"], str), (payload[:60], answer)
+    assert site["db"].head() == head
+    r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node1.example.test", "profile": json.dumps(PROFILE)})
+    assert r.status_code == 201, r.get_json()
+
+
+@pytest.mark.parametrize("path", ["/v1/add", "/v1/delete", "/v1/reenroll"])
+@pytest.mark.parametrize("body", [
+    deep_json(20000),
+    '{"ekpub": "x", "hostname": "h.example.test", "profile": {"a": %s}}' % deep_json(20000),
+    '{"ekpubhash": NaN}',
+    '{"ekpubhash": 1e400}',
+    '{"ekpubhash": %s}' % ("1" * 5000),
+    '{"ekpubhash": "\\ud800"}',
+    "[1, 2]",
+])
+def test_hostile_json_bodies_are_400(site, path, body):
+    head = site["db"].head()
+    r = call(site, "post", path, data=body, content_type="application/json")
+    assert r.status_code == 400 and r.is_json and r.get_json()["error"], (r.status_code, r.data[:200])
+    assert len(r.data) < 600
+    assert site["db"].head() == head
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("get", "/v1/query", {"ekpubhash": 12}),
+    ("get", "/v1/find", {"hostname_regex": ["a"]}),
+    ("post", "/v1/delete", {"ekpubhash": ["00"]}),
+    ("post", "/v1/reenroll", {"ekpubhash": {"a": 1}}),
+    ("post", "/v1/add", {"ekpub": 5, "hostname": "h.example.test"}),
+    ("post", "/v1/add", {"ekpub": "x", "hostname": ["h"]}),
+    ("post", "/v1/add", {"ekpub": "x", "hostname": "h.example.test", "profile": [1]}),
+])
+def test_wrong_typed_json_fields_are_400(site, method, path, body):
+    head = site["db"].head()
+    r = call(site, method, path, json=body)
+    assert r.status_code == 400 and r.is_json, (r.status_code, r.data[:200])
+    assert site["db"].head() == head
+
+
+def test_hash_validators_match_the_whole_string(site):
+    """A trailing $ also matches before a final newline: '12ab\\n' passed as a prefix."""
+    assert call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node1.example.test"}).status_code == 201
+    head = site["db"].head()
+    for prefix in ("12ab\n", site["hash"][:6] + "\n", site["hash"] + "\n"):
+        r = call(site, "get", "/v1/query", query_string={"ekpubhash": prefix})
+        assert r.status_code == 400 and "prefix" in r.get_json()["error"], r.get_json()
+    r = call(site, "post", "/v1/reenroll", data={"ekpubhash": site["hash"] + "\n"})
+    assert r.status_code == 400, r.get_json()
+    r = call(site, "post", "/v1/delete", data={"ekpubhash": site["hash"] + "\n"})
+    assert r.status_code == 400, r.get_json()
+    assert site["db"].head() == head
+    assert call(site, "get", "/v1/query", query_string={"ekpubhash": site["hash"]}).get_json()["entries"][0]["ekpubhash"] == site["hash"]
+
+
+def test_asset_signer_checks_the_caller(site):
+    """Every other endpoint refuses a same-CA certificate outside authorized_clients (403);
+    /v1/get-asset-signer answered it 200."""
+    denied = dict(site, app=create_app(dict(site["app"].config["HCP_CONFIG"], authorized_clients=["attest-*"])))
+    r = call(denied, "get", "/v1/get-asset-signer")
+    assert r.status_code == 403 and r.is_json and "not authorized" in r.get_json()["error"]
+    r = call(site, "get", "/v1/get-asset-signer", auth=False)
+    assert r.status_code == 403 and r.is_json
+    r = call(site, "get", "/v1/get-asset-signer", auth=False, headers={"SSL-Client-Verify": "SUCCESS", "SSL-Client-Cert": site["env"]["SSL_CLIENT_CERT"]})
+    assert r.status_code == 403  # headers are not nginx's environ
+    assert b"PUBLIC KEY" in call(site, "get", "/v1/get-asset-signer").data

@@ -161,3 +161,19 @@ def test_caller_identity_in_audit(service):
     lines = audit_lines(audit)
     assert lines[0]["caller"] == "CN=enrollsvc.example.test"
     assert lines[1]["caller"] is None
+
+
+@pytest.mark.parametrize("body,status", [
+    ("[" * 1000 + "]" * 1000, 400),
+    (json.dumps({"hookname": "h", "request_uid": "u", "params": "[" * 1000 + "]" * 1000}), 400),
+    ('{"hookname": "h", "request_uid": "u", "params": {"a": NaN}}', 401),
+    ('{"hookname": "h", "request_uid": "u", "params": {"a": 1e400}}', 401),
+    ('{"hookname": "\\ud800", "request_uid": "u", "params": {}}', 401),
+])
+def test_hostile_json_is_a_4xx_without_decision(service, body, status):
+    """Nesting beyond the decoder's bound is a 400 (like data nested deeper than 64 levels);
+    NaN, overflowing numbers and lone surrogates are not JSON data (401, as any bad JSON)."""
+    client, _policy_file, audit = service
+    response = client.post("/run", data=body, content_type="application/json")
+    assert response.status_code == status and response.is_json and "decision" not in response.get_json()
+    assert not os.path.exists(audit) or all(line["decision"] == "bad_request" for line in audit_lines(audit))
