@@ -77,6 +77,47 @@ class ServiceError(HcpError):
     status = 500
 
 
+class ServiceConfigError(ServiceError):
+    """The configuration cannot work (e.g. a ``policy.url`` that is not https://): raised when
+    the service is built, so the web app and the writer refuse to start instead of failing
+    every request."""
+
+    status = 500
+
+
+def check_policy_config(conf):
+    """Validate config ``policy`` at start-up; ServiceConfigError naming the problem.
+
+    ``{"file": path}`` or ``{"url": "https://...", "ca_file", "client_cert", "client_key",
+    "timeout"}``. A URL is checked by building the PolicyClient (no request is made): an
+    ``http://`` or other URL, or a missing ``requests``, stops the service here."""
+    if not conf:
+        return
+    if not isinstance(conf, dict):
+        raise ServiceConfigError("configuration policy must be a JSON object with file or url")
+    if conf.get("file"):
+        if not isinstance(conf["file"], str):
+            raise ServiceConfigError("configuration policy.file must be a path (string)")
+        return
+    if not isinstance(conf.get("url"), str):
+        raise ServiceConfigError("configuration policy needs file (a path) or url (https://...)")
+    for key in ("ca_file", "client_cert", "client_key"):
+        if conf.get(key) is not None and not isinstance(conf[key], str):
+            raise ServiceConfigError("configuration policy.%s must be a path (string)" % key)
+    timeout = conf.get("timeout", 5)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
+        raise ServiceConfigError("configuration policy.timeout must be a number of seconds in (0, 600]")
+    try:
+        _policy_client(conf)
+    except HcpError as exc:  # PolicyUnavailableError (scheme), MissingDependencyError
+        raise ServiceConfigError("configuration policy.url refused: %s" % exc) from None
+
+
+def _policy_client(conf):
+    return policy_client.PolicyClient(conf["url"], ca_file=conf.get("ca_file"), client_cert=conf.get("client_cert"),
+                                      client_key=conf.get("client_key"), timeout=conf.get("timeout", 5))
+
+
 def classify(exc):
     """HTTP status of a library exception."""
     if isinstance(exc, ServiceError):
@@ -110,6 +151,7 @@ class EnrollmentService(object):
     """Operations over one enrollment DB, from the JSON configuration ``config``."""
 
     def __init__(self, config):
+        check_policy_config(config.get("policy"))
         self.config = config
         self.db = enroll_db.EnrollmentDb(config["db"])
         self._enroll_config = None
@@ -162,14 +204,12 @@ class EnrollmentService(object):
         conf = self.config.get("policy")
         if not conf:
             return None
-        if conf.get("file"):
-            checker = policy_client.LocalPolicy(conf["file"])
-        else:
-            checker = policy_client.PolicyClient(conf["url"], ca_file=conf.get("ca_file"), client_cert=conf.get("client_cert"),
-                                                 client_key=conf.get("client_key"), timeout=conf.get("timeout", 5))
 
         def check(params):
             try:
+                # built per request (as before); its configuration was checked at start-up, so
+                # what fails here is the service itself (or its policy file): refused, 403
+                checker = policy_client.LocalPolicy(conf["file"]) if conf.get("file") else _policy_client(conf)
                 result = checker.check("enrollsvc::add_request", "%s-%s" % (operation, uuid.uuid4().hex), params)
             except HcpError as exc:
                 raise enroll.PolicyRejectedError("policy service unavailable, enrollment refused: %s" % exc)

@@ -35,7 +35,14 @@ import json
 import os
 import re
 
-from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+try:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+except ImportError:  # pragma: no cover - reported by _check_public_key
+    X25519PublicKey = None
+
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 
 FORMAT = "hcp.core.control-tower-site"
@@ -43,8 +50,12 @@ VERSION = 1
 TOKEN_PREFIX = "hcpct1."
 TOKEN_BYTES = 32
 MAX_BUNDLE_BYTES = 64 * 1024
-MAX_PUBLIC_KEY_BYTES = 16 * 1024
-SITE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# An X25519 SubjectPublicKeyInfo PEM is 113 bytes; anything near this bound is not a site key.
+MAX_PUBLIC_KEY_BYTES = 4 * 1024
+# Validators match the whole string (fullmatch; \A...\Z also for any caller using .match):
+# a trailing "$" would accept "site-a\n" and create "site-a\n.json".
+SITE_NAME_RE = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,62}\Z")
+MAX_SHOWN_NAME_CHARS = 80
 COUNTERS = ("tokens_issued", "stores", "unwraps", "refused_unwraps", "reallows", "refused_stores")
 
 
@@ -101,8 +112,11 @@ def _now():
 
 
 def check_site_name(site):
-    if not isinstance(site, str) or not SITE_NAME_RE.match(site):
+    if not isinstance(site, str) or not SITE_NAME_RE.fullmatch(site):
+        # echo a bounded prefix of the caller's name only (repr: control characters stay visible)
         shown = site if isinstance(site, str) else type(site).__name__
+        if len(shown) > MAX_SHOWN_NAME_CHARS:
+            shown = shown[:MAX_SHOWN_NAME_CHARS] + "..."
         raise BadRequestError("site name must match %s, got %r" % (SITE_NAME_RE.pattern, shown))
     return site
 
@@ -118,10 +132,21 @@ def _check_token_shape(token):
 
 
 def _check_public_key(pem):
-    if not isinstance(pem, str) or len(pem) > MAX_PUBLIC_KEY_BYTES or "-----BEGIN PUBLIC KEY-----" not in pem \
-            or "-----END PUBLIC KEY-----" not in pem:
-        raise BadRequestError("public_key must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
-    return pem.strip() + "\n"
+    """The site public key as canonical PEM: it must parse (cryptography) as an X25519 key,
+    the only kind site_unseal generates and seals bundles to (``hcp.core.site-sealed`` v1), so
+    no RSA, EC or other key is registered that no bundle could ever be sealed to."""
+    if X25519PublicKey is None:
+        raise MissingDependencyError("the Python library 'cryptography' is required to register a site key")
+    if not isinstance(pem, str) or len(pem) > MAX_PUBLIC_KEY_BYTES:
+        raise BadRequestError("public_key must be a PEM public key of at most %d characters" % MAX_PUBLIC_KEY_BYTES)
+    try:
+        key = serialization.load_pem_public_key(pem.encode("ascii"))
+    except (ValueError, TypeError, UnicodeError, UnsupportedAlgorithm):
+        raise BadRequestError("public_key is not a PEM public key (-----BEGIN PUBLIC KEY-----) that parses") from None
+    if not isinstance(key, X25519PublicKey):
+        raise BadRequestError("public_key must be an X25519 site key (hcp.core.site-sealed v1), not %s"
+                              % type(key).__name__.lstrip("_"))
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode("ascii")
 
 
 def _check_bundle(bundle):
@@ -275,7 +300,7 @@ class ControlTower(object):
 
     def _site_names(self):
         return sorted(name[:-5] for name in os.listdir(self.sites_dir)
-                      if name.endswith(".json") and SITE_NAME_RE.match(name[:-5]))
+                      if name.endswith(".json") and SITE_NAME_RE.fullmatch(name[:-5]))
 
     def sites(self):
         """Names of the registered sites."""

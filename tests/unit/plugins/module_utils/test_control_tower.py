@@ -163,6 +163,23 @@ def test_bad_input(tower, pem):
         tower.reallow_unwrap("site-a")
 
 
+def test_site_name_is_matched_whole_and_echoed_bounded(tower, pem):
+    for name in ("site-a\n", "site-a\n\n", "x" * 100000 + "\n"):
+        with pytest.raises(BadRequestError) as info:
+            tower.register_site(name, pem)
+        assert info.value.status == 400 and len(str(info.value)) < 300
+    assert "'site-a\\n'" in _message(tower, "site-a\n", pem)
+    assert os.listdir(tower.sites_dir) == [] and tower.sites() == []
+    with pytest.raises(BadRequestError):
+        tower.status("site-a\n")
+
+
+def _message(tower, name, pem):
+    with pytest.raises(BadRequestError) as info:
+        tower.register_site(name, pem)
+    return str(info.value)
+
+
 def test_concurrent_unwraps_release_the_bundle_once(tower, pem):
     tower.register_site("site-a", pem)
     token = tower.issue_token("site-a")

@@ -164,6 +164,55 @@ def test_bad_input_is_400_and_json(client):
     assert http.post("/v1/sites", data="x" * 200000, environ_base=op).status_code == 413
 
 
+def test_site_name_with_trailing_newline_is_400_and_creates_nothing(client, tmp_path):
+    """A trailing "$" let "site-a\\n" through: registering it created sites/site-a\\n.json."""
+    http, op, dummy = client
+    pem = public_key_pem(generate_site_key())
+    for name in ("site-a\n", "site-a\r\n", "\nsite-a"):
+        response = http.post("/v1/sites", json={"site": name, "public_key": pem}, environ_base=op)
+        assert response.status_code == 400, response.get_json()
+        assert "site name must match" in response.get_json()["error"]
+    assert http.get("/v1/sites/site-a%0A", environ_base=op).status_code == 400
+    assert http.delete("/v1/sites/site-a%0A", environ_base=op).status_code == 400
+    sites_dir = tmp_path / "store" / "sites"
+    assert os.listdir(str(sites_dir)) == []
+    response = http.post("/v1/sites", json={"site": "s" + "x" * 5000 + "\n", "public_key": pem}, environ_base=op)
+    assert response.status_code == 400 and len(response.get_json()["error"]) < 300
+
+
+def _pem_around(der):
+    body = base64.encodebytes(der).decode("ascii")
+    return "-----BEGIN PUBLIC KEY-----\n%s-----END PUBLIC KEY-----\n" % body
+
+
+def test_public_key_must_parse_as_an_x25519_key(client, tmp_path):
+    """Only BEGIN/END markers were checked: garbage between them was registered as the site key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    http, op, dummy = client
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    rsa_pem = rsa.generate_private_key(65537, 2048).public_key().public_bytes(serialization.Encoding.PEM, spki).decode()
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(serialization.Encoding.PEM, spki).decode()
+    good = public_key_pem(generate_site_key())
+    bad_keys = [
+        "-----BEGIN PUBLIC KEY-----\nthis is not a key\n-----END PUBLIC KEY-----\n",
+        _pem_around(os.urandom(44)),
+        "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----",
+        good.replace("-----BEGIN PUBLIC KEY-----\n", "-----BEGIN PUBLIC KEY-----\n" + "QUFB" * 2000 + "\n"),
+        rsa_pem, ec_pem,
+    ]
+    for key in bad_keys:
+        response = http.post("/v1/sites", json={"site": "site-a", "public_key": key}, environ_base=op)
+        assert response.status_code == 400, (key[:80], response.get_json())
+        assert "public_key" in response.get_json()["error"]
+    assert os.listdir(str(tmp_path / "store" / "sites")) == []
+    # a site key with text around it is stored as its canonical PEM
+    response = http.post("/v1/sites", json={"site": "site-a", "public_key": "comment\n" + good + "\n\n"}, environ_base=op)
+    assert response.status_code == 201 and response.get_json()["status"]["public_key"] == good
+    assert http.post("/v1/sites", json={"site": "site-a", "public_key": good}, environ_base=op).status_code == 200
+
+
 def test_config_is_checked(tmp_path, monkeypatch):
     with pytest.raises(common.ServiceConfigError):
         control_tower_app.create_app({})

@@ -17,6 +17,12 @@ from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.service import (
+    EnrollmentService,
+    ServiceConfigError,
+    handle,
+    writer_service,
+)
 from ansible_collections.hcp.core.plugins.module_utils.web.enroll_app import create_app
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "https-server"]}
@@ -138,6 +144,47 @@ def test_policy_accepted_enrollment(site):
     data = {"ekpub": site["ek"], "hostname": "ws1.example.test", "profile": json.dumps({"assets": ["hostname"]})}
     r = call(guarded, "post", "/v1/add", data=data)
     assert r.status_code == 201, r.get_json()
+
+
+@pytest.mark.parametrize("policy, problem", [
+    ({"url": "http://127.0.0.1:9"}, "must start with https://"),
+    ({"url": "ftp://policy.example.test"}, "must start with https://"),
+    ({"url": "https://127.0.0.1:9", "timeout": "5"}, "timeout"),
+    ({"url": None}, "file (a path) or url"),
+    ("https://127.0.0.1:9", "JSON object"),
+])
+def test_unusable_policy_configuration_stops_the_service_at_start(tmp_path, policy, problem):
+    """An http:// policy URL used to pass start-up and fail each enrollment with a 500; now
+    neither the web app nor the writer starts with it."""
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    config = {"db": db.path, "credentials_dir": str(tmp_path / "cred"), "policy": policy}
+    with pytest.raises(ServiceConfigError, match=problem):
+        create_app(config)
+    with pytest.raises(ServiceConfigError, match=problem):
+        EnrollmentService(config)
+    config_path = tmp_path / "enroll.json"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ServiceConfigError, match=problem):
+        writer_service(str(config_path))
+    code, body = handle(str(config_path), json.dumps({"op": "janitor"}).encode())
+    assert code != 0 and problem in body["error"]
+    assert db.query("") == []
+
+
+def test_policy_file_failing_after_start_refuses_with_403(site, tmp_path):
+    """A policy file that went away after start-up refuses the enrollment (fail closed, 403)."""
+    path = tmp_path / "policy.json"
+    with open(EXAMPLE_POLICY) as handle:
+        path.write_text(handle.read())
+    guarded = with_policy(site, {"file": str(path)})
+    path.unlink()
+    head = site["db"].head()
+    data = {"ekpub": site["ek"], "hostname": "ws1.example.test", "profile": json.dumps({"assets": ["hostname"]})}
+    r = call(guarded, "post", "/v1/add", data=data)
+    assert r.status_code == 403, r.get_json()
+    assert "policy service unavailable" in r.get_json()["error"]
+    assert site["db"].head() == head
 
 
 def test_only_authorized_client_names_may_call(site):
