@@ -150,7 +150,7 @@ def test_policy_accepted_enrollment(site):
     ({"url": "http://127.0.0.1:9"}, "must start with https://"),
     ({"url": "ftp://policy.example.test"}, "must start with https://"),
     ({"url": "https://127.0.0.1:9", "timeout": "5"}, "timeout"),
-    ({"url": None}, "file (a path) or url"),
+    ({"url": None}, "needs file"),
     ("https://127.0.0.1:9", "JSON object"),
 ])
 def test_unusable_policy_configuration_stops_the_service_at_start(tmp_path, policy, problem):
