@@ -47,11 +47,17 @@ MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 def _socket_write(path, request):
     """Send one request to the writer daemon (socket-activated, running as the DB user);
     returns (exit code, body)."""
+    return socket_exchange(path, json.dumps(request).encode())
+
+
+def socket_exchange(path, payload):
+    """One exchange with the writer daemon: ``payload`` (the request's bytes) in, (exit code,
+    body) out. The tests send hostile bytes through it, as a compromised web process could."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(WRITER_TIMEOUT)
             conn.connect(path)
-            conn.sendall(json.dumps(request).encode())
+            conn.sendall(payload)
             conn.shutdown(socket.SHUT_WR)
             chunks, size = [], 0
             while True:

@@ -21,6 +21,7 @@ from ansible_collections.hcp.core.plugins.module_utils.enrollment.service import
     EnrollmentService,
     ServiceConfigError,
     handle,
+    socket_exchange,
     writer_service,
 )
 from ansible_collections.hcp.core.plugins.module_utils.web.enroll_app import create_app
@@ -247,24 +248,6 @@ def test_socket_activated_writer(socket_site):
 
 # -- attacks: each runs against the real app and checks that nothing was written ---------------
 
-def raw_writer_call(sock, payload):
-    """One writer-protocol exchange with raw bytes (what a compromised web process could send)."""
-    import socket  # pylint: disable=import-outside-toplevel
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(60)
-        conn.connect(sock)
-        conn.sendall(payload)
-        conn.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return json.loads(b"".join(chunks))
-
-
 def deep_json(levels, leaf="1"):
     return "[" * levels + leaf + "]" * levels
 
@@ -323,8 +306,8 @@ def test_deep_profile_never_kills_the_writer_daemon(socket_site):
                     deep_json(100000).encode(), b'{"op": "delete", "prefix": ["00"]}', b'{"op": "reenroll", "ekpubhash": 7}',
                     b'{"op": "add", "ekpub": "\\ud800", "hostname": "x.example.test"}', b'{"op": NaN}', b"\xff" * 1000,
                     b'{"op": "add", "ekpub": "x", "caller": "me"}'):
-        answer = raw_writer_call(site["sock"], payload)
-        assert answer["exit"] in (2, 4, 5) and isinstance(answer["result"]["error"], str), (payload[:60], answer)
+        code, result = socket_exchange(site["sock"], payload)
+        assert code in (2, 4, 5) and isinstance(result["error"], str), (payload[:60], code, result)
     assert site["db"].head() == head
     r = call(site, "post", "/v1/add", data={"ekpub": site["ek"], "hostname": "node1.example.test", "profile": json.dumps(PROFILE)})
     assert r.status_code == 201, r.get_json()
