@@ -30,4 +30,13 @@ options:
     description: Seconds to wait for each HTTP request.
     type: int
     default: 30
+  state_dir:
+    description:
+      - Directory where the highest manifest generation accepted from this server set is remembered
+        (C(generations.json), no secret), so a validly signed but older entry (a rolled-back enrollment DB or a
+        stale replica) is refused.
+      - When omitted, V(/var/lib/hcp/attester) for root (shared with the attester timer of
+        P(hcp.core.attestation_client#role)), else C($XDG_STATE_HOME/hcp/attest) (C(~/.local/state/hcp/attest)).
+      - Check mode reads it but records nothing.
+    type: path
 """

@@ -97,7 +97,8 @@ class LookupModule(HcpLookupBase):
         try:
             with Tpm(tcti) as tpm:
                 assets = attest_client.attest_cached(tpm, servers, signer, names, ca_file=self.get_option("ca_file"),
-                                                     timeout=self.get_option("timeout"), cache=cache)
+                                                     timeout=self.get_option("timeout"), cache=cache,
+                                                     state_dir=self.get_option("state_dir") or attest_client.default_state_dir())
         except HcpError as exc:
             self.fail(exc)
         results = []

@@ -41,6 +41,7 @@ ATTESTATION_ARGUMENT_SPEC = dict(
     signer_public=dict(type="str"),
     signer_public_file=dict(type="path"),
     timeout=dict(type="int", default=30),
+    state_dir=dict(type="path"),
 )
 
 

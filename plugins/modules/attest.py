@@ -156,7 +156,8 @@ def main():
         with Tpm(params["tcti"]) as tpm:
             result = attester.run(tpm, params["servers"], signer, ca_file=params["ca_file"], timeout=params["timeout"],
                                   root=params["root"], rules=params["rules"], install=params["install"],
-                                  check_mode=module.check_mode, site=params["site"])
+                                  check_mode=module.check_mode, site=params["site"],
+                                  state_dir=params["state_dir"] or attest_client.default_state_dir())
     except HcpError as exc:
         fail_on_hcp_error(module, exc)
     except OSError as exc:

@@ -31,6 +31,7 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import generation as manifest_generation, verify_entry
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, TpmError
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import tss_rc
 from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR, close_one_time, one_time_used
@@ -236,6 +237,16 @@ class RollbackError(AttestClientError):
     (a rolled-back enrollment DB, or a replica serving an old snapshot)."""
 
 
+def default_state_dir():
+    """Where the generation memory lives when the caller names no directory: the attester's
+    ``/var/lib/hcp/attester`` for root (module, timer and lookup then share one memory), else
+    ``$XDG_STATE_HOME/hcp/attest`` (``~/.local/state/hcp/attest``)."""
+    if os.geteuid() == 0:
+        return "/var/lib/hcp/attester"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "hcp", "attest")
+
+
 class GenerationMemory(object):
     """``<state_dir>/generations.json`` (format ``hcp.core.attest-generations`` v1, 0600, written
     atomically under ``generations.lock``): for each (server set, ekpubhash) the highest manifest
@@ -259,6 +270,7 @@ class GenerationMemory(object):
 
     def _check_directory(self):
         try:
+            os.makedirs(os.path.dirname(self.directory), 0o755, exist_ok=True)
             os.mkdir(self.directory, 0o700)
         except FileExistsError:
             pass
@@ -284,7 +296,7 @@ class GenerationMemory(object):
         try:
             if len(data) > MAX_GENERATIONS_BYTES:
                 raise ValueError("too large")
-            doc = json.loads(data)
+            doc = jsonutil.loads(data)
             if doc.get("format") != GENERATIONS_FORMAT or doc.get("version") != GENERATIONS_VERSION:
                 raise ValueError("unknown format")
             records = doc["generations"]
@@ -293,7 +305,7 @@ class GenerationMemory(object):
                 if len(name) != 64 or isinstance(value, bool) or not isinstance(value, int) or value < 0 \
                         or isinstance(when, bool) or not isinstance(when, int):
                     raise ValueError("bad record")
-        except (ValueError, RecursionError, TypeError, KeyError, AttributeError):
+        except (jsonutil.JsonInputError, ValueError, TypeError, KeyError, AttributeError):
             raise AttestClientError("the generation memory %s is corrupt (remove it to reset; the next answer is then "
                                     "trusted)" % self.path)
         return records

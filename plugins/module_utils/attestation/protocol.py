@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError, MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import PCR_BANKS, parse_pcr_indices
 
@@ -132,6 +133,9 @@ def normalize_selection(selection):
     return out
 
 
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
 def response_aad(response):
     """The AEAD associated data of a response: canonical JSON of its authenticated header."""
     keys = ("format", "version", "ekpubhash", "ak_name", "nonce", "snapshot", "credential_blob", "encrypted_secret", "iv")
@@ -144,9 +148,15 @@ def decrypt_response(response, session_key):
     try:
         iv = base64.b64decode(response["iv"], validate=True)
         ciphertext = base64.b64decode(response["ciphertext"], validate=True)
-        payload = json.loads(AESGCM(session_key).decrypt(iv, ciphertext, response_aad(response)))
+        plaintext = AESGCM(session_key).decrypt(iv, ciphertext, response_aad(response))
     except (KeyError, TypeError, ValueError, binascii.Error, InvalidTag):
         raise AttestError("attestation response failed authentication (tampered or not for this TPM)")
+    try:
+        # Authenticated, but by whoever answered: bounded like any input (a payload carries the
+        # sealed assets, so its size bound is the client's response bound).
+        payload = jsonutil.loads(plaintext, what="the attestation payload", max_bytes=MAX_PAYLOAD_BYTES)
+    except jsonutil.JsonInputError as exc:
+        raise AttestError(str(exc))
     if not isinstance(payload, dict) or payload.get("format") != PAYLOAD_FORMAT or payload.get("version") != PROTOCOL_VERSION:
         raise AttestError("attestation payload has an unknown format")
     return payload

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import exclusive_lock
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
 
@@ -396,8 +397,8 @@ class EnrollmentDb(object):
         if "manifest.json" not in files:
             return
         try:
-            manifest = json.loads(files["manifest.json"])
-        except (ValueError, RecursionError):
+            manifest = jsonutil.loads(files["manifest.json"], what="the manifest")
+        except jsonutil.JsonInputError:
             manifest = None
         stamped = manifest.get("generation") if isinstance(manifest, dict) else None
         if isinstance(stamped, bool) or stamped != generation:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil, pki
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 MANIFEST_FORMAT = "hcp.core.manifest"
@@ -51,8 +51,8 @@ def stamp(files, signer, generation_value):
     (the DB writer calls this under the DB lock, with the generation its commit gets).
     Returns {"manifest.json": bytes, "manifest.sig": bytes}."""
     try:
-        manifest = json.loads(files["manifest.json"])
-    except (KeyError, TypeError, ValueError):
+        manifest = jsonutil.loads(files["manifest.json"], what="the manifest to stamp")
+    except (KeyError, TypeError, jsonutil.JsonInputError):
         raise HcpError("the entry has no manifest to stamp")
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise HcpError("the entry's manifest is not an %s document" % MANIFEST_FORMAT)
@@ -72,9 +72,9 @@ def verify_entry(files, signer_public):
         raise pki.SignatureError("entry has no signed manifest")
     pki.verify_signature(signer_public, manifest_bytes, signature)
     try:
-        manifest = json.loads(manifest_bytes)
-    except (ValueError, RecursionError):
-        raise HcpError("the signed manifest is not JSON")
+        manifest = jsonutil.loads(manifest_bytes, what="the signed manifest")
+    except jsonutil.JsonInputError as exc:
+        raise HcpError(str(exc))
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
             or manifest.get("version") not in READ_VERSIONS or isinstance(manifest.get("version"), bool):
         raise HcpError("unsupported manifest format")

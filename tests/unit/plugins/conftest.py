@@ -12,12 +12,22 @@ import ssl
 import pytest
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.client import EnrollmentClient
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem
 from ansible_collections.hcp.core.plugins.module_utils.web import control_tower_app
 from ansible_collections.hcp.core.plugins.module_utils.web.enroll_app import create_app as create_enroll_app
 from ansible_collections.hcp.core.tests.unit.helpers import AttestSite, NginxLikeHandler, serve_wsgi
+
+
+@pytest.fixture(autouse=True)
+def attest_state_dir(tmp_path, monkeypatch):
+    """The default generation memory of the attest module and the attested_secret lookup (for
+    root: /var/lib/hcp/attester of this machine) moved to the test's directory."""
+    path = str(tmp_path / "attest-state")
+    monkeypatch.setattr(attest_client, "default_state_dir", lambda: path)
+    return path
 
 
 @pytest.fixture

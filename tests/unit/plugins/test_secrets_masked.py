@@ -34,7 +34,7 @@ PLAYBOOK = r"""
       ca_file: "{{ t.tower.ca_file }}"
       client_cert: "{{ t.tower.client_cert }}"
       client_key: "{{ t.tower.client_key }}"
-    attested: "{{ {'servers': [t.attest_url], 'signer_public_file': t.signer_file, 'tcti': t.tcti} }}"
+    attested: "{{ {'servers': [t.attest_url], 'signer_public_file': t.signer_file, 'tcti': t.tcti, 'state_dir': t.dir ~ '/state'} }}"
   tasks:
     - name: tpm_seal a text secret
       hcp.core.tpm_seal: {ekpub: "{{ t.ekpub }}", content: "{{ t.text }}", dest: "{{ t.dir }}/text.env"}
@@ -79,7 +79,7 @@ PLAYBOOK = r"""
         key_format: base64
     - name: attest and install the assets
       hcp.core.attest: {servers: ["{{ t.attest_url }}"], signer_public_file: "{{ t.signer_file }}", tcti: "{{ t.tcti }}",
-                        root: "{{ t.dir }}/root"}
+                        root: "{{ t.dir }}/root", state_dir: "{{ t.dir }}/state"}
     - name: site_credentials
       hcp.core.site_credentials: {path: "{{ t.dir }}/creds", site: x, server_names: [localhost], client_names: [orchestrator]}
     - name: the secrets asked for reached the registered variables; the others were not returned

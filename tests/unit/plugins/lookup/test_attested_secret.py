@@ -17,6 +17,8 @@ from ansible.errors import AnsibleLookupError
 from ansible.plugins.loader import lookup_loader
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import client as attest_client
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.tests.unit.helpers import DEAD, AttestSite
 
@@ -127,3 +129,21 @@ def test_one_playbook_run_attests_once(secret_site, swtpm, tmp_path):
         assert proc.returncode == 0, proc.stdout.decode()[-3000:]
         assert site.requests == run_index
     assert (tmp_path / "one").read_text() == (tmp_path / "two").read_text() == "s3cret-pw"
+
+
+def test_lookup_refuses_a_rolled_back_entry_by_default(secret_site, swtpm, tmp_path, attest_state_dir):
+    """The lookup remembers the newest generation without being asked (attest_state_dir is its
+    default memory, moved to the test's directory): an older, validly signed entry is refused."""
+    site = secret_site
+    old_path = str(tmp_path / "old.git")
+    subprocess.run(["git", "clone", "-q", "--bare", site.db.path, old_path], check=True)
+    current = site.db.get(site.hash)
+    _h, host, files, _s = enroll.build_entry(site.config, current["ek.pub"], "node1.example.test",
+                                             json.loads(current["clientprofile"]), operation="reenroll")
+    enroll.store_entry(site.db, site.config, site.hash, host, files, replace=True)
+    options = {"servers": [site.url], "signer_public_file": str(site.signer_file), "tcti": swtpm.tcti, "cache": False}
+    assert _lookup("etc-hostname", **options) == ["node1.example.test\n"]
+    site.attestor.db_provider = lambda: EnrollmentDb(old_path)
+    with pytest.raises(AnsibleLookupError, match="older than generation 3"):
+        _lookup("etc-hostname", **options)
+    assert _lookup("etc-hostname", state_dir=str(tmp_path / "other"), **options) == ["node1.example.test\n"]
