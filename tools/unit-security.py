@@ -32,6 +32,7 @@ import sys
 import tempfile
 
 from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,8 +92,19 @@ def render(root, role, name, extra):
     return templar.template(trust_as_template(source), escape_backslashes=False, overrides={"trim_blocks": True})
 
 
+_PLUGINS = []
+
+
+def _init_plugins():
+    """FQCN lookups (ansible.builtin.template) need Ansible's collection loader, set up once."""
+    if not _PLUGINS:
+        init_plugin_loader()
+        _PLUGINS.append(True)
+
+
 def render_all(root):
     """{variant label: {unit file name: text}} for every unit template of every role."""
+    _init_plugins()
     out = {}
     templates = unit_templates(root)
     covered = set()
@@ -172,6 +184,7 @@ def measure(rendered, directory):
 
 
 def _checkout(ref, directory):
+    os.makedirs(directory)
     archive = subprocess.run(["git", "-C", REPO, "archive", ref, "roles"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True)
     return directory
