@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import init_plugin_loader
@@ -98,7 +99,9 @@ _PLUGINS = []
 def _init_plugins():
     """FQCN lookups (ansible.builtin.template) need Ansible's collection loader, set up once."""
     if not _PLUGINS:
-        init_plugin_loader()
+        with warnings.catch_warnings():  # under ansible-test the finder is already installed
+            warnings.simplefilter("ignore")
+            init_plugin_loader()
         _PLUGINS.append(True)
 
 
@@ -126,7 +129,7 @@ def _unit_name(role, name, extra):
 
 def _analyze(*args):
     if not os.access(SYSTEMD_ANALYZE, os.X_OK):
-        raise SystemExit("%s is missing: install systemd (>= 252) to check the units" % SYSTEMD_ANALYZE)
+        raise RuntimeError("%s is missing: install systemd (>= 252) to check the units" % SYSTEMD_ANALYZE)
     return subprocess.run([SYSTEMD_ANALYZE, *args], capture_output=True, text=True, check=False, timeout=120)
 
 
