@@ -100,7 +100,8 @@ def enroll_api(site, swtpm, tmp_path, monkeypatch):
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
     config = {"db": db.path, "credentials_dir": os.path.dirname(site["paths"]["ca_key"]), "authorized_clients": ["orchestrator"],
-              "service_client_ca": site["paths"]["svc_ca_cert"], "postclient": {"seal_policy": {"type": "none"}}}
+              "service_client_ca": site["paths"]["svc_ca_cert"], "postclient": {"seal_policy": {"type": "none"}},
+              "reserved_names": ["orchestrator", "enrollsvc", "ci-runner"], "realm": "LAB.TEST"}
     (tmp_path / "enroll.json").write_text(json.dumps(config))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
     config["writer"] = [sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.enrollment.service",
@@ -195,3 +196,36 @@ def test_policy_service_admits_the_enrollment_service_only(site, policy_service)
     assert not _policy(policy_service, site, paths["client_orchestrator_cert"], paths["client_orchestrator_key"]).accepted
     with pytest.raises(PolicyUnavailableError):  # no certificate at all: TLS refuses (CERT_REQUIRED)
         _policy(policy_service, site, None, None)
+
+
+def _add(url, site, hostname, profile):
+    paths = site["paths"]
+    context = ssl.create_default_context(cafile=paths["ca_cert"])
+    context.load_cert_chain(paths["client_orchestrator_cert"], paths["client_orchestrator_key"])
+    data = json.dumps({"ekpub": site["ek"], "hostname": hostname, "profile": profile}).encode()
+    request = urllib.request.Request(url + "/v1/add", data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize("hostname,profile", [
+    ("attest-x", {"assets": ["hostname"]}),
+    ("attest-x.lab.test", {"assets": ["https-client"]}),
+    ("orchestrator", {"assets": ["hostname"]}),
+    ("ci-runner.lab.test", {"assets": ["hostname"]}),  # the site's own client name (reserved_names)
+    ("node1.lab.test", {"assets": ["pkinit-user"], "certificates": {"pkinit-user": {"users": ["orchestrator"]}}}),
+    ("node1.lab.test", {"assets": ["pkinit-user"], "certificates": {"pkinit-user": {"users": ["ci-runner"]}}}),
+])
+def test_enrollment_refuses_reserved_names(site, enroll_api, hostname, profile):
+    """The attacks of this file at their source: the enrollment service will not even issue
+    them (400, nothing written)."""
+    head = enroll_api["db"].head()
+    status, body = _add(enroll_api["url"], dict(site, ek=enroll_api["ek"]), hostname, profile)
+    assert status == 400 and "reserved for the site's service identities" in body["error"], body
+    assert enroll_api["db"].head() == head
+    status, body = _add(enroll_api["url"], dict(site, ek=enroll_api["ek"]), "node1.lab.test",
+                        {"assets": ["pkinit-user"], "certificates": {"pkinit-user": {"users": ["alice"]}}})
+    assert status == 201, body
