@@ -7,13 +7,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: site_credentials
-short_description: Create a site's seed credentials (enrollment CA, service-client CA, asset signer, TLS certificates)
+short_description: Create a site's seed credentials (enrollment and service-client CAs, signer, TLS certificates)
 version_added: 0.1.0
 description:
   - Creates, in O(path), each seed credential a site needs that is not there yet, so a fresh site needs no
-    hand-made keys or certificates. Existing files are never replaced, so running it again changes nothing.
+    hand-made keys or certificates. Existing files are never replaced (except client certificates the
+    service-client CA did not issue), so running it again changes nothing.
   - The enrollment CA (C(ca.key), C(ca.pem); RSA-3072, because Heimdal's PKINIT cannot verify ECDSA-signed
-    certificates), the service-client CA (C(svc-ca.key), C(svc-ca.pem); ECDSA P-256), the asset signer (C(signer.key), C(signer.pub.pem); ECDSA P-256), the server TLS certificate
+    certificates), the service-client CA (C(svc-ca.key), C(svc-ca.pem); ECDSA P-256), the asset signer
+    (C(signer.key), C(signer.pub.pem); ECDSA P-256), the server TLS certificate
     (C(server.key), C(server.pem) with the CA chain) for O(server_names), one extra server certificate per
     O(server_certs) label (C(server-LABEL.key), C(server-LABEL.pem)), and one TLS client certificate per
     O(client_names) entry (C(client-NAME.key), C(client-NAME.pem)).

@@ -80,8 +80,8 @@ http {
 }
 """ % {"d": tmp_path, "port": port, "cert": paths["server_cert"], "key": paths["server_key"], "ca": client_ca,
        "locations": locations.replace("/etc/nginx/fastcgi_params", str(tmp_path / "fastcgi_params"))})
-    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")],  # pylint: disable=consider-using-with
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    argv = [nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # pylint: disable=consider-using-with
     for _attempt in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
