@@ -48,7 +48,8 @@ def site(root, name):
     paths = pki.bootstrap_site_credentials(cred, "bench", ["localhost"], ["orchestrator"])["paths"]
     db = EnrollmentDb(os.path.join(root, name, "db"))
     db.init()
-    config = {"db": db.path, "credentials_dir": cred, "postclient": {"seal_policy": {"type": "none"}}}
+    config = {"db": db.path, "credentials_dir": cred, "postclient": {"seal_policy": {"type": "none"}},
+              "service_client_ca": paths["svc_ca_cert"]}
     path = os.path.join(root, name, "enroll.json")
     with open(path, "w") as handle:
         json.dump(config, handle)
@@ -59,7 +60,7 @@ def serve(config, paths):
     app = create_app(config)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(paths["server_cert"], paths["server_key"])
-    context.load_verify_locations(paths["ca_cert"])
+    context.load_verify_locations(paths["svc_ca_cert"])
     context.verify_mode = ssl.CERT_REQUIRED
     srv = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=context)
     threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: hcp.core contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""X.509 for the enrollment pipeline (no Ansible imports): keys, the enrollment CA,
-certificate profiles (HTTPS and Kerberos PKINIT), chain verification and the asset signer.
+"""X.509 for the enrollment pipeline (no Ansible imports): keys, the enrollment CA and the
+service-client CA (service identities, reserved names), certificate profiles (HTTPS and
+Kerberos PKINIT), chain verification and the asset signer.
 
 Private keys leave this module only as PKCS#8 PEM bytes for the caller to seal or write
 0600; no message raised here contains key material.
@@ -289,6 +290,85 @@ def principals_in_certificate(cert):
     return result
 
 
+# -- service identities --------------------------------------------------------------------
+# Service callers (the orchestrator toward the enrollment API, the enrollment service toward
+# the policy service, the attestation servers toward erepl) hold certificates of the site's
+# *service-client CA* (svc-ca.key/svc-ca.pem), a CA apart from the enrollment CA that issues
+# every host and user certificate; the services trust only the service-client CA for their
+# callers. The names are also reserved: the enrollment CA never issues them (Issuer).
+
+RESERVED_SERVICE_NAMES = ("orchestrator", "enrollsvc")
+RESERVED_SERVICE_PREFIXES = ("attest-",)
+
+
+class ReservedNameError(PkiError):
+    """A host, user or certificate name is one reserved for the site's service identities."""
+
+
+def reserved_service_name(name, site_names=()):
+    """The service identity ``name`` would impersonate (a reserved name or prefix), or None.
+    Compared case-insensitively, as given and by its first DNS label (a trailing dot ignored):
+    "Orchestrator", "orchestrator.example.net" and "attest-x.example.net" are reserved."""
+    if not isinstance(name, str):
+        return None
+    folded = name.strip().lower().rstrip(".")
+    reserved = set(RESERVED_SERVICE_NAMES) | set(str(n).lower() for n in site_names or ())
+    for candidate in (folded, folded.split(".", 1)[0]):
+        if candidate in reserved:
+            return candidate
+        for prefix in RESERVED_SERVICE_PREFIXES:
+            if candidate.startswith(prefix):
+                return prefix + "*"
+    return None
+
+
+def check_reserved_name(name, site_names=(), what="name"):
+    """Raise ReservedNameError when ``name`` is reserved for a service identity (see
+    reserved_service_name; ``site_names`` are the site's service client names)."""
+    match = reserved_service_name(name, site_names)
+    if match is not None:
+        raise ReservedNameError("%s %r is reserved for the site's service identities (%s)" % (what, name[:80], match))
+
+
+def verify_service_client(cert, anchors, now=None):
+    """Raise CertificateVerifyError unless ``cert`` (a certificate, or PEM whose first
+    certificate is the leaf) is a service client certificate: directly issued by one of
+    ``anchors`` (the service-client CA), valid at ``now``, not a CA, and with the clientAuth
+    extended key usage. PkiError when the PEM holds no certificate."""
+    require_cryptography()
+    if isinstance(cert, (bytes, str)):
+        cert = load_certificates(cert)[0]
+    if not anchors:
+        raise CertificateVerifyError("no service-client CA is configured")
+    anchor_ders = set(a.public_bytes(serialization.Encoding.DER) for a in anchors)
+    if cert.public_bytes(serialization.Encoding.DER) in anchor_ders:
+        raise CertificateVerifyError("a CA certificate is not a service client certificate")
+    verify_chain(cert, [], anchors, now=now)
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if constraints.ca:
+            raise CertificateVerifyError("a CA certificate is not a service client certificate")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise CertificateVerifyError("certificate %s is not a TLS client certificate" % cert.subject.rfc4514_string())
+
+
+def issued_by(cert, ca_cert):
+    """True when ``ca_cert`` signed ``cert`` (names and signature; no validity check)."""
+    if cert.issuer != ca_cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 # -- the issuer --------------------------------------------------------------------------
 
 def _general_names(dns_names, emails):
@@ -303,9 +383,15 @@ def _general_names(dns_names, emails):
 
 
 class Issuer(object):
-    """A CA private key and its chain ``[issuing cert, ..., root]``; issues leaf certificates."""
+    """A CA private key and its chain ``[issuing cert, ..., root]``; issues leaf certificates.
 
-    def __init__(self, key, chain):
+    ``reserve_service_names`` (default true): refuse to name a certificate (common name, DNS
+    name, Kerberos principal component) after a service identity (RESERVED_SERVICE_NAMES,
+    RESERVED_SERVICE_PREFIXES and ``reserved_names``, the site's service client names) with
+    ReservedNameError. Only the site bootstrap turns it off: the service-client CA issues
+    exactly those names, and the operator names the site's own server certificates."""
+
+    def __init__(self, key, chain, reserved_names=(), reserve_service_names=True):
         require_cryptography()
         if not chain:
             raise PkiError("an issuer needs at least its own certificate")
@@ -313,14 +399,17 @@ class Issuer(object):
             raise PkiError("the issuer key does not match the first certificate of the chain")
         self.key = key
         self.chain = list(chain)
+        self.reserve_service_names = bool(reserve_service_names)
+        self.reserved_names = tuple(reserved_names or ())
 
     def __repr__(self):
         return "Issuer(%r)" % (self.chain[0].subject.rfc4514_string(),)
 
     @classmethod
-    def from_pem(cls, key_pem, chain_pem):
+    def from_pem(cls, key_pem, chain_pem, reserved_names=(), reserve_service_names=True):
         """An issuer from its PEM private key and PEM chain."""
-        return cls(load_private_key(key_pem), load_certificates(chain_pem))
+        return cls(load_private_key(key_pem), load_certificates(chain_pem), reserved_names=reserved_names,
+                   reserve_service_names=reserve_service_names)
 
     @property
     def certificate(self):
@@ -341,6 +430,13 @@ class Issuer(object):
         if profile not in PROFILES:
             raise PkiError("unknown certificate profile %r (known: %s)" % (profile, ", ".join(PROFILES)))
         now = _now(now)
+        if self.reserve_service_names:
+            check_reserved_name(subject_cn, self.reserved_names, "common name")
+            for dns_name in dns_names:
+                check_reserved_name(dns_name, self.reserved_names, "DNS name")
+            if principal:
+                for component in parse_principal(principal)[0]:
+                    check_reserved_name(component, self.reserved_names, "Kerberos principal component")
         is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         ekus, names = [], _general_names(dns_names, emails)
         if profile == "https-server":
@@ -499,7 +595,8 @@ def check_server_certs(server_certs):
 def site_credential_files(client_names, server_certs=None):
     """{label: file name} of the seed credentials bootstrap_site_credentials manages
     (``server_certs``: extra server certificates, {label: [DNS names]})."""
-    files = {"ca_key": "ca.key", "ca_cert": "ca.pem", "signer_key": "signer.key", "signer_pub": "signer.pub.pem",
+    files = {"ca_key": "ca.key", "ca_cert": "ca.pem", "svc_ca_key": "svc-ca.key", "svc_ca_cert": "svc-ca.pem",
+             "signer_key": "signer.key", "signer_pub": "signer.pub.pem",
              "server_key": "server.key", "server_cert": "server.pem"}
     for label in sorted(server_certs or {}):
         files["server_%s_key" % label] = "server-%s.key" % label
@@ -517,16 +614,57 @@ def missing_site_credentials(directory, client_names, server_certs=None):
                   if not os.path.exists(os.path.join(directory, name)))
 
 
+def _read_svc_ca(directory):
+    """The service-client CA certificate of ``directory``, None when a bootstrap would make a new one."""
+    if not os.path.exists(os.path.join(directory, "svc-ca.key")):
+        return None
+    try:
+        with open(os.path.join(directory, "svc-ca.pem"), "rb") as pem_file:
+            return load_certificates(pem_file.read())[0]
+    except (OSError, PkiError):
+        return None
+
+
+def _client_cert_issued_by(path, ca_cert):
+    """True when the client certificate at ``path`` (leaf first) was issued by ``ca_cert``."""
+    if ca_cert is None:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            leaf = load_certificates(handle.read())[0]
+    except (OSError, PkiError):
+        return False
+    return issued_by(leaf, ca_cert)
+
+
+def stale_site_credentials(directory, client_names):
+    """Labels of the client certificates in ``directory`` that a bootstrap would re-issue:
+    present, but not issued by the service-client CA (e.g. made by the enrollment CA of an
+    older release, or the service-client CA is not there yet)."""
+    svc_cert = _read_svc_ca(directory)
+    labels = []
+    for name in client_names:
+        cert_path = os.path.join(directory, "client-%s.pem" % name)
+        key_path = os.path.join(directory, "client-%s.key" % name)
+        if os.path.exists(cert_path) and os.path.exists(key_path) and not _client_cert_issued_by(cert_path, svc_cert):
+            labels.extend(["client_%s_cert" % name, "client_%s_key" % name])
+    return sorted(labels)
+
+
 def bootstrap_site_credentials(directory, site_name, server_names, client_names, now=None, days=3650,
-                               ca_kind="rsa-3072", server_certs=None):
+                               ca_kind="rsa-3072", server_certs=None, svc_ca_kind="ec-p256"):
     """Create the site's seed credentials in ``directory`` (0700), each only if absent:
-    enrollment CA (ca.key, ca.pem), asset signer (signer.key, signer.pub.pem), server TLS
-    (server.key, server.pem + chain), one extra server certificate per ``server_certs``
-    label (server-<label>.key/.pem for its DNS names, the first one its common name) and
-    one client certificate per name (client-<name>.key/.pem).
-    Returns {"paths": {label: path}, "created": [labels]};
-    never key material. The CA is RSA by default: Heimdal's hx509 (Debian 12) cannot verify
-    ECDSA-signed certificates, so PKINIT certificates must come from an RSA CA."""
+    enrollment CA (ca.key, ca.pem), service-client CA (svc-ca.key, svc-ca.pem), asset signer
+    (signer.key, signer.pub.pem), server TLS (server.key, server.pem + chain), one extra server
+    certificate per ``server_certs`` label (server-<label>.key/.pem for its DNS names, the first
+    one its common name) and one service client certificate per name (client-<name>.key/.pem).
+
+    Client certificates come from the service-client CA only, never from the enrollment CA
+    (which issues every host and user certificate): one present but not issued by the
+    service-client CA (an older release's) is re-issued with a new key.
+    Returns {"paths": {label: path}, "created": [labels], "reissued": [labels]};
+    never key material. The enrollment CA is RSA by default: Heimdal's hx509 (Debian 12) cannot
+    verify ECDSA-signed certificates, so PKINIT certificates must come from an RSA CA."""
     require_cryptography()
     now = _now(now)
     if not server_names:
@@ -539,20 +677,23 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
     _ensure_dir(directory)
     paths = dict((label, os.path.join(directory, name))
                  for label, name in site_credential_files(client_names, server_certs).items())
-    created = []
+    created, reissued = [], []
 
-    def write(label, data, mode):
+    def write(label, data, mode, fresh=True):
         atomic_write(paths[label], data, mode)
-        created.append(label)
+        (created if fresh else reissued).append(label)
 
-    if os.path.exists(paths["ca_key"]) and os.path.exists(paths["ca_cert"]):
-        with open(paths["ca_key"], "rb") as key_file, open(paths["ca_cert"], "rb") as pem_file:
-            issuer = Issuer.from_pem(key_file.read(), pem_file.read())
-    else:
-        ca_key, ca_cert = create_ca("%s enrollment CA" % site_name, days=days, now=now, kind=ca_kind)
-        write("ca_key", private_key_pem(ca_key), 0o600)
-        write("ca_cert", certificate_pem(ca_cert), 0o644)
-        issuer = Issuer(ca_key, [ca_cert])
+    def ca(prefix, common_name, kind):
+        if os.path.exists(paths[prefix + "_key"]) and os.path.exists(paths[prefix + "_cert"]):
+            with open(paths[prefix + "_key"], "rb") as key_file, open(paths[prefix + "_cert"], "rb") as pem_file:
+                return Issuer.from_pem(key_file.read(), pem_file.read(), reserve_service_names=False)
+        ca_key, ca_cert = create_ca(common_name, days=days, now=now, kind=kind)
+        write(prefix + "_key", private_key_pem(ca_key), 0o600)
+        write(prefix + "_cert", certificate_pem(ca_cert), 0o644)
+        return Issuer(ca_key, [ca_cert], reserve_service_names=False)
+
+    issuer = ca("ca", "%s enrollment CA" % site_name, ca_kind)
+    svc_issuer = ca("svc_ca", "%s service-client CA" % site_name, svc_ca_kind)
 
     if not os.path.exists(paths["signer_key"]):
         signer_key = new_private_key("ec-p256")
@@ -562,20 +703,24 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
         with open(paths["signer_key"], "rb") as key_file:
             write("signer_pub", public_key_pem(load_private_key(key_file.read())), 0o644)
 
-    leaves = [("server", "https-server", list(server_names), server_names[0])]
+    leaves = [("server", issuer, "https-server", list(server_names), server_names[0])]
     for label in sorted(server_certs):
-        leaves.append(("server_" + label, "https-server", list(server_certs[label]), server_certs[label][0]))
+        leaves.append(("server_" + label, issuer, "https-server", list(server_certs[label]), server_certs[label][0]))
     for name in client_names:
-        leaves.append(("client_" + name, "https-client", [], name))
-    for label, profile, dns_names, common_name in leaves:
+        leaves.append(("client_" + name, svc_issuer, "https-client", [], name))
+    for label, leaf_issuer, profile, dns_names, common_name in leaves:
+        fresh = True
         if os.path.exists(paths[label + "_key"]) and os.path.exists(paths[label + "_cert"]):
-            continue
+            if leaf_issuer is issuer or _client_cert_issued_by(paths[label + "_cert"], svc_issuer.certificate):
+                continue
+            fresh = False  # a client certificate of the enrollment CA (older release): re-issued
         key = new_private_key("ec-p256")
-        cert = issuer.issue(key.public_key(), profile, common_name, dns_names=dns_names, days=days, now=now,
-                            org=site_name)
-        write(label + "_key", private_key_pem(key), 0o600)
-        write(label + "_cert", certificate_pem(cert) + issuer.chain_pem(), 0o644)
-    return {"paths": paths, "created": created}
+        cert = leaf_issuer.issue(key.public_key(), profile, common_name, dns_names=dns_names, days=days, now=now,
+                                 org=site_name)
+        # the key first: a certificate never names a key that is not there yet
+        write(label + "_key", private_key_pem(key), 0o600, fresh)
+        write(label + "_cert", certificate_pem(cert) + leaf_issuer.chain_pem(), 0o644, fresh)
+    return {"paths": paths, "created": created, "reissued": reissued}
 
 
 # -- OpenSSH encodings (ssh host keys) ---------------------------------------------------------

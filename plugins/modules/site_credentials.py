@@ -7,16 +7,23 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: site_credentials
-short_description: Create a site's seed credentials (enrollment CA, asset signer, TLS certificates)
+short_description: Create a site's seed credentials (enrollment and service-client CAs, signer, TLS certificates)
 version_added: 0.1.0
 description:
   - Creates, in O(path), each seed credential a site needs that is not there yet, so a fresh site needs no
-    hand-made keys or certificates. Existing files are never replaced, so running it again changes nothing.
+    hand-made keys or certificates. Existing files are never replaced (except client certificates the
+    service-client CA did not issue), so running it again changes nothing.
   - The enrollment CA (C(ca.key), C(ca.pem); RSA-3072, because Heimdal's PKINIT cannot verify ECDSA-signed
-    certificates), the asset signer (C(signer.key), C(signer.pub.pem); ECDSA P-256), the server TLS certificate
+    certificates), the service-client CA (C(svc-ca.key), C(svc-ca.pem); ECDSA P-256), the asset signer
+    (C(signer.key), C(signer.pub.pem); ECDSA P-256), the server TLS certificate
     (C(server.key), C(server.pem) with the CA chain) for O(server_names), one extra server certificate per
     O(server_certs) label (C(server-LABEL.key), C(server-LABEL.pem)), and one TLS client certificate per
     O(client_names) entry (C(client-NAME.key), C(client-NAME.pem)).
+  - Client certificates are service identities (the orchestrator, the enrollment service, the attestation
+    servers' erepl clients) and come from the service-client CA only; the enrollment CA issues every host and
+    user certificate, so services trust only the service-client CA for their callers (docs/ARCHITECTURE.md,
+    "Service identities"). A client certificate present but not issued by the service-client CA (made by an
+    older release with the enrollment CA) is re-issued with a new key and listed in RV(reissued).
   - Private keys are written atomically with mode V(0600) in a V(0700) directory; certificates and public keys
     V(0644). O(owner) and O(group) are applied to the directory and every file.
   - Nothing secret is returned; only the paths and the public CA certificate and signer key.
@@ -44,7 +51,8 @@ options:
     elements: str
     required: true
   client_names:
-    description: One TLS client certificate is made per name (its common name), for example V(orchestrator).
+    description: One TLS client certificate (service identity, from the service-client CA) is made per name (its
+      common name), for example V(orchestrator).
     type: list
     elements: str
     default: []
@@ -62,6 +70,8 @@ options:
     description: Group of the directory and the files.
     type: str
 notes:
+  - Existing files are kept except client certificates not issued by the service-client CA, which are
+    re-issued.
   - The server certificates' names are fixed at creation; to change them remove C(server.key) and C(server.pem)
     (or C(server-LABEL.key) and C(server-LABEL.pem)).
 seealso:
@@ -84,7 +94,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 paths:
-  description: Path of every credential file by label (C(ca_key), C(ca_cert), C(signer_key), C(signer_pub),
+  description: Path of every credential file by label (C(ca_key), C(ca_cert), C(svc_ca_key), C(svc_ca_cert),
+    C(signer_key), C(signer_pub),
     C(server_key), C(server_cert), C(server_LABEL_key), C(server_LABEL_cert), C(client_NAME_key),
     C(client_NAME_cert)).
   returned: always
@@ -94,8 +105,19 @@ created:
   returned: always
   type: list
   elements: str
+reissued:
+  description: Labels of the client certificate files re-issued by this run (in check mode, that would be) because
+    the service-client CA had not issued them.
+  returned: always
+  type: list
+  elements: str
 ca_cert:
   description: The enrollment CA certificate (PEM; public). Empty in check mode before the first run.
+  returned: always
+  type: str
+svc_ca_cert:
+  description: The service-client CA certificate (PEM; public), which services trust for their callers. Empty in
+    check mode before the first run.
   returned: always
   type: str
 signer_public_key:
@@ -144,19 +166,21 @@ def main():
         paths = dict((label, os.path.join(directory, name)) for label, name in files.items())
         if module.check_mode:
             created = pki.missing_site_credentials(directory, params["client_names"], params["server_certs"])
+            reissued = pki.stale_site_credentials(directory, params["client_names"])
         else:
             result = pki.bootstrap_site_credentials(directory, params["site"], params["server_names"],
                                                     params["client_names"], server_certs=params["server_certs"])
             created = sorted(result["created"])
+            reissued = sorted(result["reissued"])
     except HcpError as exc:
         fail_on_hcp_error(module, exc)
-    changed = bool(created)
+    changed = bool(created or reissued)
     for target in [directory] + sorted(paths.values()):
         if os.path.exists(target):
             changed = module.set_owner_if_different(target, params["owner"], changed)
             changed = module.set_group_if_different(target, params["group"], changed)
-    module.exit_json(changed=changed, paths=paths, created=created, ca_cert=_read_text(paths["ca_cert"]),
-                     signer_public_key=_read_text(paths["signer_pub"]))
+    module.exit_json(changed=changed, paths=paths, created=created, reissued=reissued, ca_cert=_read_text(paths["ca_cert"]),
+                     svc_ca_cert=_read_text(paths["svc_ca_cert"]), signer_public_key=_read_text(paths["signer_pub"]))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ class EnrollmentConfig(object):
     """Server side of an enrollment: profiles, issuer, signer, secrets, EK trust."""
 
     def __init__(self, issuer, signer, preclient=None, postclient=None, realm=None, env=None,
-                 secrets=None, vendor_cas=None, require_ek_cert=False):
+                 secrets=None, vendor_cas=None, require_ek_cert=False, reserved_names=()):
         self.issuer = issuer
         self.signer = signer
         self.preclient = preclient or {}
@@ -41,6 +41,8 @@ class EnrollmentConfig(object):
         self.secrets = secrets or {}
         self.vendor_cas = list(vendor_cas or [])
         self.require_ek_cert = require_ek_cert
+        # the site's service client names, reserved like orchestrator/attest-* (pki.reserved_service_name)
+        self.reserved_names = tuple(reserved_names or ())
 
     def __repr__(self):
         return "EnrollmentConfig(realm=%r, %d secrets)" % (self.realm, len(self.secrets))
@@ -72,7 +74,7 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
     ``summary`` (safe to return/log): ekpubhash, hostname, assets [{name, sensitive}],
     profile (the effective profile without ``__env``)."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    hostname = enroll_profile.check_hostname(hostname)
+    hostname = enroll_profile.check_not_reserved(enroll_profile.check_hostname(hostname), config.reserved_names)
     client = enroll_profile.parse_profile(client_profile)
     # A re-enrollment rebuilds from the stored EK, whose certificate was checked at add time.
     public = load_ek_public(ek_data) if operation == "reenroll" else check_ek(ek_data, config, now=now)

@@ -11,6 +11,7 @@ import json
 import re
 
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 
 MAX_PROFILE_BYTES = 64 * 1024
@@ -35,6 +36,17 @@ def check_hostname(hostname):
         if not _LABEL_RE.fullmatch(label):
             raise ProfileError("hostname %r is not a valid DNS name (label %r)" % (hostname[:80], label[:63]))
     return name
+
+
+def check_not_reserved(hostname, site_names=()):
+    """ProfileError when ``hostname`` is a name reserved for the site's service identities
+    (``orchestrator``, ``enrollsvc``, ``attest-*`` and ``site_names``; pki.reserved_service_name):
+    its certificates would carry a service's name."""
+    try:
+        pki.check_reserved_name(hostname, site_names, "hostname")
+    except pki.ReservedNameError as exc:
+        raise ProfileError(str(exc)) from None
+    return hostname
 
 
 def _depth(value, limit, level=0):

@@ -13,7 +13,7 @@ benchmarks, the CLI) writes run in-process.
 Configuration (JSON, docs/enrollment-service.md): db, credentials_dir (ca.key, ca.pem,
 signer.key, signer.pub.pem), preclient, postclient, realm, env, secrets_dir,
 vendor_ca_dir, require_ek_cert, writer (argv) or writer_socket (unix socket path), signer_pub,
-policy, authorized_clients.
+policy, authorized_clients, service_client_ca, reserved_names.
 """
 
 from __future__ import annotations
@@ -143,6 +143,14 @@ def classify(exc):
     return 500
 
 
+def _reserved_names(config):
+    """Config ``reserved_names``: the site's service client names (list of strings)."""
+    names = config.get("reserved_names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ServiceConfigError("configuration reserved_names must be a list of non-empty strings")
+    return names
+
+
 def _read(path, required=True):
     try:
         with open(path, "rb") as handle:
@@ -188,7 +196,10 @@ class EnrollmentService(object):
         if self._enroll_config is None:
             c = self.config
             cred = c["credentials_dir"]
-            issuer = pki.Issuer.from_pem(_read(os.path.join(cred, "ca.key")), _read(os.path.join(cred, "ca.pem")))
+            # the enrollment CA never names a certificate after a service identity
+            reserved = _reserved_names(c)
+            issuer = pki.Issuer.from_pem(_read(os.path.join(cred, "ca.key")), _read(os.path.join(cred, "ca.pem")),
+                                         reserved_names=reserved)
             signer = pki.Signer(pki.load_private_key(_read(os.path.join(cred, "signer.key"))))
             secrets = {}
             if c.get("secrets_dir") and os.path.isdir(c["secrets_dir"]):
@@ -200,6 +211,7 @@ class EnrollmentService(object):
             self._enroll_config = enroll.EnrollmentConfig(
                 issuer, signer, preclient=c.get("preclient"), postclient=c.get("postclient"), realm=c.get("realm"),
                 env=c.get("env"), secrets=secrets, vendor_cas=vendor, require_ek_cert=bool(c.get("require_ek_cert")),
+                reserved_names=reserved,
             )
         return self._enroll_config
 

@@ -20,10 +20,13 @@ from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInput
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     client_identity,
     LazyApplication,
+    ServiceConfigError,
     create_app_base,
     json_error,
     load_config,
+    load_service_client_ca,
     request_json,
+    service_client_error,
 )
 
 CONFIG_ENV = "HCP_ENROLL_CONFIG"
@@ -32,20 +35,32 @@ KIND_NAMES = {str: "a string", dict: "a JSON object", bool: "a boolean"}
 
 def create_app(config=None):
     """The Flask app for ``config`` (dict), default: the JSON file named by $HCP_ENROLL_CONFIG.
-    ``require_client_cert`` (default true) refuses requests without a verified client cert."""
+    ``require_client_cert`` (default true) refuses requests without a verified client cert;
+    ``service_client_ca`` (PEM file, required with it) is the site's service-client CA: a
+    certificate nginx verified but that CA did not issue (a host's or user's, from the
+    enrollment CA) is refused."""
     config = config if config is not None else load_config(CONFIG_ENV, required=True)
     app = create_app_base("hcp-enroll", config)
     app.config["HCP_CONFIG"] = config
     service = EnrollmentService(config)
     require_cert = config.get("require_client_cert", True)
-    # Enrolled hosts may hold client certificates from the same CA: only these common
-    # names (shell patterns) may use the API. None = any verified certificate.
+    if config.get("service_client_ca"):
+        service_cas = load_service_client_ca(config["service_client_ca"])
+    elif require_cert:
+        raise ServiceConfigError("the enrollment API needs service_client_ca with require_client_cert")
+    else:
+        service_cas = None
+    # Service names only (shell patterns); None = any certificate of the service-client CA.
     authorized = config.get("authorized_clients")
 
     def caller():
         ident = client_identity(flask.request.environ)
         if ident is None and require_cert:
             raise ServiceError("a verified client certificate is required", 403)
+        if ident is not None and service_cas is not None:
+            problem = service_client_error(ident, service_cas)
+            if problem is not None:
+                raise ServiceError(problem, 403)
         if ident is not None and authorized is not None and not any(
                 fnmatch.fnmatchcase(ident.get("cn") or "", pattern) for pattern in authorized):
             raise ServiceError("client %r is not authorized for the enrollment API" % (ident.get("cn"),), 403)

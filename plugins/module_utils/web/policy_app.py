@@ -5,13 +5,17 @@
 
 ``POST /run`` decides on ``{hookname, request_uid, params}`` with the policy file named in
 the configuration (JSON file named by ``HCP_POLICY_CONFIG``: ``policy_file``, ``audit_log``,
-``max_body``); ``GET /healthcheck`` reports the policy in force. The policy file is reloaded
+``max_body``, ``service_client_ca``, ``authorized_clients``); ``GET /healthcheck`` reports the
+policy in force. With ``service_client_ca`` (the site's service-client CA, PEM file) ``/run``
+answers only callers with a certificate of that CA (and, with ``authorized_clients``, one of
+those common names, shell patterns): 403 for anyone else. The policy file is reloaded
 when it changes, only if it validates. Wire format and audit log: docs/policy-service.md.
 """
 
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import os
 import sys
@@ -102,6 +106,10 @@ def create_app(config=None):
     max_body = config.get("max_body", DEFAULT_MAX_BODY)
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
         raise common.ServiceConfigError("max_body must be a positive integer")
+    service_cas = common.load_service_client_ca(config["service_client_ca"]) if config.get("service_client_ca") else None
+    authorized = config.get("authorized_clients")
+    if authorized is not None and (not isinstance(authorized, list) or not all(isinstance(p, str) and p for p in authorized)):
+        raise common.ServiceConfigError("authorized_clients must be a list of non-empty strings")
     store = LocalPolicy(config["policy_file"], limits={"max_data_bytes": max_body})
     audit = AuditLog(config.get("audit_log"))
     app = common.create_app_base("hcp-policy", {"max_content_length": max_body})
@@ -114,8 +122,22 @@ def create_app(config=None):
             "reason": reason, "caller": _caller(flask.request.environ), "policy_sha256": store.sha256,
         })
 
+    def refused():
+        """A 403 response unless the caller is a service of this site (config service_client_ca)."""
+        if service_cas is None:
+            return None
+        identity = common.client_identity(flask.request.environ)
+        problem = common.service_client_error(identity, service_cas)
+        if problem is None and authorized is not None and not any(
+                fnmatch.fnmatchcase(identity.get("cn") or "", pattern) for pattern in authorized):
+            problem = "client %r is not authorized for the policy service" % (identity.get("cn"),)
+        return common.json_error(403, problem) if problem is not None else None
+
     @app.post("/run")
     def _run():
+        error = refused()
+        if error is not None:
+            return error
         hookname, request_uid, params, error = _request_fields(flask.request)
         if error is not None:
             return error

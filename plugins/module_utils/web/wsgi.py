@@ -9,6 +9,10 @@ client certificate (when the site requires one) as WSGI environ entries:
 * ``SSL_CLIENT_VERIFY``: ``SUCCESS`` only when nginx verified the certificate against the
   configured CA bundle; anything else (empty, ``NONE``, ``FAILED:...``) is unauthenticated.
 * ``SSL_CLIENT_CERT``: the URL-escaped PEM certificate (nginx ``$ssl_client_escaped_cert``).
+
+Services whose callers are other services (enrollment API, policy service) also check, with
+``service_client_error``, that the certificate nginx verified comes from the site's
+service-client CA, not from the enrollment CA that issues host and user certificates.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 from urllib.parse import unquote
 
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
 
 try:
@@ -93,6 +98,35 @@ def client_identity(environ):
     # cryptography parses lazily and raises several types: any failure is "no identity"
     except Exception:  # pylint: disable=broad-except
         return None
+
+
+def load_service_client_ca(path):
+    """The certificates of the service-client CA bundle at ``path`` (PEM); ServiceConfigError
+    when it cannot be read or holds no certificate (a service never runs without it)."""
+    try:
+        with open(path, "rb") as handle:
+            return pki.load_certificates(handle.read())
+    except OSError as exc:
+        raise ServiceConfigError("cannot read the service-client CA %s: %s" % (path, exc.strerror)) from None
+    except pki.PkiError:
+        raise ServiceConfigError("service-client CA %s holds no PEM certificate" % path) from None
+
+
+def service_client_error(identity, anchors):
+    """None when the verified client ``identity`` (from client_identity) holds a service client
+    certificate of ``anchors`` (the service-client CA: directly issued, valid now, clientAuth);
+    otherwise the reason, for a 403. Never raises."""
+    if identity is None:
+        return "a verified service client certificate is required"
+    try:
+        pki.verify_service_client(identity["pem"], anchors)
+    except HcpError:
+        return "client certificate %s is not a service identity of this site (not from its service-client CA)" % (
+            identity.get("subject"),)
+    # cryptography parses lazily and raises several types: any failure is a refusal
+    except Exception:  # pylint: disable=broad-except
+        return "client certificate is not a service identity of this site"
+    return None
 
 
 def json_error(status, message, **extra):

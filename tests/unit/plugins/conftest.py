@@ -51,7 +51,7 @@ def enroll_server(tmp_path, swtpm):
                              "postclient": {"seal_policy": {"type": "none"}}})
     with swtpm.open() as tpm:
         ek = ek_public_pem(tpm.ek_public())
-    with serve_wsgi(app, paths["server_cert"], paths["server_key"], client_ca=paths["ca_cert"]) as url:
+    with serve_wsgi(app, paths["server_cert"], paths["server_key"], client_ca=paths["svc_ca_cert"]) as url:
         client = EnrollmentClient(url, paths["ca_cert"], paths["client_orchestrator_cert"], paths["client_orchestrator_key"],
                                   timeout=30)
         yield {"client": client, "url": url, "paths": paths, "ek": ek, "db": db}
@@ -64,7 +64,7 @@ def control_tower(tmp_path):
     it as the operator, "url", "ca_file", "client_cert" and "client_key"."""
     creds = pki.bootstrap_site_credentials(str(tmp_path / "cred"), "t", ["localhost"], ["operator"])["paths"]
     app = control_tower_app.create_app({"store": str(tmp_path / "store"), "operators": ["operator"]})
-    with serve_wsgi(app, creds["server_cert"], creds["server_key"], client_ca=creds["ca_cert"], verify_mode=ssl.CERT_OPTIONAL,
+    with serve_wsgi(app, creds["server_cert"], creds["server_key"], client_ca=creds["svc_ca_cert"], verify_mode=ssl.CERT_OPTIONAL,
                     request_handler=NginxLikeHandler) as url:
         yield {"url": url, "ca_file": creds["ca_cert"], "client_cert": creds["client_operator_cert"],
                "client_key": creds["client_operator_key"]}

@@ -41,6 +41,17 @@ def _pair(ctx, generator, stem, key, cert, install):
             Asset(stem + ".pem", chain, False, install(stem + ".pem", False))]
 
 
+def _issue(issuer, generator, key_name, *args, **kwargs):
+    """``issuer.issue(...)``; a name reserved for a service identity (pki.ReservedNameError)
+    or one cryptography rejects (non-ASCII, malformed) is a GeneratorError on ``key_name``."""
+    try:
+        return issuer.issue(*args, **kwargs)
+    except pki.ReservedNameError as exc:
+        raise fail(generator, key_name, str(exc))
+    except ValueError as exc:
+        raise fail(generator, key_name, "invalid name (%s)" % exc)
+
+
 def _days(generator, options):
     return positive_int(generator, "certificates.%s.days" % generator, options.get("days", DEFAULT_DAYS), MAX_DAYS)
 
@@ -58,11 +69,8 @@ class _HttpsGenerator(AssetGenerator):
             raise fail(self.name, prefix + "dns_names", "an https-server certificate needs a DNS name")
         days = _days(self.name, options)
         key = pki.new_private_key("ec-p256")
-        try:
-            cert = issuer.issue(key.public_key(), self.profile, ctx.hostname, dns_names=dns_names, emails=emails,
-                                days=days, now=ctx.now)
-        except ValueError as exc:  # cryptography rejects non-ASCII / malformed names
-            raise fail(self.name, prefix + "dns_names", "invalid name (%s)" % exc)
+        cert = _issue(issuer, self.name, prefix + "dns_names", key.public_key(), self.profile, ctx.hostname,
+                      dns_names=dns_names, emails=emails, days=days, now=ctx.now)
         return _pair(ctx, self.name, self.name, key, cert, lambda f, s: _host_install(self.name, f, s))
 
 
@@ -116,7 +124,8 @@ class _PkinitHostGenerator(AssetGenerator):
             raise fail(self.name, key_name, "not a Kerberos principal name/instance@REALM")
         days = _days(self.name, options)
         key = pki.new_private_key("rsa-2048")
-        cert = issuer.issue(key.public_key(), self.name, ctx.hostname, principal=principal, days=days, now=ctx.now)
+        cert = _issue(issuer, self.name, key_name, key.public_key(), self.name, ctx.hostname, principal=principal,
+                      days=days, now=ctx.now)
         return _pair(ctx, self.name, self.name, key, cert, lambda f, s: _host_install(self.name, f, s))
 
 
@@ -146,8 +155,8 @@ class PkinitUserGenerator(AssetGenerator):
         assets = []
         for user in users:
             key = pki.new_private_key("rsa-2048")
-            cert = issuer.issue(key.public_key(), "pkinit-user", user, principal="%s@%s" % (user, realm),
-                                days=days, now=ctx.now)
+            cert = _issue(issuer, self.name, "certificates.pkinit-user.users", key.public_key(), "pkinit-user", user,
+                          principal="%s@%s" % (user, realm), days=days, now=ctx.now)
 
             def install(filename, sensitive, user=user):
                 return {"category": "pkinit-user", "dest": "~%s/.hcp/pkinit/%s" % (user, filename),

@@ -248,3 +248,37 @@ def test_pkinit_realm_required(issuer):
     ctx.env = {}
     with pytest.raises(GeneratorError, match="certificates.pkinit-kdc.realm"):
         run("pkinit-kdc", ctx)
+
+
+@pytest.mark.parametrize("name,hostname,profile,key", [
+    ("pkinit-user", "web1.example.com", {"certificates": {"pkinit-user": {"users": ["alice", "orchestrator"]}}},
+     "certificates.pkinit-user.users"),
+    ("pkinit-user", "web1.example.com", {"certificates": {"pkinit-user": {"users": ["enrollsvc"]}}}, "certificates.pkinit-user.users"),
+    ("https-client", "attest-x", {}, "certificates.https-client.dns_names"),
+    ("https-server", "attest-x.example.com", {}, "certificates.https-server.dns_names"),
+    ("https-server", "web1.example.com", {"certificates": {"https-server": {"dns_names": ["orchestrator"]}}},
+     "certificates.https-server.dns_names"),
+    ("pkinit-client", "orchestrator", {}, "certificates.pkinit-client.principal"),
+    ("pkinit-client", "web1.example.com", {"certificates": {"pkinit-client": {"principal": "attest-a1@EXAMPLE.COM"}}},
+     "certificates.pkinit-client.principal"),
+])
+def test_generators_refuse_reserved_service_names(issuer, name, hostname, profile, key):
+    """A profile (or a host name) asking for a certificate named after a service identity is a
+    GeneratorError (HTTP 400), whatever CA the services trust."""
+    ctx = GeneratorContext(hostname, "ab" * 32, b"\x00\x01ek", profile, dict(ENV), issuer, {}, NOW)
+    with pytest.raises(GeneratorError, match="profile key %s: .*reserved for the site's service identities" % key.replace(".", r"\.")):
+        asset_contract.get_generator(name).generate(ctx)
+
+
+def test_generators_refuse_the_sites_own_client_names():
+    key, cert = pki.create_ca("Site CA", kind="rsa-2048", now=NOW)
+    site_issuer = pki.Issuer(key, [cert], reserved_names=["ci-runner"])
+    ctx = make_ctx(site_issuer, {"certificates": {"pkinit-user": {"users": ["ci-runner"]}}})
+    with pytest.raises(GeneratorError, match="reserved"):
+        run("pkinit-user", ctx)
+    assert "user-ci-runner.pem" in run("pkinit-user", make_ctx(issuer_without_site_names(), ctx.profile))
+
+
+def issuer_without_site_names():
+    key, cert = pki.create_ca("Other CA", kind="rsa-2048", now=NOW)
+    return pki.Issuer(key, [cert])

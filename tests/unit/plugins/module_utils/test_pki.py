@@ -197,10 +197,10 @@ def test_bootstrap_idempotent(tmp_path):
     directory = str(tmp_path / "site")
     first = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.com"], ["orchestrator"],
                                            now=NOW, ca_kind="rsa-2048")
-    assert set(first["created"]) == {"ca_key", "ca_cert", "signer_key", "signer_pub", "server_key",
+    assert set(first["created"]) == {"ca_key", "ca_cert", "svc_ca_key", "svc_ca_cert", "signer_key", "signer_pub", "server_key",
                                      "server_cert", "client_orchestrator_key", "client_orchestrator_cert"}
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
-    for label in ("ca_key", "signer_key", "server_key", "client_orchestrator_key"):
+    for label in ("ca_key", "svc_ca_key", "signer_key", "server_key", "client_orchestrator_key"):
         assert stat.S_IMODE(os.stat(first["paths"][label]).st_mode) == 0o600
     assert "PRIVATE KEY" not in repr(first)
     with open(first["paths"]["server_cert"], "rb") as handle:
@@ -212,7 +212,7 @@ def test_bootstrap_idempotent(tmp_path):
     with open(first["paths"]["server_key"], "rb") as handle:
         before = handle.read()
     second = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.com"], ["orchestrator"], now=NOW)
-    assert second["created"] == []
+    assert second["created"] == [] and second["reissued"] == []
     with open(first["paths"]["server_key"], "rb") as handle:
         assert handle.read() == before
     third = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.com"], ["orchestrator", "ci"], now=NOW)
@@ -268,3 +268,61 @@ def test_bootstrap_extra_server_certs_bad_input(tmp_path, server_certs, message)
     assert not os.path.exists(directory)
     with pytest.raises(pki.PkiError, match=message):
         pki.missing_site_credentials(directory, [], server_certs)
+
+
+@pytest.mark.parametrize("name", ["orchestrator", "Orchestrator", "enrollsvc", "attest-x", "attest-", "ATTEST-a1.example.net",
+                                  "orchestrator.example.net", "orchestrator.", "ci"])
+def test_reserved_service_names(name):
+    assert pki.reserved_service_name(name, ["ci"]) is not None
+    with pytest.raises(pki.ReservedNameError, match="reserved for the site's service identities"):
+        pki.check_reserved_name(name, ["ci"], "hostname")
+
+
+@pytest.mark.parametrize("name", ["node1", "lab-attest1", "attest", "my-orchestrator", "orchestrators", "web.attest-x.net", "cia"])
+def test_ordinary_names_are_not_reserved(name):
+    assert pki.reserved_service_name(name, ["ci"]) is None
+    pki.check_reserved_name(name, ["ci"])
+
+
+def test_enrollment_issuer_refuses_service_names(ca, rsa_key):
+    """Defense in depth: whatever a generator asks, the enrollment CA never names a certificate
+    after a service (common name, DNS name, principal component)."""
+    site = pki.Issuer(ca.key, ca.chain, reserved_names=["ci"])
+    attempts = [dict(profile="https-client", subject_cn="orchestrator"), dict(profile="https-client", subject_cn="attest-x"),
+                dict(profile="https-server", subject_cn="web", dns_names=["attest-x.example.com"]),
+                dict(profile="pkinit-user", subject_cn="bob", principal="orchestrator@EXAMPLE.COM"),
+                dict(profile="pkinit-client", subject_cn="h", principal="host/attest-1.example.com@EXAMPLE.COM"),
+                dict(profile="https-client", subject_cn="ci")]
+    for attempt in attempts:
+        with pytest.raises(pki.ReservedNameError):
+            site.issue(rsa_key.public_key(), now=NOW, **attempt)
+    site.issue(rsa_key.public_key(), "https-client", "cia", now=NOW)
+    # the site bootstrap's issuers (operator names, the service-client CA) do not reserve
+    free = pki.Issuer(ca.key, ca.chain, reserve_service_names=False)
+    assert free.issue(rsa_key.public_key(), "https-client", "orchestrator", now=NOW).subject.rfc4514_string() == "CN=orchestrator"
+
+
+def test_verify_service_client(tmp_path):
+    paths = pki.bootstrap_site_credentials(str(tmp_path / "s"), "lab", ["enroll.example.com"], ["orchestrator"])["paths"]
+    with open(paths["svc_ca_cert"], "rb") as handle:
+        svc = pki.load_certificates(handle.read())
+    with open(paths["client_orchestrator_cert"], "rb") as handle:
+        client_pem = handle.read()
+    pki.verify_service_client(client_pem, svc)
+    pki.verify_service_client(client_pem.decode(), svc)
+    with open(paths["server_cert"], "rb") as handle:  # the enrollment CA's server certificate
+        server_pem = handle.read()
+    with pytest.raises(pki.CertificateVerifyError):
+        pki.verify_service_client(server_pem, svc)
+    with pytest.raises(pki.CertificateVerifyError, match="CA certificate"):
+        pki.verify_service_client(svc[0], svc)
+    with pytest.raises(pki.CertificateVerifyError, match="no service-client CA"):
+        pki.verify_service_client(client_pem, [])
+    svc_issuer = pki.Issuer.from_pem(open(paths["svc_ca_key"], "rb").read(), open(paths["svc_ca_cert"], "rb").read(),
+                                     reserve_service_names=False)
+    server_like = svc_issuer.issue(pki.new_private_key().public_key(), "https-server", "orchestrator", dns_names=["x"])
+    with pytest.raises(pki.CertificateVerifyError, match="not a TLS client certificate"):
+        pki.verify_service_client(server_like, svc)
+    late = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=4000)
+    with pytest.raises(pki.CertificateVerifyError, match="not valid"):
+        pki.verify_service_client(client_pem, svc, now=late)

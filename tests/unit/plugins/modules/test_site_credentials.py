@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.modules import site_credentials
 
@@ -18,8 +20,8 @@ def test_bootstrap_check_mode_idempotence(tmp_path, run_module):
     out = run_module(site_credentials, dict(args, _ansible_check_mode=True))
     assert out["changed"] and "client_orchestrator_key" in out["created"] and not os.path.exists(path)
     out = run_module(site_credentials, args, raw=True)
-    assert out["rc"] == 0 and out["changed"] and len(out["created"]) == 8
-    assert "PRIVATE KEY" not in out["raw"] and "BEGIN CERTIFICATE" in out["ca_cert"]
+    assert out["rc"] == 0 and out["changed"] and len(out["created"]) == 10 and out["reissued"] == []
+    assert "PRIVATE KEY" not in out["raw"] and "BEGIN CERTIFICATE" in out["ca_cert"] and "BEGIN CERTIFICATE" in out["svc_ca_cert"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(out["paths"]["ca_key"]).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(out["paths"]["server_cert"]).st_mode) == 0o644
@@ -52,7 +54,7 @@ def test_extra_server_certs(tmp_path, run_module):
     assert out["changed"] and {"server_attest-a1_key", "server_attest-a1_cert"} <= set(out["created"])
     assert not os.path.exists(path)
     out = run_module(site_credentials, args, raw=True)
-    assert out["rc"] == 0 and len(out["created"]) == 8 and "PRIVATE KEY" not in out["raw"]
+    assert out["rc"] == 0 and len(out["created"]) == 10 and "PRIVATE KEY" not in out["raw"]
     assert out["paths"]["server_attest-a1_key"] == os.path.join(path, "server-attest-a1.key")
     assert stat.S_IMODE(os.stat(out["paths"]["server_attest-a1_key"]).st_mode) == 0o600
     with open(out["paths"]["server_attest-a1_cert"], "rb") as handle:
@@ -64,3 +66,48 @@ def test_extra_server_certs(tmp_path, run_module):
     assert not again["changed"] and again["created"] == []
     bad = run_module(site_credentials, dict(args, server_certs={"Bad/label": ["x"]}))
     assert bad["failed"] and "invalid server certificate label" in bad["msg"]
+
+
+def _leaf(path):
+    with open(path, "rb") as handle:
+        return pki.load_certificates(handle.read())
+
+
+def test_client_certificates_come_from_the_service_ca_and_old_ones_are_reissued(tmp_path, run_module):
+    """A site of an older release: its orchestrator certificate was issued by the enrollment CA
+    (which also issues every host and user certificate). The module re-issues it from the
+    service-client CA (check mode reports it first), and leaves everything else alone."""
+    path = str(tmp_path / "pki")
+    os.makedirs(path, mode=0o700)
+    ca_key, ca_cert = pki.create_ca("lab enrollment CA", kind="rsa-2048")
+    old_issuer = pki.Issuer(ca_key, [ca_cert], reserve_service_names=False)
+    client_key = pki.new_private_key()
+    old_client = old_issuer.issue(client_key.public_key(), "https-client", "orchestrator", org="lab")
+    files = {"ca.key": pki.private_key_pem(ca_key), "ca.pem": pki.certificate_pem(ca_cert),
+             "client-orchestrator.key": pki.private_key_pem(client_key),
+             "client-orchestrator.pem": pki.certificate_pem(old_client) + old_issuer.chain_pem()}
+    for name, data in files.items():
+        with open(os.path.join(path, name), "wb") as handle:
+            handle.write(data)
+    args = {"path": path, "site": "lab", "server_names": ["enroll.example.test"], "client_names": ["orchestrator"]}
+    checked = run_module(site_credentials, dict(args, _ansible_check_mode=True))
+    assert checked["changed"] and checked["reissued"] == ["client_orchestrator_cert", "client_orchestrator_key"]
+    assert open(os.path.join(path, "client-orchestrator.pem"), "rb").read() == files["client-orchestrator.pem"]
+    out = run_module(site_credentials, args)
+    assert out["changed"] and out["reissued"] == ["client_orchestrator_cert", "client_orchestrator_key"]
+    assert "svc_ca_key" in out["created"] and "client_orchestrator_cert" not in out["created"]
+    svc = _leaf(out["paths"]["svc_ca_cert"])
+    chain = _leaf(out["paths"]["client_orchestrator_cert"])
+    assert chain[0].subject.rfc4514_string() == "O=lab,CN=orchestrator"
+    pki.verify_service_client(chain[0], svc)
+    with pytest.raises(pki.CertificateVerifyError):
+        pki.verify_service_client(chain[0], [ca_cert])
+    with pytest.raises(pki.CertificateVerifyError):  # the old one is not a service identity
+        pki.verify_service_client(old_client, svc)
+    assert open(out["paths"]["client_orchestrator_key"], "rb").read() != files["client-orchestrator.key"]
+    assert stat.S_IMODE(os.stat(out["paths"]["client_orchestrator_key"]).st_mode) == 0o600
+    # the enrollment CA is kept; the next run changes nothing
+    assert open(out["paths"]["ca_cert"], "rb").read() == files["ca.pem"]
+    again = run_module(site_credentials, args)
+    assert not again["changed"] and again["created"] == [] and again["reissued"] == []
+    assert run_module(site_credentials, dict(args, _ansible_check_mode=True))["reissued"] == []

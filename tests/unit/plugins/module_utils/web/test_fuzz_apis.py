@@ -205,7 +205,7 @@ def enroll(creds, tmp_path_factory):
     db = EnrollmentDb(str(base / "db"))
     db.init()
     config = {"db": db.path, "credentials_dir": cred_dir, "postclient": {"seal_policy": {"type": "none"}},
-              "authorized_clients": ["orchestrator"]}
+              "authorized_clients": ["orchestrator"], "service_client_ca": own["svc_ca_cert"]}
     config_path = base / "enroll.json"
     config_path.write_text(json.dumps(config))
     sock = str(base / "writer.sock")
