@@ -61,10 +61,6 @@ def test_golden_profile_seals_every_sensitive_asset_to_the_golden_pcrs(fresh_swt
     config = _config(fresh_swtpm)
     cert, profile, value = _golden(fresh_swtpm)
     _h, _host, files, _summary = enroll.build_entry(config, cert, "golden.example.test", profile, generation=1)
-    wanted = {"type": "pcr", "bank": "sha256", "pcrs": {str(GOLDEN_PCR): value}}
-    manifest = manifest_mod.verify_entry(files, config.signer.public_key_pem())
-    assert manifest["seal_policy"] == wanted
-    assert _policies(files) == [wanted, wanted]
     stolen = files["rootfs.key.sealed"]  # the attacker's copy of the DB entry
     with fresh_swtpm.open() as tpm:
         key = envelope.unseal(tpm, stolen)  # golden state: the host unseals
@@ -82,6 +78,10 @@ def test_golden_profile_seals_every_sensitive_asset_to_the_golden_pcrs(fresh_swt
     fresh_swtpm.restart()
     with fresh_swtpm.open() as tpm:
         assert envelope.unseal(tpm, stolen) == key
+    wanted = {"type": "pcr", "bank": "sha256", "pcrs": {str(GOLDEN_PCR): value}}
+    manifest = manifest_mod.verify_entry(files, config.signer.public_key_pem())
+    assert manifest["seal_policy"] == wanted
+    assert _policies(files) == [wanted, wanted]
 
 
 def test_explicit_none_still_seals_without_a_pcr_condition(fresh_swtpm):
@@ -134,7 +134,6 @@ def test_attestation_client_unseals_golden_sealed_assets_only_in_the_golden_stat
     with fresh_swtpm.open() as tpm:
         result = attest_client.attest(tpm, transport, signer)
         assert len(result["assets"]["rootfs.key"]) == 64 and b"PRIVATE KEY" in result["assets"]["https-server.key"]
-        assert result["manifest"]["seal_policy"]["type"] == "pcr"
         # The entry the server released, kept by the host (or copied off the DB), in another boot state:
         kept = dict(result["files"])
         tpm.extend_pcr(GOLDEN_PCR, b"booted something else")
@@ -143,6 +142,7 @@ def test_attestation_client_unseals_golden_sealed_assets_only_in_the_golden_stat
         monkeypatch.setattr(tpm_policy, "check_pcrs", lambda policy, current: None)
         with pytest.raises(PolicyNotSatisfiedError, match="TPM refused"):
             attest_client.open_assets(tpm, result["manifest"], kept)
+    assert result["manifest"]["seal_policy"]["type"] == "pcr"
 
 
 def test_reenrollment_seals_the_same_way(fresh_swtpm, tmp_path):
@@ -158,11 +158,11 @@ def test_reenrollment_seals_the_same_way(fresh_swtpm, tmp_path):
     service.perform({"op": "reenroll", "ekpubhash": h, "caller": {"subject": "test"}})
     after = db.get(h)
     assert after["rootfs.key.sealed"] != before["rootfs.key.sealed"]
-    wanted = {"type": "pcr", "bank": "sha256", "pcrs": {str(GOLDEN_PCR): value}}
-    for files in (before, after):
-        assert json.loads(files["manifest.json"])["seal_policy"] == wanted and _policies(files) == [wanted] * 2
     with fresh_swtpm.open() as tpm:
         assert len(envelope.unseal(tpm, after["rootfs.key.sealed"])) == 64
         tpm.extend_pcr(GOLDEN_PCR, b"booted something else")
         with pytest.raises(PolicyNotSatisfiedError):
             envelope.unseal(tpm, after["rootfs.key.sealed"])
+    wanted = {"type": "pcr", "bank": "sha256", "pcrs": {str(GOLDEN_PCR): value}}
+    for files in (before, after):
+        assert json.loads(files["manifest.json"])["seal_policy"] == wanted and _policies(files) == [wanted] * 2
