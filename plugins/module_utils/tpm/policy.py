@@ -55,7 +55,7 @@ def parse_pcr_values(bank, pcrs, where="policy"):
     Raises ValueError naming ``where`` and never echoing more than a short prefix of input."""
     if not isinstance(bank, str) or bank not in DIGEST_SIZES:
         raise ValueError("%s: unsupported PCR bank %r (expected one of %s)"
-                         % (where, bank[:16] if isinstance(bank, str) else bank, ", ".join(DIGEST_SIZES)))
+                         % (where, bank[:16] if isinstance(bank, str) else type(bank).__name__, ", ".join(DIGEST_SIZES)))
     if not isinstance(pcrs, dict):
         raise ValueError("%s: the %s PCRs must be a mapping of index to hex value" % (where, bank))
     out = {}
@@ -63,7 +63,8 @@ def parse_pcr_values(bank, pcrs, where="policy"):
         if isinstance(key, int) and not isinstance(key, bool):
             key = str(key)
         if not isinstance(key, str) or not _INDEX_RE.fullmatch(key):
-            raise ValueError("%s: bad PCR index %r (out of range or not plain decimal: expected 0-23)" % (where, key[:8] if isinstance(key, str) else key))
+            raise ValueError("%s: bad PCR index %r (out of range or not plain decimal: expected 0-23)"
+                             % (where, key[:8] if isinstance(key, str) else type(key).__name__))
         if isinstance(value, (bytes, bytearray)):
             value = bytes(value).hex()
         if not isinstance(value, str) or not _HEX_RE[bank].fullmatch(value):
