@@ -6,6 +6,8 @@ generation, sealing of sensitive assets to the EK, and the signed manifest. It b
 the files of one DB entry in memory; ``store_entry`` stores them in one commit, signing the
 manifest under the DB lock with the commit's generation, so a failure anywhere writes nothing.
 
+Sensitive assets are sealed with ``profile.seal_policy``: the profile's explicit
+``seal_policy``, else its golden PCR values (``attest.pcrs``), else none.
 Manifest format "hcp.core.manifest" v2: docs/enrollment-db.md.
 """
 
@@ -76,6 +78,9 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
     now = now or datetime.datetime.now(datetime.timezone.utc)
     hostname = enroll_profile.check_not_reserved(enroll_profile.check_hostname(hostname), config.reserved_names)
     client = enroll_profile.parse_profile(client_profile)
+    # The attestation server reads the golden values from the stored client profile: a
+    # malformed section is refused here (400), not at every attestation.
+    enroll_profile.golden_pcrs(client)
     # A re-enrollment rebuilds from the stored EK, whose certificate was checked at add time.
     public = load_ek_public(ek_data) if operation == "reenroll" else check_ek(ek_data, config, now=now)
     ekhash = compute_ekpubhash(public)
@@ -90,7 +95,8 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise enroll_profile.ProfileError("profile 'assets' must be a list of distinct generator names")
     generators = [asset_contract.get_generator(n) for n in names]
-    policy = profile.get("seal_policy")
+    # Golden PCR values seal every sensitive asset to them unless seal_policy says otherwise.
+    policy = enroll_profile.seal_policy(profile)
     ctx = asset_contract.GeneratorContext(
         hostname, ekhash, public.marshal(), profile, profile["__env"], config.issuer, config.secrets, now
     )

@@ -12,12 +12,16 @@ import re
 
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils import pki
-from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.errors import EnvelopeFormatError, HcpError
+from ansible_collections.hcp.core.plugins.module_utils.tpm import policy as tpm_policy
 
 MAX_PROFILE_BYTES = 64 * 1024
 MAX_PROFILE_DEPTH = 16
 _LABEL_RE = re.compile(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 _VAR_RE = re.compile(r"\{([A-Z][A-Z0-9_]*)\}")
+# The bank the default seal policy binds when the golden values name several (one PolicyPCR
+# per envelope policy): sha256 first, the bank the attestation server quotes by default.
+SEAL_BANK_ORDER = ("sha256", "sha384", "sha512", "sha1")
 
 
 class ProfileError(HcpError):
@@ -146,3 +150,55 @@ def effective_profile(client_profile, hostname, ekpubhash, preclient=None, postc
     env = build_env(hostname, ekpubhash, realm=realm, extra=merge((preclient or {}).get("__env"), (postclient or {}).get("__env"), extra_env))
     merged["__env"] = env
     return expand(merged, env)
+
+
+def golden_pcrs(profile):
+    """The golden PCR values of a profile, ``attest.pcrs`` (``{"sha256": {"7": "<hex>"}}``),
+    validated and normalised (``{bank: {index: lowercase hex}}``, banks without values left
+    out), or {} when there are none. ProfileError on a malformed section: bank names, PCR
+    indices (0-23, plain decimal) and digest lengths are checked by whole-string matches
+    (``tpm/policy.parse_pcr_values``, the same validator as envelope policies)."""
+    section = profile.get("attest")
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ProfileError("profile 'attest' must be an object")
+    pcrs = section.get("pcrs")
+    if pcrs is None:
+        return {}
+    if not isinstance(pcrs, dict):
+        raise ProfileError("profile attest.pcrs must be an object of bank to {index: hex value}")
+    out = {}
+    for bank, values in pcrs.items():
+        try:
+            parsed = tpm_policy.parse_pcr_values(bank, values, where="profile attest.pcrs")
+        except ValueError as exc:
+            raise ProfileError(str(exc)) from None
+        if parsed:
+            out[bank] = parsed
+    return out
+
+
+def seal_policy(profile):
+    """The unseal policy of every sensitive asset of an enrollment (a normalised policy
+    description, docs/envelope-format.md):
+
+    * an explicit ``seal_policy`` (``"none"``, ``"one_time"``, ``{"type": "pcr", ...}``) as given;
+    * otherwise, when the profile has golden PCR values (``attest.pcrs``), a ``pcr`` policy
+      binding those values, so the TPM itself refuses to unseal in any other boot state (one
+      bank: the first of SEAL_BANK_ORDER the golden values name; the attestation server
+      still checks every bank it quotes);
+    * otherwise ``{"type": "none"}``.
+
+    ``seal_policy: null`` counts as absent. ProfileError on a malformed policy or golden values."""
+    golden = golden_pcrs(profile)
+    explicit = profile.get("seal_policy")
+    if explicit is not None:
+        try:
+            return tpm_policy.normalize_policy(explicit)
+        except EnvelopeFormatError as exc:
+            raise ProfileError("profile 'seal_policy': %s" % exc) from None
+    for bank in SEAL_BANK_ORDER:
+        if bank in golden:
+            return tpm_policy.normalize_policy({"type": "pcr", "bank": bank, "pcrs": golden[bank]})
+    return {"type": "none"}

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import struct
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import (
     EnvelopeFormatError,
     PolicyNotSatisfiedError,
 )
-from ansible_collections.hcp.core.plugins.module_utils.tpm.device import PCR_BANKS, PCR_COUNT, parse_pcr_indices
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import PCR_BANKS, PCR_COUNT
 
 TPM_CC_POLICY_PCR = 0x0000017F
 TPM_CC_POLICY_COMMAND_CODE = 0x0000016C
@@ -39,6 +40,40 @@ TPM_ALG_IDS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x0
 ONE_TIME_PCR = 11
 ONE_TIME_EXTEND_DATA = b"hcp.core one-time unseal"
 POLICY_TYPES = ("none", "pcr", "one_time")
+DIGEST_SIZES = dict((bank, hashlib.new(bank).digest_size) for bank in PCR_BANKS)
+# Whole-string matches: a PCR index is 0-23 written in plain decimal (no sign, space, leading
+# zero or non-ASCII digit, all of which int() accepts); a value is exactly the bank's digest in hex.
+_INDEX_RE = re.compile(r"[0-9]|1[0-9]|2[0-3]")
+_HEX_RE = dict((bank, re.compile("[0-9a-fA-F]{%d}" % (2 * size))) for bank, size in DIGEST_SIZES.items())
+
+
+def parse_pcr_values(bank, pcrs, where="policy"):
+    """``{str index: lowercase hex}`` (ascending) of one bank's PCR values, validated: ``bank``
+    one of DIGEST_SIZES, ``pcrs`` a mapping of index (0-23: an int, or its plain decimal
+    string) to the bank's digest (hex text or bytes). The one validator of PCR values, used
+    for envelope policies and the golden values of enrollment profiles (``attest.pcrs``).
+    Raises ValueError naming ``where`` and never echoing more than a short prefix of input."""
+    if not isinstance(bank, str) or bank not in DIGEST_SIZES:
+        raise ValueError("%s: unsupported PCR bank %r (expected one of %s)"
+                         % (where, bank[:16] if isinstance(bank, str) else type(bank).__name__, ", ".join(DIGEST_SIZES)))
+    if not isinstance(pcrs, dict):
+        raise ValueError("%s: the %s PCRs must be a mapping of index to hex value" % (where, bank))
+    out = {}
+    for key, value in pcrs.items():
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
+        if not isinstance(key, str) or not _INDEX_RE.fullmatch(key):
+            raise ValueError("%s: bad PCR index %r (out of range or not plain decimal: expected 0-23)"
+                             % (where, key[:8] if isinstance(key, str) else type(key).__name__))
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).hex()
+        if not isinstance(value, str) or not _HEX_RE[bank].fullmatch(value):
+            raise ValueError("%s: %s PCR %s value must be %d bytes (%d hex characters)"
+                             % (where, bank, key, DIGEST_SIZES[bank], 2 * DIGEST_SIZES[bank]))
+        if key in out:
+            raise ValueError("%s: %s PCR %s is listed twice" % (where, bank, key))
+        out[key] = value.lower()
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def normalize_policy(policy):
@@ -60,28 +95,14 @@ def normalize_policy(policy):
             raise EnvelopeFormatError("policy type %r takes no 'pcrs' or 'bank'" % kind)
         return {"type": kind}
     bank = policy.get("bank", "sha256")
-    if bank not in PCR_BANKS:
-        raise EnvelopeFormatError("unsupported PCR bank %r" % (bank,))
     pcrs = policy.get("pcrs")
     if not isinstance(pcrs, dict) or not pcrs:
         raise EnvelopeFormatError("a 'pcr' policy needs a non-empty 'pcrs' mapping of index to hex value")
-    size = hashlib.new(bank).digest_size
-    out = {}
-    for key, value in pcrs.items():
-        try:
-            idx = parse_pcr_indices([key])[0]
-        except ValueError as exc:
-            raise EnvelopeFormatError("bad PCR index in policy: %s" % exc)
-        if isinstance(value, (bytes, bytearray)):
-            value = bytes(value).hex()
-        try:
-            raw = bytes.fromhex(str(value))
-        except ValueError:
-            raise EnvelopeFormatError("PCR %d value is not hex" % idx)
-        if len(raw) != size:
-            raise EnvelopeFormatError("PCR %d value must be %d bytes for %s, got %d" % (idx, size, bank, len(raw)))
-        out[str(idx)] = raw.hex()
-    return {"type": "pcr", "bank": bank, "pcrs": dict(sorted(out.items(), key=lambda kv: int(kv[0])))}
+    try:
+        out = parse_pcr_values(bank, pcrs)
+    except ValueError as exc:
+        raise EnvelopeFormatError(str(exc))
+    return {"type": "pcr", "bank": bank, "pcrs": out}
 
 
 def policy_pcrs(policy):

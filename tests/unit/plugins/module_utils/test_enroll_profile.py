@@ -13,8 +13,10 @@ from ansible_collections.hcp.core.plugins.module_utils.enrollment.profile import
     check_hostname,
     effective_profile,
     expand,
+    golden_pcrs,
     merge,
     parse_profile,
+    seal_policy,
 )
 
 H = "ab" * 32
@@ -77,3 +79,48 @@ def test_client_cannot_set_env_and_identity_vars_are_fixed():
     assert out["y"] == "lab"
     assert out["__env"]["ENROLL_REALM"] == "LAB.TEST"
     assert out["__env"]["ENROLL_HOSTNAME"] == "node1.example.test"
+
+
+Z = "00" * 32
+
+
+@pytest.mark.parametrize("profile, match", [
+    ({"attest": []}, "'attest' must be an object"),
+    ({"attest": {"pcrs": ["7"]}}, "attest.pcrs must be an object"),
+    ({"attest": {"pcrs": {"sha257": {"7": Z}}}}, "unsupported PCR bank"),
+    ({"attest": {"pcrs": {"SHA256": {"7": Z}}}}, "unsupported PCR bank"),
+    ({"attest": {"pcrs": {"sha256": ["7"]}}}, "mapping of index"),
+    ({"attest": {"pcrs": {"sha256": {"24": Z}}}}, "bad PCR index"),
+    ({"attest": {"pcrs": {"sha256": {"07": Z}}}}, "bad PCR index"),
+    ({"attest": {"pcrs": {"sha256": {"+7": Z}}}}, "bad PCR index"),
+    ({"attest": {"pcrs": {"sha256": {" 7": Z}}}}, "bad PCR index"),
+    ({"attest": {"pcrs": {"sha256": {"7\n": Z}}}}, "bad PCR index"),
+    ({"attest": {"pcrs": {"sha256": {"\u0667": Z}}}}, "bad PCR index"),  # ARABIC-INDIC SEVEN: int() takes it
+    ({"attest": {"pcrs": {"sha256": {"7": Z + "\n"}}}}, "64 hex characters"),
+    ({"attest": {"pcrs": {"sha256": {"7": Z[:-2] + " 0"}}}}, "64 hex characters"),  # bytes.fromhex takes spaces
+    ({"attest": {"pcrs": {"sha256": {"7": "00" * 20}}}}, "64 hex characters"),
+    ({"attest": {"pcrs": {"sha1": {"7": Z}}}}, "40 hex characters"),
+    ({"attest": {"pcrs": {"sha256": {"7": 0}}}}, "64 hex characters"),
+    ({"attest": {"pcrs": {"sha256": {"7": "zz" * 32}}}}, "64 hex characters"),
+    ({"seal_policy": "sometimes"}, "'seal_policy': unknown policy type"),
+    ({"seal_policy": {"type": "pcr", "pcrs": {"07": Z}}}, "'seal_policy': policy: bad PCR index"),
+    ({"seal_policy": 5}, "'seal_policy': policy must be a mapping"),
+])
+def test_bad_golden_values_and_seal_policies(profile, match):
+    with pytest.raises(ProfileError, match=match):
+        seal_policy(profile)
+
+
+def test_golden_values_normalised_and_sealed_to_by_default():
+    upper = {"attest": {"pcrs": {"sha256": {"16": "AB" * 32, "7": Z}, "sha1": {"0": "11" * 20}}}}
+    assert golden_pcrs(upper) == {"sha256": {"7": Z, "16": "ab" * 32}, "sha1": {"0": "11" * 20}}
+    assert seal_policy(upper) == {"type": "pcr", "bank": "sha256", "pcrs": {"7": Z, "16": "ab" * 32}}
+    assert seal_policy({"attest": {"pcrs": {"sha1": {"0": "11" * 20}}}})["bank"] == "sha1"
+    for none in ({}, {"attest": {}}, {"attest": {"pcrs": None}}, {"attest": {"pcrs": {}}}, {"attest": {"pcrs": {"sha256": {}}}},
+                 dict(upper, seal_policy="none"), dict(upper, seal_policy={"type": "none"})):
+        assert seal_policy(none) == {"type": "none"}
+    assert seal_policy(dict(upper, seal_policy=None))["type"] == "pcr"  # null is absent: the default applies
+    assert seal_policy(dict(upper, seal_policy="one_time")) == {"type": "one_time"}
+    # the merge: a server postclient can force its choice over the client's
+    merged = effective_profile(upper, "n.example.test", H, postclient={"seal_policy": "none"})
+    assert seal_policy(merged) == {"type": "none"}

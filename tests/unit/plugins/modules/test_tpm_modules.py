@@ -11,6 +11,8 @@ import stat
 
 import pytest
 
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
 from ansible_collections.hcp.core.plugins.modules import tpm_info, tpm_seal, tpm_unseal
 
 SECRET = "correct horse battery staple"
@@ -89,6 +91,27 @@ def test_one_time_envelope(fresh_swtpm, tmp_path, run_module):
     again = run_module(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain})
     assert again["failed"] and "already unsealed once this boot" in again["msg"]
     assert not os.path.exists(plain)
+
+
+def test_unseal_enrolled_asset_sealed_to_golden_pcrs(fresh_swtpm, tmp_path, run_module):
+    """An enrollment entry's asset sealed by default to the profile's golden PCR 23: the module
+    unseals it with a PCR policy session in the golden state, and fails once PCR 23 changed."""
+    info = run_module(tpm_info, {"tcti": fresh_swtpm.tcti, "pcrs": [23]})
+    ca_key, ca_cert = pki.create_ca("HCP test golden CA")
+    config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]), signer=pki.Signer(pki.new_private_key("ec-p256")))
+    profile = {"assets": ["rootfs-key"], "attest": {"pcrs": {"sha256": {"23": info["pcrs"]["sha256"]["23"]}}}}
+    files = enroll.build_entry(config, info["ekpub"], "golden.example.test", profile)[2]
+    env_path, plain = str(tmp_path / "rootfs.key.sealed"), str(tmp_path / "rootfs.key")
+    with open(env_path, "wb") as handle:
+        handle.write(files["rootfs.key.sealed"])
+    first = run_module(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain})
+    assert first["changed"] is True and first["policy"] == {"type": "pcr", "bank": "sha256", "pcrs": {"23": "00" * 32}}
+    assert os.path.getsize(plain) == 64
+    os.unlink(plain)
+    with fresh_swtpm.open() as tpm:
+        tpm.extend_pcr(23, b"another boot state")
+    again = run_module(tpm_unseal, {"tcti": fresh_swtpm.tcti, "src": env_path, "dest": plain})
+    assert again["failed"] and "PCR(s) 23 differ" in again["msg"] and not os.path.exists(plain)
 
 
 @pytest.mark.parametrize(

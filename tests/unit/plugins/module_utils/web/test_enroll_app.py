@@ -89,6 +89,10 @@ def test_add_query_find_reenroll_delete(site, swtpm):
         ({"hostname": "node1.example.test", "profile": "{nope"}, 400, "JSON"),
         ({"hostname": "node1.example.test", "profile": json.dumps({"assets": ["nope"]})}, 400, "unknown asset generator"),
         ({"hostname": "node1.example.test", "profile": "x" * 70000}, 400, "larger"),
+        ({"hostname": "node1.example.test", "profile": json.dumps({"attest": {"pcrs": {"sha256": {"7": "00" * 31 + " 0"}}}})},
+         400, "attest.pcrs: sha256 PCR 7 value must be 32 bytes"),
+        ({"hostname": "node1.example.test", "profile": json.dumps({"attest": {"pcrs": {"sha256": {"07": "00" * 32}}}})},
+         400, "bad PCR index '07'"),
     ],
 )
 def test_bad_add_writes_nothing(site, data, status, match):
