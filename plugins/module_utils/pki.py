@@ -621,7 +621,9 @@ def make_crl(issuer, revoked, days=DEFAULT_CRL_DAYS, now=None, current=None, ren
         if isinstance(item, (bytes, str)):
             item = load_certificates(item.encode("ascii") if isinstance(item, str) else item)[0]
         if isinstance(item, x509.Certificate):
-            if item.issuer != ca.subject:
+            try:
+                item.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
                 raise PkiError("certificate %s was not issued by %s" % (item.subject.rfc4514_string(),
                                                                          ca.subject.rfc4514_string()))
             item = item.serial_number
