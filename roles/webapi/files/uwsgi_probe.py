@@ -27,6 +27,8 @@ def main():
         "HTTP_HOST": "localhost",
         "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "https",
+        # the app's health details (paths, errors) are for this local caller only
+        "HCP_LOCAL_PROBE": "1",
     }
     body = b"".join(
         struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
