@@ -624,8 +624,8 @@ def make_crl(issuer, revoked, days=DEFAULT_CRL_DAYS, now=None, current=None, ren
             try:
                 item.verify_directly_issued_by(ca)
             except (ValueError, TypeError, InvalidSignature):
-                raise PkiError("certificate %s was not issued by %s" % (item.subject.rfc4514_string(),
-                                                                         ca.subject.rfc4514_string()))
+                raise PkiError("certificate %s was not issued by %s"
+                               % (item.subject.rfc4514_string(), ca.subject.rfc4514_string()))
             item = item.serial_number
         if isinstance(item, bool) or not isinstance(item, int) or not 0 < item < 1 << 160:
             raise PkiError("a revoked serial number must be a positive integer of at most 20 octets")

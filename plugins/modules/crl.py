@@ -13,9 +13,9 @@ description:
   - Writes to O(dest) a PEM CRL signed by the CA (O(ca_key_path), O(ca_cert_path)) that lists the certificates
     in O(revoked), valid for O(days) days. nginx (role hcp.core.webapi, C(webapi_client_crl)) then refuses those
     client certificates.
-  - Idempotent: the CRL is rewritten only when the list changes, when O(dest) holds no CRL of this CA, or when it
+  - Idempotent. The CRL is rewritten only when the list changes, when O(dest) holds no CRL of this CA, or when it
     expires within a third of O(days) (run it regularly, e.g. from the play that deploys the services, so the CRL
-    never expires: nginx refuses every client certificate once the CRL in force has expired). The CRL number grows
+    never expires, as nginx refuses every client certificate once the CRL in force has expired). The CRL number grows
     by one at every rewrite and the revocation dates of listed certificates are kept.
   - The CRL is public (it names serial numbers); it is written atomically with mode V(0644). The CA key is read
     without following symbolic links and is never returned.
@@ -41,7 +41,7 @@ options:
     description:
       - The certificates to revoke, each the path of its PEM certificate on the target or its serial number (decimal,
         or hexadecimal with C(0x), as in C(openssl x509 -serial) with C(0x) added).
-      - The full list in force: a certificate left out of it is no longer revoked.
+      - The full list in force, so a certificate left out of it is no longer revoked.
     type: list
     elements: str
     default: []

@@ -268,12 +268,13 @@ def test_rate_limit_per_client_answers_429_json(tls, nginx_factory):
     other paths are not limited."""
     server = nginx_factory(dict(_server_vars(tls), webapi_rate_limit_paths=["/v1/initiate", "/v1/complete"],
                                 webapi_rate_limit="1r/m", webapi_rate_limit_burst=2))
-    answers = [request(server.port, "POST", "/v1/complete", body=b"{}", ca=tls.ca) for _ in range(6)]
+    answers = [request(server.port, "POST", "/v1/complete", body=b"{}", ca=tls.ca) for _number in range(6)]
     assert [a[0] for a in answers] == [502, 502, 502, 429, 429, 429]
     _json_error(answers[-1], 429, "too many requests")
-    # the same path spelled with doubled slashes is the same $uri
+    # one budget per client address over the listed paths; a listed path spelled with doubled
+    # slashes is still limited (nginx normalises $uri)
     _json_error(request(server.port, "POST", "//v1//initiate", body=b"{}", ca=tls.ca), 429, "too many requests")
-    assert [request(server.port, "GET", "/healthcheck", ca=tls.ca)[0] for _ in range(5)] == [502] * 5
+    assert [request(server.port, "GET", "/healthcheck", ca=tls.ca)[0] for _number in range(5)] == [502] * 5
 
 
 def test_revoked_client_certificate_is_refused(tls, nginx_factory, workdir):
@@ -308,4 +309,3 @@ def test_rendered_site_without_options_is_unchanged_in_substance(tls):
     site = render_site(webapi_name="crl", webapi_port=8443, webapi_auth="clientcert", webapi_client_ca="x",
                        webapi_client_crl="-----BEGIN X509 CRL-----", **_server_vars(tls))
     assert "ssl_crl /etc/hcp/webapi/crl/client.crl;" in site
-

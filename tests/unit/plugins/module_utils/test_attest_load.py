@@ -122,7 +122,7 @@ def test_flood_of_unknown_eks_does_not_evict_an_enrolled_host(swtpm, counted_sit
     with swtpm.open() as tpm:
         attest_client.attest(tpm, transport, counted_site["signer"])
     assert CountingDb.reads == 1
-    flood = [fake_completion(server) for _ in range(12)]
+    flood = [fake_completion(server) for _number in range(12)]
     for request, _h in flood:
         with pytest.raises(attest.NotEnrolledError):
             server.complete(request)
@@ -135,7 +135,7 @@ def test_flood_of_unknown_eks_does_not_evict_an_enrolled_host(swtpm, counted_sit
     # a remembered miss is answered without a read; an evicted one is read again
     for index, expect_reads in ((11, 13), (0, 14)):
         request, h = flood[index]
-        again, _ = copy.deepcopy(request), h
+        again = copy.deepcopy(request)
         again["ticket"] = server.initiate(h)["ticket"]
         again["quote"] = software_quote(base64.b64decode(server.open_ticket(again["ticket"])["nonce"]),
                                         server.pcr_selection)
