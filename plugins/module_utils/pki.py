@@ -741,3 +741,64 @@ def openssh_public_key(key, comment):
     """One authorized_keys-style line: "<type> <base64> <comment>\\n"."""
     line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return line + b" " + comment.encode("utf-8") + b"\n"
+
+
+# -- certificate revocation ------------------------------------------------------------------
+
+DEFAULT_CRL_DAYS = 90
+
+
+def make_crl(issuer, revoked, days=DEFAULT_CRL_DAYS, now=None, current=None, renew_days=None):
+    """A PEM CRL of ``issuer`` (an Issuer) listing ``revoked`` (serial numbers as int, or
+    certificates as x509 objects or PEM; a certificate of another CA is an error), valid for
+    ``days``. With ``current`` (the PEM CRL in force): None when it is already signed by this
+    issuer, lists exactly these serials and stays valid for more than ``renew_days`` (default:
+    a third of ``days``), so a caller rewrites it only when something changed. The CRL number
+    is the current one plus one (1 without ``current``), revocation dates are kept."""
+    require_cryptography()
+    now = _now(now)
+    if not 1 <= int(days) <= 3650:
+        raise PkiError("a CRL is valid for 1 to 3650 days")
+    renew = datetime.timedelta(days=days / 3.0 if renew_days is None else renew_days)
+    ca = issuer.certificate
+    serials = set()
+    for item in revoked:
+        if isinstance(item, (bytes, str)):
+            item = load_certificates(item.encode("ascii") if isinstance(item, str) else item)[0]
+        if isinstance(item, x509.Certificate):
+            try:
+                item.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                raise PkiError("certificate %s was not issued by %s"
+                               % (item.subject.rfc4514_string(), ca.subject.rfc4514_string()))
+            item = item.serial_number
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 < item < 1 << 160:
+            raise PkiError("a revoked serial number must be a positive integer of at most 20 octets")
+        serials.add(item)
+    number, dates = 1, {}
+    if current:
+        try:
+            old = x509.load_pem_x509_crl(current if isinstance(current, bytes) else current.encode("ascii"))
+        except ValueError:
+            raise PkiError("the current CRL is not a PEM CRL")
+        if old.issuer == ca.subject and old.is_signature_valid(ca.public_key()):
+            dates = dict((entry.serial_number, entry.revocation_date_utc) for entry in old)
+            try:
+                number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+            except x509.ExtensionNotFound:
+                pass
+            next_update = old.next_update_utc
+            if set(dates) == serials and next_update is not None and next_update - now > renew:
+                return None
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - CLOCK_SKEW)
+        .next_update(now + datetime.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()), critical=False)
+    )
+    for serial in sorted(serials):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(dates.get(serial, now)).build())
+    return builder.sign(issuer.key, _hash_for(issuer.key)).public_bytes(serialization.Encoding.PEM)

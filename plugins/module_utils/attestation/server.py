@@ -194,12 +194,34 @@ class EntryCache(object):
 
     A snapshot's content is fixed by its head, so a cached entry is exact until the
     snapshot moves (arepl's swap changes the path, a fetch changes the head): two git
-    processes per attestation become one file read. Bounded (least recently used out)."""
+    processes per attestation become one file read. Bounded (least recently used out).
 
-    def __init__(self, size=4096):
+    Misses (TPMs not enrolled in that snapshot) are kept apart, in their own bounded LRU of
+    ``negative_size`` keys: anyone can make ``complete`` look up an unknown EK (a software
+    EK and a software-signed quote pass every check before the read), so a flood of misses
+    must never push the enrolled hosts' entries out (they would all cost git reads again)."""
+
+    def __init__(self, size=4096, negative_size=4096):
         self.size = size
+        self.negative_size = negative_size
         self._data = collections.OrderedDict()
+        self._missing = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._data)
+
+    @property
+    def misses(self):
+        """Number of remembered misses (at most ``negative_size``)."""
+        return len(self._missing)
+
+    @staticmethod
+    def _remember(table, key, value, size):
+        table[key] = value
+        table.move_to_end(key)
+        while len(table) > size:
+            table.popitem(last=False)
 
     def get(self, db, ekpubhash):
         """(files or None, head, cache key) of ``ekpubhash`` in the snapshot ``db``."""
@@ -209,12 +231,15 @@ class EntryCache(object):
             if key in self._data:
                 self._data.move_to_end(key)
                 return self._data[key], head, key
+            if key in self._missing:
+                self._missing.move_to_end(key)
+                return None, head, key
         files = db.get(ekpubhash, rev=head) if head else None
-        if self.size:
-            with self._lock:
-                self._data[key] = files
-                while len(self._data) > self.size:
-                    self._data.popitem(last=False)
+        with self._lock:
+            if files is not None and self.size:
+                self._remember(self._data, key, files, self.size)
+            elif files is None and head and self.negative_size:
+                self._remember(self._missing, key, True, self.negative_size)
         return files, head, key
 
 
@@ -263,7 +288,7 @@ class Attestor(object):
 
     def __init__(self, db_provider, ticket_key, signer_pub=None, vendor_cas=None, require_ek_cert=False,
                  max_ticket_age=DEFAULT_MAX_TICKET_AGE, pcr_selection=None, used_dir=None, max_used=DEFAULT_MAX_USED,
-                 entry_cache_size=4096):
+                 entry_cache_size=4096, negative_cache_size=4096):
         _require_cryptography()
         keys = [ticket_key] if isinstance(ticket_key, (bytes, bytearray)) else list(ticket_key or [])
         if not keys or any(len(k) != 32 for k in keys):
@@ -280,10 +305,10 @@ class Attestor(object):
         self.max_ticket_age = int(max_ticket_age)
         self.pcr_selection = normalize_selection(pcr_selection or DEFAULT_PCR_SELECTION)
         self.used = UsedTickets(self.max_ticket_age, used_dir, max_used)
-        self.entries = EntryCache(entry_cache_size)
+        self.entries = EntryCache(entry_cache_size, negative_cache_size)
         self._cache_size = max(1, entry_cache_size)
         self._prepared = {}
-        self._ek_parsed = {}
+        self._ek_parsed = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -343,17 +368,18 @@ class Attestor(object):
             if not isinstance(ek_cert, str) or len(ek_cert) > MAX_EK_CHARS:
                 raise AttestRequestError("ek_cert is not a string or too long")
             cert_data = ek_cert.encode("ascii", "replace") if "-----BEGIN" in ek_cert else _unb64(ek_cert, "ek_cert")
-        parsed = self._ek_parsed.get(ekpub)
-        if parsed is None:  # parsing with tpm2-pytss costs more than the quote's ECDSA verify: once per EK
+        # parsing with tpm2-pytss costs more than the quote's ECDSA verify: once per enrolled EK
+        # (remembered by _remember_ek once the enrollment matched, so unknown EKs never evict them)
+        with self._lock:
+            parsed = self._ek_parsed.get(ekpub)
+            if parsed is not None:
+                self._ek_parsed.move_to_end(ekpub)
+        if parsed is None:
             try:
                 public = load_ek_public(ekpub)
             except InvalidEkError as exc:
                 raise EkRejectedError(str(exc))
             parsed = (public, compute_ekpubhash(public), public.marshal(), public.to_pem())
-            with self._lock:
-                if len(self._ek_parsed) >= self._cache_size:
-                    self._ek_parsed.clear()
-                self._ek_parsed[ekpub] = parsed
         if not hmac.compare_digest(parsed[1], ticket_hash):
             raise EkRejectedError("the EK does not match the ticket's ekpubhash")
         if cert_data is not None:
@@ -365,22 +391,51 @@ class Attestor(object):
             raise EkRejectedError("an EK certificate is required")
         return parsed
 
+    def _remember_ek(self, ekpub, parsed):
+        """Keep the parsed EK of an enrolled TPM (bounded, least recently used out)."""
+        with self._lock:
+            self._ek_parsed[ekpub] = parsed
+            self._ek_parsed.move_to_end(ekpub)
+            while len(self._ek_parsed) > self._cache_size:
+                self._ek_parsed.popitem(last=False)
+
+    @staticmethod
+    def check_request_format(request):
+        """Sizes and types of the request's fields: the cheapest checks, before any key is used."""
+        if not isinstance(request, dict):
+            raise AttestRequestError("request body must be a JSON object")
+        ticket = request.get("ticket")
+        if not isinstance(ticket, str) or not ticket or len(ticket) > MAX_TICKET_CHARS:
+            raise TicketInvalidError("ticket is missing or malformed")
+        ekpub = request.get("ekpub")
+        if not isinstance(ekpub, str) or not ekpub or len(ekpub) > MAX_EK_CHARS:
+            raise AttestRequestError("ekpub is missing or too long")
+        ek_cert = request.get("ek_cert")
+        if ek_cert and (not isinstance(ek_cert, str) or len(ek_cert) > MAX_EK_CHARS):
+            raise AttestRequestError("ek_cert is not a string or too long")
+        eventlog = request.get("eventlog")
+        if eventlog is not None and (not isinstance(eventlog, str) or len(eventlog) > MAX_EVENTLOG_BYTES * 4 // 3 + 4):
+            raise AttestRequestError("eventlog is not a string or too large")
+        if not isinstance(request.get("quote"), dict):
+            raise QuoteRejectedError("quote is missing or not a quote bundle")
+
     def complete(self, request, now=None):
         """Check a completion request and return the encrypted response (dict, JSON-ready).
 
         ``request``: {ticket, ekpub, ek_cert?, quote (bundle), eventlog?}. Raises an
-        AttestError subclass (``status``) on any failure; nothing is released then."""
-        if not isinstance(request, dict):
-            raise AttestRequestError("request body must be a JSON object")
+        AttestError subclass (``status``) on any failure; nothing is released then.
+
+        Cheapest checks first: field sizes and types; the ticket (one AES-GCM decryption) and
+        its one use; the EK (parsed, matched to the ticket, certificate); the quote's ECDSA
+        signature; only then the snapshot read (cached, misses apart from entries)."""
+        self.check_request_format(request)
         now = time.time() if now is None else now
         ticket = self.open_ticket(request.get("ticket"), now)
         nonce = _unb64(ticket["nonce"], "ticket nonce", exc=TicketInvalidError)
-        # consumed before any other check: a ticket gets exactly one try
+        # consumed before any other check of its content: a ticket gets exactly one try
         self.used.consume(hashlib.sha256(nonce).hexdigest()[:32], ticket["iat"], now)
-        eventlog = request.get("eventlog")
-        if eventlog is not None and (not isinstance(eventlog, str) or len(eventlog) > MAX_EVENTLOG_BYTES * 4 // 3 + 4):
-            raise AttestRequestError("eventlog is not a string or too large")
-        public, ekhash, ek_marshalled, _pem = self._ek(request, ticket["ekpubhash"], now)
+        parsed = self._ek(request, ticket["ekpubhash"], now)
+        public, ekhash, ek_marshalled, _pem = parsed
         bundle = request.get("quote")
         try:
             proven = quote_mod.verify_quote(bundle, nonce)
@@ -399,6 +454,7 @@ class Attestor(object):
             raise NotEnrolledError("TPM %s is not enrolled" % ticket["ekpubhash"])
         if not hmac.compare_digest(files.get("ek.pub", b""), ek_marshalled):
             raise EkRejectedError("the enrolled EK differs from the presented one")
+        self._remember_ek(request["ekpub"], parsed)
         golden = golden_pcrs(files)
         bad = []
         for bank, values in golden.items():

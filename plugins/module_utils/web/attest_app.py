@@ -36,6 +36,7 @@ from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInput
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     LazyApplication,
     create_app_base,
+    health_response,
     json_error,
     load_config,
     request_json,
@@ -319,12 +320,12 @@ def create_app(config=None, attestor=None):
     def health():
         # A stale snapshot still serves attestations (a dead erepl must not stop them):
         # it is reported ("stale") for alerting, but only a missing snapshot is a 503.
+        # Anonymous callers get the status only; head, age and arepl's last error go to
+        # the local probe and the log.
         info = snapshot()
         stale = info["age_seconds"] is not None and info["age_seconds"] > max_age
-        info["status"] = "unavailable" if info["head"] is None else ("stale" if stale else "ok")
-        response = flask.jsonify(info)
-        response.status_code = 503 if info["head"] is None else 200
-        return response
+        status = "unavailable" if info["head"] is None else ("stale" if stale else "ok")
+        return health_response(status, info, 503 if info["head"] is None else 200, app.logger)
 
     app.view_functions["_healthcheck"] = health
 

@@ -22,6 +22,7 @@ from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     LazyApplication,
     ServiceConfigError,
     create_app_base,
+    health_response,
     json_error,
     load_config,
     load_service_client_ca,
@@ -165,7 +166,13 @@ def create_app(config=None):
         return run(op)
 
     def health():
-        return run(lambda: flask.jsonify(service.health()))
+        # status only to callers through nginx; the DB head (or the error, with its path)
+        # to the local probe and the log
+        try:
+            details = service.health()
+        except HcpError as exc:
+            return health_response("unavailable", {"error": str(exc)}, 503, app.logger)
+        return health_response(details.pop("status", "ok"), details)
 
     app.view_functions["_healthcheck"] = health
     return app

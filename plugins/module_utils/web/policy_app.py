@@ -160,13 +160,14 @@ def create_app(config=None):
         return response
 
     def _healthcheck():
+        # status only to callers through nginx; the file, its digest and the reload error
+        # to the local probe and the log
         store.refresh()
-        body = {"status": "stale_policy_error" if store.stale_error else "ok",
-                "policy_file": store.path, "policy_sha256": store.sha256,
-                "filters": len(store.policy.filter_names)}
+        details = {"policy_file": store.path, "policy_sha256": store.sha256,
+                   "filters": len(store.policy.filter_names)}
         if store.stale_error:
-            body["error"] = store.stale_error
-        return flask.jsonify(body)
+            details["error"] = store.stale_error
+        return common.health_response("stale_policy_error" if store.stale_error else "ok", details, logger=app.logger)
 
     for rule in app.url_map.iter_rules():
         if rule.rule == "/healthcheck":

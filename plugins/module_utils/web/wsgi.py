@@ -42,6 +42,10 @@ except ImportError:  # pragma: no cover - exercised by the sanity import test on
     HTTPException = None
 
 VERIFY_SUCCESS = "SUCCESS"
+# uwsgi variable set by role hcp.core.webapi's health probe (files/uwsgi_probe.py), which talks
+# to the app's own socket (root, the service user and nginx's group only). No HTTP client can
+# set it through nginx: nginx passes request headers as HTTP_* variables only.
+LOCAL_PROBE_VAR = "HCP_LOCAL_PROBE"
 DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
 MAX_ERROR_CHARS = 400
 
@@ -184,6 +188,30 @@ def _http_error(exc):
     for name, value in exc.get_headers():
         if name.lower() != "content-type":  # e.g. Allow of a 405
             response.headers[name] = value
+    return response
+
+
+def local_probe(environ):
+    """True when the request came over the app's uwsgi socket from the local health probe,
+    not through nginx: only such a caller sees health details (paths, errors, heads)."""
+    return environ.get(LOCAL_PROBE_VAR) == "1"
+
+
+def health_response(status, details=None, http_status=None, logger=None):
+    """The /healthcheck answer: ``{"status": status}`` for every caller, plus ``details`` (a
+    dict: paths, heads, error texts) only for the local probe (:func:`local_probe`). Anything
+    but ``ok`` is logged with its details (``logger``), so an operator finds them in the
+    journal. ``http_status``: 200 unless given."""
+    _require_flask()
+    details = details or {}
+    if status != "ok" and logger is not None:
+        logger.warning("healthcheck: %s %s", status, json.dumps(details, sort_keys=True, default=str))
+    body = {"status": status}
+    if local_probe(flask.request.environ):
+        body.update(details)
+        body["status"] = status
+    response = flask.jsonify(body)
+    response.status_code = http_status or 200
     return response
 
 

@@ -27,6 +27,8 @@ def main():
         "HTTP_HOST": "localhost",
         "REMOTE_ADDR": "127.0.0.1",
         "wsgi.url_scheme": "https",
+        # the app's health details (paths, errors) are for this local caller only
+        "HCP_LOCAL_PROBE": "1",
     }
     body = b"".join(
         struct.pack("<H", len(k)) + k.encode() + struct.pack("<H", len(v)) + v.encode()
@@ -46,7 +48,7 @@ def main():
     response = b"".join(chunks).decode("utf-8", "replace")
     status_line = response.split("\r\n", 1)[0]
     print(status_line)
-    print(response.split("\r\n\r\n", 1)[-1][:500])
+    print(response.split("\r\n\r\n", 1)[-1][:4000])
     parts = status_line.split()
     return 0 if len(parts) > 1 and parts[1] == "200" else 1
 

@@ -87,9 +87,10 @@ def test_attest_over_the_api_and_metrics(site, swtpm, other_swtpm):
     with open(own, "rb") as handle:
         saved = json.load(handle)
     assert saved["results"]["ok"] == 1 and saved["count"] == 2 and saved["initiated"] == 2
-    health = client.get("/healthcheck")
+    health = client.get("/healthcheck", environ_base={"HCP_LOCAL_PROBE": "1"})
     assert health.status_code == 200 and health.get_json()["head"] == site["source"].head()
     assert health.get_json()["status"] == "ok"
+    assert client.get("/healthcheck").get_json() == {"status": "ok"}  # anonymous: the status only
 
 
 def test_replay_and_bad_requests_get_json_errors(site, swtpm):
@@ -120,9 +121,44 @@ def test_dead_erepl_keeps_serving_and_health_reports_it(site, swtpm, tmp_path):
     with swtpm.open() as tpm:
         assert attest_client.attest(tpm, transport(site["app"]), site["signer"])["assets"]["rootfs.key"]
     client = site["app"].test_client()
-    health = client.get("/healthcheck").get_json()
+    health = client.get("/healthcheck", environ_base={"HCP_LOCAL_PROBE": "1"}).get_json()
     assert health["consecutive_failures"] == 1 and health["last_error"]
     assert "hcp_attest_replication_failures 1" in client.get("/metrics").get_data(as_text=True)
+    # through nginx (anonymous): no path, no error text, no head
+    anonymous = client.get("/healthcheck")
+    assert anonymous.get_json() == {"status": "ok"}
+    assert str(tmp_path) not in anonymous.get_data(as_text=True)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "/" + "tmp" not in metrics and str(tmp_path) not in metrics and "error" not in metrics.replace(
+        "hcp_attest_metrics_errors", "").replace('result="error"', "")
+
+
+def test_broken_snapshot_health_is_anonymous(tmp_path, caplog):
+    """The DB is missing: anonymous callers get 503 {"status": "unavailable"} with no path and
+    no exception text; the local probe and the log get the details."""
+    key_file = tmp_path / "ticket.key"
+    attest.write_ticket_key_file(str(key_file))
+    state = tmp_path / "arepl" / "state.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"format": arepl.STATE_FORMAT, "version": arepl.STATE_VERSION, "last_attempt": 1, "last_success": 1,
+                                 "consecutive_failures": 3,
+                                 "last_error": "git fetch failed: %s/secret-layout/db: No such file" % tmp_path}))
+    app = create_app({"db": str(tmp_path / "missing" / "current"), "ticket_key_file": str(key_file),
+                      "arepl_state": str(state)})
+    client = app.test_client()
+    with caplog.at_level("WARNING"):
+        anonymous = client.get("/healthcheck")
+    assert anonymous.status_code == 503 and anonymous.get_json() == {"status": "unavailable"}
+    text = anonymous.get_data(as_text=True)
+    assert str(tmp_path) not in text and "secret-layout" not in text and "fetch" not in text
+    assert "secret-layout" in caplog.text  # the operator finds it in the log
+    local = client.get("/healthcheck", environ_base={"HCP_LOCAL_PROBE": "1"})
+    assert local.status_code == 503 and "secret-layout" in local.get_json()["last_error"]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert str(tmp_path) not in metrics and "secret-layout" not in metrics
+    # a header cannot pass for the local probe
+    forged = client.get("/healthcheck", headers={"HCP-LOCAL-PROBE": "1", "HCP_LOCAL_PROBE": "1"})
+    assert forged.get_json() == {"status": "unavailable"}
 
 
 def test_missing_snapshot_is_503(tmp_path):

@@ -121,23 +121,28 @@ def test_engine_error_is_500_and_audited(tmp_path):
 
 def test_reload_only_valid_policies(service):
     client, policy_file, _audit = service
-    health = client.get("/healthcheck").get_json()
+    health = client.get("/healthcheck", environ_base={"HCP_LOCAL_PROBE": "1"}).get_json()
     assert health["status"] == "ok" and len(health["policy_sha256"]) == 64
     assert run(client, {"hostname": "ws1", "assets": []}).status_code == 200
     write_policy(policy_file, {"start": "x", "filters": {"x": {"action": "reject"}}}, bump=1)
     assert run(client, {"hostname": "ws1", "assets": []}).status_code == 403
-    new_sha = client.get("/healthcheck").get_json()["policy_sha256"]
+    new_sha = client.get("/healthcheck", environ_base={"HCP_LOCAL_PROBE": "1"}).get_json()["policy_sha256"]
     assert new_sha != health["policy_sha256"]
     write_policy(policy_file, {"start": "x", "filters": {"x": {"action": "frob"}}}, bump=2)
     assert run(client, {"hostname": "ws1", "assets": []}).status_code == 403  # the last good policy stays
-    health = client.get("/healthcheck").get_json()
+    health = client.get("/healthcheck", environ_base={"HCP_LOCAL_PROBE": "1"}).get_json()
     assert health["status"] == "stale_policy_error" and health["policy_sha256"] == new_sha
     assert 'unknown action "frob"' in health["error"]
+    assert client.get("/healthcheck").get_json() == {"status": "stale_policy_error"}  # anonymous
+    os.rename(policy_file, policy_file + ".gone")
+    anonymous = client.get("/healthcheck").get_data(as_text=True)
+    assert policy_file not in anonymous and "No such file" not in anonymous and "stale_policy_error" in anonymous
+    os.rename(policy_file + ".gone", policy_file)
     write_policy(policy_file, "{truncated", bump=3)
     assert run(client, {"hostname": "ws1", "assets": []}).status_code == 403
     write_policy(policy_file, POLICY, bump=4)
     assert run(client, {"hostname": "ws1", "assets": []}).status_code == 200
-    assert client.get("/healthcheck").get_json()["status"] == "ok"
+    assert client.get("/healthcheck", environ_base={"HCP_LOCAL_PROBE": "1"}).get_json()["status"] == "ok"
 
 
 def test_invalid_policy_at_start_refuses_to_start(tmp_path):
