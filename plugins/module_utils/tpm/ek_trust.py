@@ -94,6 +94,20 @@ def load_vendor_cas(directory):
     return cas
 
 
+def split_anchors(cas):
+    """(anchors, intermediates) of the vendor CAs: a CA is an intermediate when another listed
+    CA is its issuer (by name), so the constraints of the CA above it (path length...) apply;
+    self-issued CAs and CAs whose issuer is not listed are trust anchors."""
+    subjects = set(cert.subject for cert in cas)
+    anchors, intermediates = [], []
+    for cert in cas:
+        if cert.issuer != cert.subject and cert.issuer in subjects:
+            intermediates.append(cert)
+        else:
+            anchors.append(cert)
+    return anchors, intermediates
+
+
 def parse_allow_list(allow_list):
     """The allow list as a frozenset of lowercase ekpubhashes (EkTrustConfigError on anything
     that is not a list of 64-hex-character strings)."""
@@ -139,6 +153,7 @@ class EkTrust(object):
             vendor_cas = load_vendor_cas(vendor_cas)
         self.mode = mode
         self.vendor_cas = list(vendor_cas or [])
+        self._anchors, self._intermediates = split_anchors(self.vendor_cas)
         self.allow_list = parse_allow_list(allow_list)
         if mode == VENDOR_CA and not self.vendor_cas:
             raise EkTrustConfigError("EK trust vendor_ca needs at least one TPM vendor CA certificate (vendor_ca_dir); "
@@ -176,7 +191,7 @@ class EkTrust(object):
         if not self.vendor_cas:
             raise InvalidEkError("EK certificate not trusted: no vendor CA is configured")
         try:
-            pki.verify_chain(cert, self.vendor_cas, self.vendor_cas, now=now, leaf_eku=pki.OID_TCG_KP_EK_CERTIFICATE)
+            pki.verify_chain(cert, self._intermediates, self._anchors, now=now, leaf_eku=pki.OID_TCG_KP_EK_CERTIFICATE)
         except HcpError as exc:
             raise InvalidEkError("EK certificate not trusted: %s" % exc)
         if fingerprint is not None:

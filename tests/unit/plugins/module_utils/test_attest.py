@@ -201,6 +201,20 @@ def test_ek_checks(swtpm, other_swtpm, site):
         _attestor(site, vendor_cas=[])
 
 
+def test_allow_list_attestation(swtpm, site):
+    """ek_trust allow_list: a listed EK attests without sending a certificate; delisted, it is refused."""
+    listed = _attestor(site, ek_trust="allow_list", ek_allow_list=[site["hash"]], vendor_cas=None)
+    delisted = _attestor(site, ek_trust="allow_list", ek_allow_list=["0" * 64], vendor_cas=None)
+    with swtpm.open() as tpm:
+        request = _evidence(tpm, listed.initiate(site["hash"]))
+        del request["ek_cert"]
+        assert listed.complete(request)["ekpubhash"] == site["hash"]
+        request = _evidence(tpm, delisted.initiate(site["hash"]))
+        with pytest.raises(attest.EkRejectedError, match="not on the EK allow list") as info:
+            delisted.complete(request)
+    assert info.value.status == 403
+
+
 def test_response_is_useless_without_the_same_tpm_and_ak(swtpm, other_swtpm, site):
     server = _attestor(site)
     with swtpm.open() as tpm:

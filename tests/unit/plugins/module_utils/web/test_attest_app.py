@@ -33,7 +33,7 @@ def site(tmp_path, swtpm, other_swtpm):
     ca_key, ca_cert = pki.create_ca("HCP test attest CA")
     signer = pki.Signer(pki.new_private_key("ec-p256"))
     config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]), signer=signer,
-                                     postclient={"seal_policy": {"type": "none"}})
+                                     postclient={"seal_policy": {"type": "none"}}, ek_trust="tofu")
     with swtpm.open() as tpm:
         h, host, files, _s = enroll.build_entry(config, ek_public_pem(tpm.ek_public()), "web1.example.test",
                                                 {"assets": ["hostname", "rootfs-key"]})
