@@ -31,7 +31,7 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm.device import trim_de
 from ansible_collections.hcp.core.plugins.module_utils.web import attest_app
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
-EK_EKU = x509.ObjectIdentifier(pki.OID_TCG_KP_EK_CERTIFICATE)
+EK_EKU = x509.ObjectIdentifier("2.23.133.8.1")  # tcg-kp-EKCertificate
 ROOT = os.path.abspath(os.path.join(os.path.dirname(ek_trust.__file__), "..", "..", ".."))
 # swtpm also manufactures the high-range ECC P-384 EK (TCG template H-3) and its certificate
 P384_HANDLE, P384_CERT_INDEX = 0x81010016, 0x01C00016
