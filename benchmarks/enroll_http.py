@@ -48,7 +48,7 @@ def site(root, name):
     paths = pki.bootstrap_site_credentials(cred, "bench", ["localhost"], ["orchestrator"])["paths"]
     db = EnrollmentDb(os.path.join(root, name, "db"))
     db.init()
-    config = {"db": db.path, "credentials_dir": cred, "postclient": {"seal_policy": {"type": "none"}},
+    config = {"db": db.path, "credentials_dir": cred, "ek_trust": "tofu", "postclient": {"seal_policy": {"type": "none"}},
               "service_client_ca": paths["svc_ca_cert"]}
     path = os.path.join(root, name, "enroll.json")
     with open(path, "w") as handle:

@@ -477,55 +477,56 @@ class Issuer(object):
         return builder.sign(self.key, _hash_for(self.key))
 
 
-def _check_validity(cert, now):
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise CertificateVerifyError("certificate %s is not valid at %s" % (cert.subject.rfc4514_string(),
-                                                                            now.isoformat()))
+# Chain verification is cryptography's RFC 5280 path builder (cryptography.x509.verification),
+# not hand-written: it checks signatures, validity, the CA flag and keyUsage of every issuer,
+# basicConstraints path lengths, and refuses any certificate with a critical extension nobody
+# accounted for. Issuers follow its web-PKI CA rules except extendedKeyUsage (TPM vendor CAs
+# may carry tcg-kp-EKCertificate); the leaf's extensions are free (an EK certificate has an
+# empty subject and a critical subjectAltName directoryName, TCG EK profile 3.2) except the EKU
+# rule of ``leaf_eku``.
+OID_TCG_KP_EK_CERTIFICATE = "2.23.133.8.1"
+MAX_CHAIN_DEPTH = 8
 
 
-def _check_ca(cert):
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
-    if constraints is None or not constraints.ca:
-        raise CertificateVerifyError("issuer %s is not a CA" % cert.subject.rfc4514_string())
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not usage.key_cert_sign:
-        raise CertificateVerifyError("issuer %s may not sign certificates" % cert.subject.rfc4514_string())
+def _eku_validator(required):
+    def check(_policy, _cert, value):
+        if value is not None and ObjectIdentifier(required) not in list(value):
+            raise ValueError("the certificate's extendedKeyUsage lacks %s" % required)
+    return check
 
 
-def verify_chain(cert, chain, anchors, now=None):
+def verify_chain(cert, chain, anchors, now=None, leaf_eku=None):
     """Check that ``cert`` chains through ``chain`` (intermediates, any order) to one of
-    ``anchors``: signatures, validity at ``now`` and CA flags. Raises CertificateVerifyError."""
+    ``anchors`` at ``now``: signatures, validity, CA flags and keyUsage of issuers, path length
+    constraints, no unrecognised critical extension anywhere. ``leaf_eku`` (dotted OID): a leaf
+    with an extendedKeyUsage extension must list it (EK certificates: OID_TCG_KP_EK_CERTIFICATE).
+    Raises CertificateVerifyError."""
     require_cryptography()
+    from cryptography.x509 import verification  # pylint: disable=import-outside-toplevel  # guarded above
+
     now = _now(now)
-    anchor_ders = set(a.public_bytes(serialization.Encoding.DER) for a in anchors)
-    candidates = list(anchors) + [c for c in chain if c.public_bytes(serialization.Encoding.DER) not in anchor_ders]
-    current = cert
-    _check_validity(current, now)
-    for _depth in range(len(candidates) + 1):
-        if current.public_bytes(serialization.Encoding.DER) in anchor_ders:
-            return
-        issuer = None
-        for candidate in candidates:
-            if candidate.subject != current.issuer or candidate is current:
-                continue
-            try:
-                current.verify_directly_issued_by(candidate)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            issuer = candidate
-            break
-        if issuer is None:
-            raise CertificateVerifyError("no trusted issuer verifies %s" % current.subject.rfc4514_string())
-        _check_ca(issuer)
-        _check_validity(issuer, now)
-        current = issuer
-    raise CertificateVerifyError("certificate chain too long or looping")
+    if not anchors:
+        raise CertificateVerifyError("no trusted issuer verifies %s: no trust anchors" % _subject(cert))
+    leaf_policy = verification.ExtensionPolicy.permit_all()
+    if leaf_eku:
+        leaf_policy = leaf_policy.may_be_present(x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC,
+                                                 _eku_validator(leaf_eku))
+    ca_policy = verification.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, None)
+    try:
+        verifier = (verification.PolicyBuilder().store(verification.Store(list(anchors))).time(now)
+                    .max_chain_depth(MAX_CHAIN_DEPTH).extension_policies(ca_policy=ca_policy, ee_policy=leaf_policy)
+                    .build_client_verifier())
+        verifier.verify(cert, list(chain))
+    except (verification.VerificationError, ValueError, TypeError) as exc:
+        raise CertificateVerifyError("no trusted issuer verifies %s: %s" % (_subject(cert), exc))
+
+
+def _subject(cert):
+    try:
+        return cert.subject.rfc4514_string() or "(empty subject)"
+    except ValueError:
+        return "(unparseable subject)"
 
 
 # -- the asset signer ------------------------------------------------------------------------

@@ -53,7 +53,8 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import MANIFEST_FORMAT, verify_entry
-from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import EkTrust
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import DEFAULT_MODE as DEFAULT_EK_TRUST
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import EkTrust, EkTrustConfigError
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EKPUBHASH_RE
 from ansible_collections.hcp.core.plugins.module_utils.errors import (
     HcpError,
@@ -282,13 +283,15 @@ class Attestor(object):
     arepl.snapshot_db_provider). ``ticket_key``: 32-byte key or list (first issues).
     ``signer_pub``: the asset signer's public key: when set, an entry whose manifest does
     not verify is never released. ``vendor_cas``: x509 certificates or a directory path.
-    ``require_ek_cert``: refuse a client that sends no (trusted) EK certificate.
+    ``ek_trust``: vendor_ca (default: a client must send an EK certificate chaining to
+    ``vendor_cas``), allow_list (the EK's hash must be in ``ek_allow_list``) or tofu
+    (tpm/ek_trust.py); AttestError here when the combination cannot work.
     ``used_dir``: directory of used tickets shared by replicas (None: memory only).
     """
 
-    def __init__(self, db_provider, ticket_key, signer_pub=None, vendor_cas=None, require_ek_cert=False,
+    def __init__(self, db_provider, ticket_key, signer_pub=None, vendor_cas=None, ek_trust=DEFAULT_EK_TRUST,
                  max_ticket_age=DEFAULT_MAX_TICKET_AGE, pcr_selection=None, used_dir=None, max_used=DEFAULT_MAX_USED,
-                 entry_cache_size=4096, negative_cache_size=4096):
+                 entry_cache_size=4096, negative_cache_size=4096, ek_allow_list=None):
         _require_cryptography()
         keys = [ticket_key] if isinstance(ticket_key, (bytes, bytearray)) else list(ticket_key or [])
         if not keys or any(len(k) != 32 for k in keys):
@@ -297,11 +300,13 @@ class Attestor(object):
         self._issue_kid = next(iter(self._keys))
         self.db_provider = db_provider
         self.signer_pub = signer_pub
-        self.ek_trust = EkTrust(vendor_cas, require_ek_cert, cache_size=EK_CERT_CACHE_SIZE, cache_ttl=EK_CERT_CACHE_TTL)
+        try:
+            self.ek_trust = EkTrust(ek_trust, vendor_cas, ek_allow_list, cache_size=EK_CERT_CACHE_SIZE,
+                                    cache_ttl=EK_CERT_CACHE_TTL)
+        except EkTrustConfigError as exc:
+            raise AttestError("EK trust configuration refused: %s" % exc) from None
         self.vendor_cas = self.ek_trust.vendor_cas
         self.require_ek_cert = self.ek_trust.require_ek_cert
-        if require_ek_cert and not self.vendor_cas:
-            raise AttestError("require_ek_cert needs vendor CA certificates")
         self.max_ticket_age = int(max_ticket_age)
         self.pcr_selection = normalize_selection(pcr_selection or DEFAULT_PCR_SELECTION)
         self.used = UsedTickets(self.max_ticket_age, used_dir, max_used)
@@ -382,13 +387,10 @@ class Attestor(object):
             parsed = (public, compute_ekpubhash(public), public.marshal(), public.to_pem())
         if not hmac.compare_digest(parsed[1], ticket_hash):
             raise EkRejectedError("the EK does not match the ticket's ekpubhash")
-        if cert_data is not None:
-            try:
-                self.ek_trust.check_certificate_for(cert_data, parsed[3], now)
-            except InvalidEkError as exc:
-                raise EkRejectedError(str(exc))
-        elif self.require_ek_cert:
-            raise EkRejectedError("an EK certificate is required")
+        try:
+            self.ek_trust.check_attestation(parsed[1], parsed[3], cert_data, now)
+        except InvalidEkError as exc:
+            raise EkRejectedError(str(exc))
         return parsed
 
     def _remember_ek(self, ekpub, parsed):

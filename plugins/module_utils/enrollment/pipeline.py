@@ -23,17 +23,20 @@ from ansible_collections.hcp.core.plugins.module_utils.enrollment import profile
 from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 # Importing the package registers every asset generator.
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import generators  # noqa: F401  pylint: disable=unused-import
-from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import EkTrust
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import DEFAULT_MODE, EkTrust
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import ekpubhash as compute_ekpubhash
 
 
 class EnrollmentConfig(object):
-    """Server side of an enrollment: profiles, issuer, signer, secrets, EK trust."""
+    """Server side of an enrollment: profiles, issuer, signer, secrets, EK trust.
+
+    ``ek_trust``: vendor_ca (default; needs ``vendor_cas``), allow_list (needs ``ek_allow_list``)
+    or tofu (tpm/ek_trust.py); EkTrustConfigError here when it cannot work."""
 
     def __init__(self, issuer, signer, preclient=None, postclient=None, realm=None, env=None,
-                 secrets=None, vendor_cas=None, require_ek_cert=False, reserved_names=()):
+                 secrets=None, vendor_cas=None, ek_trust=DEFAULT_MODE, ek_allow_list=None, reserved_names=()):
         self.issuer = issuer
         self.signer = signer
         self.preclient = preclient or {}
@@ -41,8 +44,8 @@ class EnrollmentConfig(object):
         self.realm = realm
         self.env = env or {}
         self.secrets = secrets or {}
-        self.vendor_cas = list(vendor_cas or [])
-        self.require_ek_cert = require_ek_cert
+        self.ek_trust = EkTrust(ek_trust, vendor_cas, ek_allow_list)
+        self.vendor_cas = self.ek_trust.vendor_cas
         # the site's service client names, reserved like orchestrator/attest-* (pki.reserved_service_name)
         self.reserved_names = tuple(reserved_names or ())
 
@@ -52,9 +55,8 @@ class EnrollmentConfig(object):
 
 def check_ek(data, config, now=None):
     """The EK's TPM2B_PUBLIC from ``data`` (TPM2B/PEM/EK certificate), after the attribute
-    checks and, when vendor CAs are configured, the EK certificate check (``tpm/ek_trust.py``).
-    InvalidEkError."""
-    return EkTrust(config.vendor_cas, config.require_ek_cert).check_ek(data, now=now)
+    checks and the trust decision of ``config.ek_trust`` (``tpm/ek_trust.py``). InvalidEkError."""
+    return config.ek_trust.check_ek(data, now=now)
 
 
 class PolicyRejectedError(HcpError):

@@ -12,8 +12,8 @@ benchmarks, the CLI) writes run in-process.
 
 Configuration (JSON, docs/enrollment-service.md): db, credentials_dir (ca.key, ca.pem,
 signer.key, signer.pub.pem), preclient, postclient, realm, env, secrets_dir,
-vendor_ca_dir, require_ek_cert, writer (argv) or writer_socket (unix socket path), signer_pub,
-policy, authorized_clients, service_client_ca, reserved_names.
+ek_trust (vendor_ca | allow_list | tofu, default vendor_ca), vendor_ca_dir, ek_allow_list, writer (argv) or
+writer_socket (unix socket path), signer_pub, policy, authorized_clients, service_client_ca, reserved_names.
 """
 
 from __future__ import annotations
@@ -119,6 +119,17 @@ def check_policy_config(conf):
         raise ServiceConfigError("configuration policy.url refused: %s" % exc) from None
 
 
+def check_ek_trust_config(config):
+    """The EkTrust of the configuration (keys ek_trust, vendor_ca_dir, ek_allow_list), built at
+    start-up: vendor_ca (the default) without a vendor CA, allow_list without entries, the old
+    ``require_ek_cert: false`` stop the service here (ServiceConfigError), fail closed."""
+    try:
+        mode, vendor_dir, allow_list = ek_trust.trust_from_config(config)
+        return ek_trust.EkTrust(mode, vendor_dir or [], allow_list)
+    except ek_trust.EkTrustConfigError as exc:
+        raise ServiceConfigError("configuration EK trust refused: %s" % exc) from None
+
+
 def _policy_client(conf):
     return policy_client.PolicyClient(conf["url"], ca_file=conf.get("ca_file"), client_cert=conf.get("client_cert"),
                                       client_key=conf.get("client_key"), timeout=conf.get("timeout", 5))
@@ -166,6 +177,7 @@ class EnrollmentService(object):
 
     def __init__(self, config):
         check_policy_config(config.get("policy"))
+        self.ek_trust = check_ek_trust_config(config)
         self.config = config
         self.db = enroll_db.EnrollmentDb(config["db"])
         self._enroll_config = None
@@ -207,11 +219,10 @@ class EnrollmentService(object):
                     path = os.path.join(c["secrets_dir"], name)
                     if os.path.isfile(path) and not name.startswith("."):
                         secrets[name] = _read(path)
-            vendor = ek_trust.load_vendor_cas(c["vendor_ca_dir"]) if c.get("vendor_ca_dir") else []
             self._enroll_config = enroll.EnrollmentConfig(
                 issuer, signer, preclient=c.get("preclient"), postclient=c.get("postclient"), realm=c.get("realm"),
-                env=c.get("env"), secrets=secrets, vendor_cas=vendor, require_ek_cert=bool(c.get("require_ek_cert")),
-                reserved_names=reserved,
+                env=c.get("env"), secrets=secrets, vendor_cas=self.ek_trust.vendor_cas, ek_trust=self.ek_trust.mode,
+                ek_allow_list=self.ek_trust.allow_list or None, reserved_names=reserved,
             )
         return self._enroll_config
 

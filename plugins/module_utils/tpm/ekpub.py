@@ -7,6 +7,12 @@ Accepted: TPM2B_PUBLIC (raw bytes or base64, as returned by hcp.core.tpm_info in
 ``ekpub_tpm2b``), TPMT_PUBLIC, a PEM public key, or a PEM/DER EK certificate. PEM keys
 and certificates carry only the key, so the TPM2B_PUBLIC is rebuilt from the TCG default
 EK template (L-1 for RSA-2048, L-2 for ECC P-256) — the EK every TPM derives by default.
+
+The decision does not depend on the encoding: hcp.core uses exactly the EKs of templates L-1
+and L-2 (tpm/device.py derives no other), so a TPM2B_PUBLIC is accepted only when it is what
+its key rebuilds through the template. Any other EK (the high-range H-3 ECC P-384 EK that swtpm
+also makes, RSA-3072, another symmetric or nameAlg) is refused in every encoding with the same
+reason; its ekpubhash would differ from a PEM's, and the TPM-side code could not use it anyway.
 """
 
 from __future__ import annotations
@@ -51,19 +57,33 @@ def ek_public_from_key(key):
     """Rebuild the EK TPM2B_PUBLIC of a cryptography public key using the default template."""
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size != 2048 or key.public_numbers().e != 65537:
-            raise InvalidEkError("an RSA EK given as PEM must be RSA-2048 with exponent 65537 (default template)")
+            raise InvalidEkError("an RSA EK must be RSA-2048 with exponent 65537 (TCG EK template L-1)")
         public = default_ek_template("rsa")
         public.publicArea.unique.rsa = key.public_numbers().n.to_bytes(256, "big")
         return public
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
-            raise InvalidEkError("an ECC EK given as PEM must be on NIST P-256 (default template)")
+            raise InvalidEkError("an ECC EK must be on NIST P-256 (TCG EK template L-2)")
         public = default_ek_template("ecc")
         nums = key.public_numbers()
         public.publicArea.unique.ecc.x = nums.x.to_bytes(32, "big")
         public.publicArea.unique.ecc.y = nums.y.to_bytes(32, "big")
         return public
     raise InvalidEkError("unsupported EK key type %s" % type(key).__name__)
+
+
+def check_default_template(public):
+    """``public`` (TPM2B_PUBLIC) unless it differs from what its key rebuilds through the TCG
+    default EK template L-1/L-2 (InvalidEkError, the same reason a PEM of the key would get)."""
+    check_ek_public(public)
+    try:
+        key = serialization.load_pem_public_key(public.to_pem())
+    except (ValueError, TypeError) as exc:
+        raise InvalidEkError("the EK public key cannot be read: %s" % exc)
+    rebuilt = ek_public_from_key(key)
+    if rebuilt.marshal() != public.marshal():
+        raise InvalidEkError("the EK is not of the TCG default EK template L-1 (RSA-2048) or L-2 (ECC P-256)")
+    return public
 
 
 def _from_tpm_bytes(raw):
@@ -84,7 +104,7 @@ def load_ek_public(data):
     """
     require_tpm2_pytss()
     if isinstance(data, TPM2B_PUBLIC):
-        return check_ek_public(data)
+        return check_default_template(data)
     if isinstance(data, str):
         data = data.encode("utf-8")
     data = bytes(data or b"")
@@ -116,7 +136,7 @@ def load_ek_public(data):
         raise
     except Exception as exc:  # pylint: disable=broad-except  # the TSS unmarshaller raises several types
         raise InvalidEkError("malformed EK public key (not TPM2B_PUBLIC, TPMT_PUBLIC, PEM or certificate): %s" % exc)
-    return check_ek_public(public)
+    return check_default_template(public)
 
 
 def ek_public_pem(public):
@@ -143,6 +163,7 @@ def describe_certificate(der):
 
 
 __all__ = [
+    "check_default_template",
     "default_ek_template",
     "describe_certificate",
     "ek_public_b64",

@@ -8,7 +8,7 @@ Protocol and wire formats: docs/attestation.md. Logic: attestation/server.py; sn
 Configuration (JSON file named by $HCP_ATTEST_CONFIG):
 ``db`` (path of arepl's ``current`` link, or of any enrollment DB), ``arepl_state`` (arepl's
 state.json, for lag metrics; default: state.json beside ``db``), ``ticket_key_file``,
-``asset_signer_pub`` (PEM file; optional), ``vendor_ca_dir``, ``require_ek_cert``,
+``asset_signer_pub`` (PEM file; optional), ``ek_trust`` (vendor_ca | allow_list | tofu, default vendor_ca), ``vendor_ca_dir``, ``ek_allow_list``,
 ``max_ticket_age``, ``pcr_selection``, ``used_ticket_dir``, ``max_content_length``,
 ``max_snapshot_age`` (healthcheck reports ``stale`` when the snapshot is older; default 600 s),
 ``metrics_dir`` (optional: counters shared by the worker processes through one file per process;
@@ -33,6 +33,7 @@ from ansible_collections.hcp.core.plugins.module_utils.attestation import protoc
 from ansible_collections.hcp.core.plugins.module_utils.attestation.replica import read_state, snapshot_db_provider
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInputError
+from ansible_collections.hcp.core.plugins.module_utils.tpm import ek_trust
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     LazyApplication,
     create_app_base,
@@ -237,12 +238,17 @@ def build_attestor(config):
     if not config.get("db") or not config.get("ticket_key_file"):
         raise attest.AttestError("the attestation service needs 'db' and 'ticket_key_file'")
     signer = config.get("asset_signer_pub")
+    try:
+        mode, vendor_dir, allow_list = ek_trust.trust_from_config(config)
+    except ek_trust.EkTrustConfigError as exc:
+        raise attest.AttestError("EK trust configuration refused: %s" % exc) from None
     return attest.Attestor(
         snapshot_db_provider(config["db"]),
         attest.load_ticket_keys(config["ticket_key_file"]),
         signer_pub=_read_file(signer, "asset signer key") if signer else None,
-        vendor_cas=config.get("vendor_ca_dir") or None,
-        require_ek_cert=bool(config.get("require_ek_cert", False)),
+        vendor_cas=vendor_dir,
+        ek_trust=mode,
+        ek_allow_list=allow_list,
         max_ticket_age=int(config.get("max_ticket_age", attest.DEFAULT_MAX_TICKET_AGE)),
         pcr_selection=config.get("pcr_selection"),
         used_dir=config.get("used_ticket_dir"),

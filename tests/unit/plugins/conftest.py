@@ -47,7 +47,7 @@ def enroll_server(tmp_path, swtpm):
     paths = pki.bootstrap_site_credentials(str(tmp_path / "cred"), "t", ["localhost"], ["orchestrator"])["paths"]
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
-    app = create_enroll_app({"db": db.path, "credentials_dir": str(tmp_path / "cred"), "require_client_cert": False,
+    app = create_enroll_app({"db": db.path, "credentials_dir": str(tmp_path / "cred"), "require_client_cert": False, "ek_trust": "tofu",
                              "postclient": {"seal_policy": {"type": "none"}}})
     with swtpm.open() as tpm:
         ek = ek_public_pem(tpm.ek_public())

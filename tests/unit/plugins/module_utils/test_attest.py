@@ -93,7 +93,7 @@ def test_enrolled_host_attests_and_gets_its_assets(swtpm, site):
 
 
 def test_unenrolled_tpm_gets_404(other_swtpm, site):
-    server = _attestor(site, vendor_cas=None)
+    server = _attestor(site, ek_trust="tofu", vendor_cas=None)
     with other_swtpm.open() as tpm:
         with pytest.raises(attest_client.AttestServerError, match="not enrolled") as info:
             attest_client.attest(tpm, attest_client.attestor_transport(server), site["signer"])
@@ -173,7 +173,7 @@ def test_wrong_nonce_tampered_quote_and_short_selection(swtpm, site):
 
 
 def test_ek_checks(swtpm, other_swtpm, site):
-    strict = _attestor(site, require_ek_cert=True)
+    strict = _attestor(site)  # ek_trust vendor_ca is the default
     untrusting = _attestor(site, vendor_cas=[pki.create_ca("Not the vendor")[1]])
     with swtpm.open() as tpm, other_swtpm.open() as other:
         started = strict.initiate(site["hash"])
@@ -197,8 +197,22 @@ def test_ek_checks(swtpm, other_swtpm, site):
             strict.complete(request)
         started = strict.initiate(site["hash"])
         assert strict.complete(_evidence(tpm, started))["ekpubhash"] == site["hash"]
-    with pytest.raises(attest.AttestError, match="needs vendor CA"):
-        _attestor(site, require_ek_cert=True, vendor_cas=[])
+    with pytest.raises(attest.AttestError, match="needs at least one TPM vendor CA"):
+        _attestor(site, vendor_cas=[])
+
+
+def test_allow_list_attestation(swtpm, site):
+    """ek_trust allow_list: a listed EK attests without sending a certificate; delisted, it is refused."""
+    listed = _attestor(site, ek_trust="allow_list", ek_allow_list=[site["hash"]], vendor_cas=None)
+    delisted = _attestor(site, ek_trust="allow_list", ek_allow_list=["0" * 64], vendor_cas=None)
+    with swtpm.open() as tpm:
+        request = _evidence(tpm, listed.initiate(site["hash"]))
+        del request["ek_cert"]
+        assert listed.complete(request)["ekpubhash"] == site["hash"]
+        request = _evidence(tpm, delisted.initiate(site["hash"]))
+        with pytest.raises(attest.EkRejectedError, match="not on the EK allow list") as info:
+            delisted.complete(request)
+    assert info.value.status == 403
 
 
 def test_response_is_useless_without_the_same_tpm_and_ak(swtpm, other_swtpm, site):
@@ -242,7 +256,7 @@ def test_golden_pcrs_and_one_time_policy(new_swtpm, tmp_path):
     h, _files = _enroll(db, config, new_swtpm, "golden.example.test", profile)
     site = {"db": db, "key": os.urandom(32), "signer": config.signer.public_key_pem(), "cas": _vendor_cas(new_swtpm)}
     assert attest.golden_pcrs(db.get(h)) == {"sha256": {"16": pcr16.hex()}}
-    server = _attestor(site, require_ek_cert=True)
+    server = _attestor(site)
     transport = attest_client.attestor_transport(server)
     with new_swtpm.open() as tpm:
         result = attest_client.attest(tpm, transport, site["signer"])

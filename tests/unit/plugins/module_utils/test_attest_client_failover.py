@@ -19,7 +19,8 @@ def _refusing(path, body):
 
 def test_failover_uses_one_server_and_lists_all_causes(attest_site, swtpm):
     good = attest_client.attestor_transport(attest_site.attestor)
-    other_key = attest.Attestor(lambda: attest_site.db, os.urandom(32), signer_pub=attest_site.signer)
+    other_key = attest.Attestor(lambda: attest_site.db, os.urandom(32), signer_pub=attest_site.signer,
+                                vendor_cas=attest_site.attestor.vendor_cas)
     mixed = attest_client.attestor_transport(other_key)
     with swtpm.open() as tpm:
         result = attest_client.attest(tpm, [_refusing, DEAD, good], attest_site.signer)

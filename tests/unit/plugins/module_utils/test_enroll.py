@@ -73,7 +73,7 @@ def test_entry_is_sealed_signed_and_unsealable(swtpm, ek, config, tmp_path):
 
 
 def test_sealed_asset_is_useless_to_another_tpm(other_swtpm, ek, config):
-    _h, _host, files, _s = enroll.build_entry(config, ek["pem"], "node1.example.test", PROFILE)
+    _h, _host, files, _s = enroll.build_entry(config, ek["cert"], "node1.example.test", PROFILE)
     with other_swtpm.open() as tpm:
         with pytest.raises(Exception):
             envelope.unseal(tpm, envelope.loads(files["rootfs.key.sealed"]))
@@ -91,23 +91,23 @@ def test_sealed_asset_is_useless_to_another_tpm(other_swtpm, ek, config):
 )
 def test_bad_input(ek, config, hostname, profile, exc):
     with pytest.raises(exc):
-        enroll.build_entry(config, ek["pem"], hostname, profile)
+        enroll.build_entry(config, ek["cert"], hostname, profile)
 
 
 def test_ek_checks(ek, config):
     with pytest.raises(InvalidEkError):
         enroll.build_entry(config, b"garbage", "node1.example.test", PROFILE)
-    strict = enroll.EnrollmentConfig(config.issuer, config.signer, require_ek_cert=True, vendor_cas=config.vendor_cas)
-    with pytest.raises(InvalidEkError, match="certificate is required"):
-        enroll.build_entry(strict, ek["pem"], "node1.example.test", PROFILE)
+    # vendor_ca is the default: the bare public key of the same EK is refused
+    with pytest.raises(InvalidEkError, match="certificate chaining to a TPM vendor CA is required"):
+        enroll.build_entry(config, ek["pem"], "node1.example.test", PROFILE)
     other_ca_key, other_ca = pki.create_ca("Not the vendor")
     untrusting = enroll.EnrollmentConfig(config.issuer, config.signer, vendor_cas=[other_ca])
     with pytest.raises(InvalidEkError, match="not trusted"):
         enroll.build_entry(untrusting, ek["cert"], "node1.example.test", PROFILE)
-    assert enroll.build_entry(strict, ek["cert"], "node1.example.test", PROFILE)[0] == ek["hash"]
+    assert enroll.build_entry(config, ek["cert"], "node1.example.test", PROFILE)[0] == ek["hash"]
 
 
 def test_client_profile_kept_for_reenrollment(ek, config):
-    _h, _host, files, summary = enroll.build_entry(config, ek["pem"], "node1.example.test", dict(PROFILE, note="{ENROLL_HOSTNAME}"))
+    _h, _host, files, summary = enroll.build_entry(config, ek["cert"], "node1.example.test", dict(PROFILE, note="{ENROLL_HOSTNAME}"))
     assert json.loads(files["clientprofile"])["note"] == "{ENROLL_HOSTNAME}"
     assert summary["profile"]["note"] == "node1.example.test"

@@ -156,7 +156,7 @@ def test_verify_chain(ca):
     non_ca_key = pki.new_private_key()
     non_ca = leaf_issuer.issue(non_ca_key.public_key(), "https-client", "fake-ca", now=NOW)
     forged = pki.Issuer(non_ca_key, [non_ca, other_cert]).issue(key.public_key(), "https-client", "c", now=NOW)
-    with pytest.raises(pki.CertificateVerifyError, match="not a CA"):
+    with pytest.raises(pki.CertificateVerifyError, match="cA must be asserted"):
         pki.verify_chain(forged, [non_ca], [other_cert], now=NOW)
 
 

@@ -30,7 +30,7 @@ def site(tmp_path, swtpm):
     pki.bootstrap_site_credentials(str(cred), "test", ["enroll.example.test"], [])
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
-    config = {"db": db.path, "credentials_dir": str(cred), "postclient": {"seal_policy": {"type": "none"}}}
+    config = {"db": db.path, "credentials_dir": str(cred), "ek_trust": "tofu", "postclient": {"seal_policy": {"type": "none"}}}
     service = enroll_service.EnrollmentService(config)
     with swtpm.open() as tpm:
         ek = ek_public_pem(tpm.ek_public())

@@ -33,7 +33,7 @@ def site(tmp_path, swtpm, other_swtpm):
     ca_key, ca_cert = pki.create_ca("HCP test attest CA")
     signer = pki.Signer(pki.new_private_key("ec-p256"))
     config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]), signer=signer,
-                                     postclient={"seal_policy": {"type": "none"}})
+                                     postclient={"seal_policy": {"type": "none"}}, ek_trust="tofu")
     with swtpm.open() as tpm:
         h, host, files, _s = enroll.build_entry(config, ek_public_pem(tpm.ek_public()), "web1.example.test",
                                                 {"assets": ["hostname", "rootfs-key"]})
@@ -49,7 +49,7 @@ def site(tmp_path, swtpm, other_swtpm):
     for i, path in enumerate(swtpm.vendor_ca_files + other_swtpm.vendor_ca_files):
         (vendor / ("ca%d.pem" % i)).write_bytes(open(path, "rb").read())
     cfg = {"db": replica.current_link, "ticket_key_file": str(key_file), "asset_signer_pub": str(signer_file),
-           "vendor_ca_dir": str(vendor), "require_ek_cert": True, "used_ticket_dir": str(tmp_path / "used"),
+           "vendor_ca_dir": str(vendor), "ek_trust": "vendor_ca", "used_ticket_dir": str(tmp_path / "used"),
            "max_content_length": 64 * 1024, "metrics_dir": str(tmp_path / "metrics")}
     (tmp_path / "metrics").mkdir()
     return {"app": create_app(cfg), "hash": h, "signer": signer.public_key_pem(), "replica": replica, "source": source,
@@ -164,7 +164,7 @@ def test_broken_snapshot_health_is_anonymous(tmp_path, caplog):
 def test_missing_snapshot_is_503(tmp_path):
     key_file = tmp_path / "ticket.key"
     attest.write_ticket_key_file(str(key_file))
-    app = create_app({"db": str(tmp_path / "none" / "current"), "ticket_key_file": str(key_file)})
+    app = create_app({"db": str(tmp_path / "none" / "current"), "ticket_key_file": str(key_file), "ek_trust": "tofu"})
     client = app.test_client()
     assert client.get("/healthcheck").status_code == 503
     started = client.post("/v1/initiate", json={"ekpubhash": "0" * 64})
@@ -296,7 +296,7 @@ def bare_app(tmp_path):
     db.init()
     used = tmp_path / "used"
     app = create_app({"db": db.path, "ticket_key_file": str(key_file), "used_ticket_dir": str(used),
-                      "max_content_length": 64 * 1024})
+                      "max_content_length": 64 * 1024, "ek_trust": "tofu"})
     return app.test_client(), used
 
 

@@ -35,7 +35,7 @@ def site(tmp_path, swtpm, monkeypatch):
     paths = pki.bootstrap_site_credentials(str(cred), "test", ["enroll.example.test"], ["orchestrator"])["paths"]
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
-    config = {"db": db.path, "credentials_dir": str(cred), "postclient": {"seal_policy": {"type": "none"}},
+    config = {"db": db.path, "credentials_dir": str(cred), "ek_trust": "tofu", "postclient": {"seal_policy": {"type": "none"}},
               "service_client_ca": paths["svc_ca_cert"]}
     config_path = tmp_path / "enroll.json"
     config_path.write_text(json.dumps(config))

@@ -204,7 +204,7 @@ def enroll(creds, tmp_path_factory):
     cred_dir = os.path.dirname(own["ca_key"])
     db = EnrollmentDb(str(base / "db"))
     db.init()
-    config = {"db": db.path, "credentials_dir": cred_dir, "postclient": {"seal_policy": {"type": "none"}},
+    config = {"db": db.path, "credentials_dir": cred_dir, "ek_trust": "tofu", "postclient": {"seal_policy": {"type": "none"}},
               "authorized_clients": ["orchestrator"], "service_client_ca": own["svc_ca_cert"]}
     config_path = base / "enroll.json"
     config_path.write_text(json.dumps(config))
@@ -286,7 +286,7 @@ def attestation(tmp_path_factory):
     db = EnrollmentDb(str(base / "db"))
     db.init()
     used = base / "used"
-    app = attest_app.create_app({"db": db.path, "ticket_key_file": str(key_file), "used_ticket_dir": str(used),
+    app = attest_app.create_app({"db": db.path, "ticket_key_file": str(key_file), "used_ticket_dir": str(used), "ek_trust": "tofu",
                                  "max_content_length": 64 * 1024})
     return {"client": app.test_client(), "used": used}
 
