@@ -150,7 +150,7 @@ def test_reenrollment_seals_the_same_way(fresh_swtpm, tmp_path):
     pki.bootstrap_site_credentials(str(cred), "test", ["enroll.example.test"], [])
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
-    service = enroll_service.EnrollmentService({"db": db.path, "credentials_dir": str(cred)})
+    service = enroll_service.EnrollmentService({"db": db.path, "credentials_dir": str(cred), "ek_trust": "tofu"})
     cert, profile, value = _golden(fresh_swtpm)
     summary = service.perform({"op": "add", "ekpub": cert.decode(), "hostname": "golden.example.test", "profile": profile})
     h = summary["ekpubhash"]

@@ -98,7 +98,8 @@ def test_unseal_enrolled_asset_sealed_to_golden_pcrs(fresh_swtpm, tmp_path, run_
     unseals it with a PCR policy session in the golden state, and fails once PCR 23 changed."""
     info = run_module(tpm_info, {"tcti": fresh_swtpm.tcti, "pcrs": [23]})
     ca_key, ca_cert = pki.create_ca("HCP test golden CA")
-    config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]), signer=pki.Signer(pki.new_private_key("ec-p256")))
+    config = enroll.EnrollmentConfig(issuer=pki.Issuer(ca_key, [ca_cert]), signer=pki.Signer(pki.new_private_key("ec-p256")),
+                                     ek_trust="allow_list", ek_allow_list=[info["ekpubhash"]])
     profile = {"assets": ["rootfs-key"], "attest": {"pcrs": {"sha256": {"23": info["pcrs"]["sha256"]["23"]}}}}
     files = enroll.build_entry(config, info["ekpub"], "golden.example.test", profile)[2]
     env_path, plain = str(tmp_path / "rootfs.key.sealed"), str(tmp_path / "rootfs.key")

@@ -144,7 +144,7 @@ def test_broken_snapshot_health_is_anonymous(tmp_path, caplog):
                                  "consecutive_failures": 3,
                                  "last_error": "git fetch failed: %s/secret-layout/db: No such file" % tmp_path}))
     app = create_app({"db": str(tmp_path / "missing" / "current"), "ticket_key_file": str(key_file),
-                      "arepl_state": str(state)})
+                      "arepl_state": str(state), "ek_trust": "tofu"})
     client = app.test_client()
     with caplog.at_level("WARNING"):
         anonymous = client.get("/healthcheck")

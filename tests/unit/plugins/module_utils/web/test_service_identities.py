@@ -100,6 +100,7 @@ def enroll_api(site, swtpm, tmp_path, monkeypatch):
     db = EnrollmentDb(str(tmp_path / "db"))
     db.init()
     config = {"db": db.path, "credentials_dir": os.path.dirname(site["paths"]["ca_key"]), "authorized_clients": ["orchestrator"],
+              "ek_trust": "tofu",
               "service_client_ca": site["paths"]["svc_ca_cert"], "postclient": {"seal_policy": {"type": "none"}},
               "reserved_names": ["orchestrator", "enrollsvc", "ci-runner"], "realm": "LAB.TEST"}
     (tmp_path / "enroll.json").write_text(json.dumps(config))
@@ -145,7 +146,7 @@ def test_enrollment_api_admits_the_service_certificate(site, enroll_api):
 def test_tls_trusting_only_the_service_ca_refuses_the_handshake(site):
     """What nginx does now (ssl_client_certificate = svc-ca.pem, the API and erepl alike): the
     enrollment CA's certificates do not even complete the handshake."""
-    app = enroll_app.create_app({"db": str(site["base"] / "nodb"), "credentials_dir": "/nonexistent", "require_client_cert": True,
+    app = enroll_app.create_app({"db": str(site["base"] / "nodb"), "credentials_dir": "/nonexistent", "require_client_cert": True, "ek_trust": "tofu",
                                  "service_client_ca": site["paths"]["svc_ca_cert"]})
     with serve_wsgi(app, site["paths"]["server_cert"], site["paths"]["server_key"], client_ca=site["paths"]["svc_ca_cert"],
                     request_handler=NginxLikeHandler) as url:
