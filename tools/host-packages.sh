@@ -10,7 +10,7 @@ take_lock apt
 PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   docker.io debootstrap git rsync shellcheck
-  heimdal-clients softhsm2 openssl systemd
+  heimdal-clients heimdal-kdc softhsm2 openssl systemd
   nginx-light uwsgi-core uwsgi-plugin-python3
 )
 

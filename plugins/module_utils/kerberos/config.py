@@ -150,8 +150,7 @@ def krb5_conf_sections(realm, kdcs, admin_server=None, pkinit_anchors=None, doma
                    "pkinit_dh_min_bits": PKINIT_DH_MIN_BITS}
     if pkinit_anchors:
         block.update({"pkinit_anchors": "FILE:%s" % _path(pkinit_anchors, "pkinit_anchors"),
-                      "pkinit_require_eku": True, "pkinit_require_krbtgt_otherName": True, "pkinit_win2k": False,
-                      "pkinit_dh_min_bits": PKINIT_DH_MIN_BITS})
+                      "pkinit_require_eku": True, "pkinit_require_krbtgt_otherName": True, "pkinit_win2k": False})
     sections = {"libdefaults": libdefaults, "realms": {realm: block}}
     if domains:
         sections["domain_realm"] = dict((("." + _host(d, "domains").lstrip(".")), realm) for d in domains)
