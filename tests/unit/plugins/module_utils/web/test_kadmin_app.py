@@ -9,15 +9,17 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+from urllib.parse import quote
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.client import KadminApiError
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.kadmin import Kadmin
 from ansible_collections.hcp.core.plugins.module_utils.web import kadmin_app
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import ServiceConfigError
-from ansible_collections.hcp.core.tests.unit.krb_helpers import ADMIN, REALM, KadminService, free_port, runs
+from ansible_collections.hcp.core.tests.unit.krb_helpers import ADMIN, POLICY, REALM, KadminService, free_port, runs
 
 HOST = "host/node1.example.test"
 FULL = HOST + "@" + REALM
@@ -28,6 +30,19 @@ def service(tmp_path):
     value = KadminService(tmp_path)
     yield value
     value.close()
+
+
+@pytest.fixture
+def fuzz_service(tmp_path):
+    """The kadmin app through Flask's test client as a verified service caller (the environ nginx
+    sets), the policy from a file: (app, environ, realm_names, kdc_conf)."""
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text(json.dumps(POLICY))
+    service = KadminService(tmp_path / "svc", policy={"file": str(policy_file)})
+    with open(service.admin[0], "r", encoding="ascii") as handle:
+        environ = {"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": quote(handle.read())}
+    yield service.app, environ, service.realm.names, service.realm.conf
+    service.close()
 
 
 def exists(service, name=FULL):
@@ -191,3 +206,30 @@ def test_policy_receives_principal_and_caller(service, tmp_path):
     lines = [json.loads(line) for line in open(tmp_path / "policy-audit.log", encoding="utf-8")]
     assert [(line["hookname"], line["decision"]) for line in lines] == [("kdcsvc::add", "accept")]
     assert lines[0]["request_uid"] == service.audit_lines()[0]["request_uid"]
+
+
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                           max_leaves=12)
+PRINCIPALS = st.one_of(JSON_VALUES, st.text(alphabet="abH/@.*?[]\\-_ \n\t\0é", max_size=30),
+                       st.sampled_from(["krbtgt/" + REALM, "*", "-x", HOST + "@OTHER.TEST", "a@b@" + REALM]))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(cmd=st.sampled_from(["get", "del", "ext_keytab", "rotate", "add"]),
+       body=st.one_of(st.builds(lambda p: {"principal": p}, PRINCIPALS), JSON_VALUES,
+                      st.dictionaries(st.sampled_from(["principal", "attributes", "expiration", "keep_old", "x"]), JSON_VALUES,
+                                      max_size=4)))
+def test_fuzz_never_5xx_and_never_changes_the_realm(fuzz_service, cmd, body):
+    app, environ, realm_names, kdc_conf = fuzz_service
+    before = realm_names()
+    answer = app.test_client().post("/v1/" + cmd, data=json.dumps(body), content_type="application/json", environ_base=environ)
+    assert answer.status_code < 500
+    payload = answer.get_json()
+    if answer.status_code >= 400:
+        assert isinstance(payload["error"], str) and len(payload["error"]) < 500
+    else:  # only a valid add can succeed: undo it so the realm stays as it was
+        assert cmd == "add" and answer.status_code == 201
+        Kadmin(kdc_conf, REALM).delete(payload["principal"])
+    assert realm_names() == before
