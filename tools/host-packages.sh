@@ -10,7 +10,7 @@ take_lock apt
 PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   docker.io debootstrap git rsync shellcheck
-  heimdal-clients softhsm2 openssl systemd
+  heimdal-clients heimdal-kdc softhsm2 openssl systemd
   nginx-light uwsgi-core uwsgi-plugin-python3
 )
 
@@ -28,4 +28,10 @@ fi
 log "installing: ${missing[*]}"
 apt-get update -qq
 apt-get install -y -qq -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/null
+# heimdal-kdc is here for its binaries only (the tests start their own KDC on loopback): its
+# system KDC and the kadmind entry it adds to inetd (openbsd-inetd comes with it) stay off.
+if [[ " ${missing[*]} " == *" heimdal-kdc "* ]]; then
+  systemctl disable --now heimdal-kdc openbsd-inetd >/dev/null 2>&1 || true
+  update-inetd --disable kerberos-adm >/dev/null 2>&1 || true
+fi
 log "host packages installed"

@@ -1,0 +1,203 @@
+# -*- coding: utf-8 -*-
+# Copyright: hcp.core contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Helpers of the Kerberos unit tests: a scratch Heimdal realm (its own kdc.conf and database in
+a test directory, initialised with the real kadmin -l), a kadmin wrapper that records every run,
+and the real KDC on a loopback port."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+from cryptography.hazmat.primitives import serialization
+
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.kerberos import config as krbconf
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.client import KadminClient
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.kadmin import Kadmin, find_kadmin
+from ansible_collections.hcp.core.plugins.module_utils.web import kadmin_app, policy_app
+from ansible_collections.hcp.core.tests.unit.helpers import NginxLikeHandler, serve_wsgi
+
+REALM = "HCP.TEST"
+KDC_BINARY = "/usr/lib/heimdal-servers/kdc"
+KINIT = "/usr/bin/kinit.heimdal"
+
+
+def free_port():
+    """A free loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def recording_kadmin(directory):
+    """(path of a wrapper script that appends its argv to a log then runs the real kadmin, log path)."""
+    log = os.path.join(str(directory), "kadmin-runs.log")
+    script = os.path.join(str(directory), "kadmin-recording")
+    with open(script, "w", encoding="utf-8") as handle:
+        handle.write('#!/bin/sh\nprintf "%%s\\n" "$*" >> "%s"\nexec "%s" "$@"\n' % (log, find_kadmin()))
+    os.chmod(script, 0o700)
+    return script, log
+
+
+def runs(log):
+    """The argv lines the recording wrapper logged (empty when kadmin never ran)."""
+    try:
+        with open(log, "r", encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+class Realm(object):
+    """A scratch realm in ``directory``: kdc.conf (``conf``; the KDC on loopback ``port``),
+    krb5.conf for clients (``krb5_conf``), database under ``directory/db``, initialised;
+    ``kadmin`` is a Kadmin driving it through the recording wrapper (``log``)."""
+
+    def __init__(self, directory, realm=REALM):
+        directory = str(directory)
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.realm = realm
+        self.port = free_port()
+        self.conf = os.path.join(directory, "kdc.conf")
+        self.krb5_conf = os.path.join(directory, "krb5.conf")
+        self.kdc_log = os.path.join(directory, "kdc.log")
+        with open(self.conf, "w", encoding="utf-8") as handle:
+            handle.write(krbconf.render(krbconf.kdc_conf_sections(
+                realm, os.path.join(directory, "db"), ports=[self.port], addresses=["127.0.0.1"], log_file=self.kdc_log)))
+        with open(self.krb5_conf, "w", encoding="utf-8") as handle:
+            handle.write(krbconf.render(krbconf.krb5_conf_sections(realm, ["127.0.0.1:%d" % self.port])))
+        self.binary, self.log = recording_kadmin(directory)
+        self.kadmin = Kadmin(self.conf, realm, kadmin=self.binary)
+        self.kadmin.init_realm()
+        os.unlink(self.log)  # runs from here on are the test's
+
+    def names(self):
+        """Every principal of the realm (read with the real kadmin, not recorded)."""
+        return sorted(Kadmin(self.conf, self.realm).list("*"))
+
+    @contextlib.contextmanager
+    def kdc(self):
+        """The real Heimdal KDC serving this realm on 127.0.0.1:<port> from the rendered kdc.conf."""
+        env = {"PATH": "/usr/bin:/bin", "KRB5_CONFIG": self.conf}
+        proc = subprocess.Popen([KDC_BINARY, "--config-file=%s" % self.conf], env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("the KDC did not start (see %s)" % self.kdc_log)
+                    time.sleep(0.05)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    def kinit(self, keytab_path, principal):
+        """kinit.heimdal with a keytab against this realm's KDC: (returncode, TGT principal or None)."""
+        cache = os.path.join(self.directory, "ccache-%d" % time.monotonic_ns())
+        env = {"PATH": "/usr/bin:/bin", "KRB5_CONFIG": self.krb5_conf, "KRB5CCNAME": "FILE:" + cache}
+        result = subprocess.run([KINIT, "--keytab=FILE:%s" % keytab_path, "--use-keytab", principal], env=env,
+                                stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)
+        if result.returncode != 0:
+            return result.returncode, None
+        listing = subprocess.run(["heimtools", "klist"], env=env, capture_output=True, text=True, timeout=30, check=False)
+        tgt = "krbtgt/%s@%s" % (self.realm, self.realm)
+        return result.returncode, tgt if tgt in listing.stdout else None
+
+
+ADMIN = "orchestrator"
+"""The authorised caller's common name (authorized_clients) of KadminService."""
+
+POLICY = {"start": "kdc", "default": "reject", "filters": {"kdc": [
+    {"name": "no-denied-host", "if": {"equal": ".principal", "value": "host/denied.example.test@" + REALM}, "action": "reject"},
+    {"name": "admins-only", "if": {"not-elementof": ".caller", "value": [ADMIN]}, "action": "reject"},
+    {"name": "kadmin-commands", "if": {"elementof": ".hookname", "value": [
+        "kdcsvc::add", "kdcsvc::get", "kdcsvc::del", "kdcsvc::ext_keytab", "kdcsvc::rotate"]}, "action": "accept",
+     "otherwise": "reject"},
+]}}
+
+
+def _write_pem(path, *items):
+    with open(path, "wb") as handle:
+        handle.write(b"".join(items))
+    return path
+
+
+class KadminService(object):
+    """The kadmin app over TLS on https://localhost:<port> (``url``) in front of a scratch Realm
+    (``realm``), the way nginx runs it: client certificates optional, verified against a bundle
+    of three CAs (the enrollment CA, the service-client CA and a foreign CA) and passed on as
+    SSL_CLIENT_*; the policy app over TLS on another port (``policy_url``) unless ``policy``
+    is a dict used as is for the app's policy config. Client credentials (cert, key paths):
+    ``admin`` (service CA, CN orchestrator), ``enrolled_admin`` (enrollment CA, CN orchestrator),
+    ``foreign_admin`` (foreign CA, CN orchestrator), ``intruder`` (service CA, CN intruder).
+    ``ca_file`` verifies the servers; ``audit`` is the audit log; close() stops both."""
+
+    def __init__(self, tmp_path, policy=None):
+        tmp = str(tmp_path)
+        self.realm = Realm(os.path.join(tmp, "realm"))
+        paths = pki.bootstrap_site_credentials(os.path.join(tmp, "cred"), "t", ["localhost"], [ADMIN])["paths"]
+        self.ca_file = paths["ca_cert"]
+        self.enrolled_admin = (paths["client_%s_cert" % ADMIN], paths["client_%s_key" % ADMIN])
+        issuers = {}
+        for label in ("service", "foreign"):
+            key, cert = pki.create_ca("t %s client CA" % label)
+            issuers[label] = pki.Issuer(key, [cert])
+            _write_pem(os.path.join(tmp, "%s-ca.pem" % label), pki.certificate_pem(cert))
+        self.service_ca_file = os.path.join(tmp, "service-ca.pem")
+
+        def client(label, issuer, common_name):
+            key = pki.new_private_key("ec-p256")
+            cert = issuers[issuer].issue(key.public_key(), "https-client", common_name, org="t")
+            return (_write_pem(os.path.join(tmp, "%s.pem" % label), pki.certificate_pem(cert)),
+                    _write_pem(os.path.join(tmp, "%s.key" % label), key.private_bytes(
+                        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())))
+        self.admin = client("admin", "service", ADMIN)
+        self.foreign_admin = client("foreign-admin", "foreign", ADMIN)
+        self.intruder = client("intruder", "service", "intruder")
+        bundle = os.path.join(tmp, "nginx-client-cas.pem")
+        with open(bundle, "wb") as out:
+            for name in (self.ca_file, self.service_ca_file, os.path.join(tmp, "foreign-ca.pem")):
+                with open(name, "rb") as handle:
+                    out.write(handle.read())
+        self._stack = contextlib.ExitStack()
+        if policy is None:
+            policy_file = os.path.join(tmp, "kdc-policy.json")
+            with open(policy_file, "w", encoding="utf-8") as handle:
+                json.dump(POLICY, handle)
+            papp = policy_app.create_app({"policy_file": policy_file, "audit_log": os.path.join(tmp, "policy-audit.log")})
+            self.policy_url = self._stack.enter_context(serve_wsgi(papp, paths["server_cert"], paths["server_key"]))
+            policy = {"url": self.policy_url, "ca_file": self.ca_file, "timeout": 5}
+        self.audit = os.path.join(tmp, "kadmin-audit.log")
+        self.config = {"realm": REALM, "kdc_conf": self.realm.conf, "kadmin": self.realm.binary,
+                       "authorized_clients": [ADMIN], "service_ca_file": self.service_ca_file,
+                       "policy": policy, "audit_log": self.audit}
+        self.app = kadmin_app.create_app(self.config)
+        self.url = self._stack.enter_context(serve_wsgi(self.app, paths["server_cert"], paths["server_key"], client_ca=bundle,
+                                                        verify_mode=ssl.CERT_OPTIONAL, request_handler=NginxLikeHandler))
+
+    def client(self, creds=None):
+        """A KadminClient presenting ``creds`` (default: the authorised admin; False: no certificate)."""
+        creds = self.admin if creds is None else creds
+        return KadminClient(self.url, self.ca_file, *(creds or (None, None)), timeout=30)
+
+    def audit_lines(self):
+        try:
+            with open(self.audit, "r", encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle]
+        except FileNotFoundError:
+            return []
+
+    def close(self):
+        self._stack.close()
