@@ -83,7 +83,7 @@ def main():
         policy_file = os.path.join(tmp, "policy.json")
         with open(policy_file, "w", encoding="utf-8") as handle:
             handle.write(text)
-        client = policy_app.create_app({"policy_file": policy_file, "audit_log": os.path.join(tmp, "audit")}).test_client()
+        client = policy_app.create_app({"policy_file": policy_file, "audit_log": os.path.join(tmp, "audit"), "require_client_cert": False}).test_client()
         body = {"hookname": "enrollsvc::add_request", "request_uid": "bench", "params": cases["accept ws1 (user check via call+scope)"]}
         per_s, count = rate(lambda: client.post("/run", json=body))
         print("through the Flask test client (POST /run, audit to file): %.0f requests/s (%d runs)" % (per_s, count))

@@ -149,13 +149,17 @@ class KadminService(object):
         self.realm = Realm(os.path.join(tmp, "realm"))
         paths = pki.bootstrap_site_credentials(os.path.join(tmp, "cred"), "t", ["localhost"], [ADMIN])["paths"]
         self.ca_file = paths["ca_cert"]
-        self.enrolled_admin = (paths["client_%s_cert" % ADMIN], paths["client_%s_key" % ADMIN])
-        issuers = {}
-        for label in ("service", "foreign"):
-            key, cert = pki.create_ca("t %s client CA" % label)
-            issuers[label] = pki.Issuer(key, [cert])
-            _write_pem(os.path.join(tmp, "%s-ca.pem" % label), pki.certificate_pem(cert))
-        self.service_ca_file = os.path.join(tmp, "service-ca.pem")
+        # the site's own service-client CA (svc-ca) issued the orchestrator certificate
+        self.service_client_ca = paths["svc_ca_cert"]
+        self.admin = (paths["client_%s_cert" % ADMIN], paths["client_%s_key" % ADMIN])
+        with open(paths["ca_key"], "rb") as key_in, open(paths["ca_cert"], "rb") as cert_in:
+            enrollment_ca = pki.Issuer.from_pem(key_in.read(), cert_in.read(), reserve_service_names=False)
+        with open(paths["svc_ca_key"], "rb") as key_in, open(paths["svc_ca_cert"], "rb") as cert_in:
+            service_ca = pki.Issuer.from_pem(key_in.read(), cert_in.read(), reserve_service_names=False)
+        key, cert = pki.create_ca("t foreign client CA")
+        _write_pem(os.path.join(tmp, "foreign-ca.pem"), pki.certificate_pem(cert))
+        # the attack certificates: the name check of the generators is off, as on an older site
+        issuers = {"enrollment": enrollment_ca, "service": service_ca, "foreign": pki.Issuer(key, [cert], reserve_service_names=False)}
 
         def client(label, issuer, common_name):
             key = pki.new_private_key("ec-p256")
@@ -163,12 +167,12 @@ class KadminService(object):
             return (_write_pem(os.path.join(tmp, "%s.pem" % label), pki.certificate_pem(cert)),
                     _write_pem(os.path.join(tmp, "%s.key" % label), key.private_bytes(
                         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())))
-        self.admin = client("admin", "service", ADMIN)
+        self.enrolled_admin = client("enrolled-admin", "enrollment", ADMIN)
         self.foreign_admin = client("foreign-admin", "foreign", ADMIN)
         self.intruder = client("intruder", "service", "intruder")
         bundle = os.path.join(tmp, "nginx-client-cas.pem")
         with open(bundle, "wb") as out:
-            for name in (self.ca_file, self.service_ca_file, os.path.join(tmp, "foreign-ca.pem")):
+            for name in (self.ca_file, self.service_client_ca, os.path.join(tmp, "foreign-ca.pem")):
                 with open(name, "rb") as handle:
                     out.write(handle.read())
         self._stack = contextlib.ExitStack()
@@ -176,12 +180,12 @@ class KadminService(object):
             policy_file = os.path.join(tmp, "kdc-policy.json")
             with open(policy_file, "w", encoding="utf-8") as handle:
                 json.dump(POLICY, handle)
-            papp = policy_app.create_app({"policy_file": policy_file, "audit_log": os.path.join(tmp, "policy-audit.log")})
+            papp = policy_app.create_app({"policy_file": policy_file, "audit_log": os.path.join(tmp, "policy-audit.log"), "require_client_cert": False})
             self.policy_url = self._stack.enter_context(serve_wsgi(papp, paths["server_cert"], paths["server_key"]))
             policy = {"url": self.policy_url, "ca_file": self.ca_file, "timeout": 5}
         self.audit = os.path.join(tmp, "kadmin-audit.log")
         self.config = {"realm": REALM, "kdc_conf": self.realm.conf, "kadmin": self.realm.binary,
-                       "authorized_clients": [ADMIN], "service_ca_file": self.service_ca_file,
+                       "authorized_clients": [ADMIN], "service_client_ca": self.service_client_ca,
                        "policy": policy, "audit_log": self.audit}
         self.app = kadmin_app.create_app(self.config)
         self.url = self._stack.enter_context(serve_wsgi(self.app, paths["server_cert"], paths["server_key"], client_ca=bundle,

@@ -7,13 +7,13 @@ Wire format v1: docs/kerberos.md. Logic: kerberos/kadmin.py.
 
 Every call needs a caller whose verified client certificate (nginx, web.wsgi.client_identity)
 has a common name in ``authorized_clients`` AND was issued by the service-client CA
-(``service_ca_file``): an enrolled host's certificate from the enrollment CA never qualifies,
+(``service_client_ca``): an enrolled host's certificate from the enrollment CA never qualifies,
 whatever its CN. Each call is then decided by the policy (hook ``kdcsvc::<cmd>``, params
 ``principal`` and ``caller``) and fails closed: policy unreachable or failing → 503, reject → 403.
 One JSON line per call goes to ``audit_log`` (caller, cmd, principal, result; never key material).
 
 Configuration: the JSON file named by $HCP_KADMIN_CONFIG: ``realm``, ``kdc_conf``,
-``authorized_clients`` (list of CNs), ``service_ca_file``, ``policy`` ({"url": "https://...",
+``authorized_clients`` (list of CNs), ``service_client_ca``, ``policy`` ({"url": "https://...",
 "ca_file", "client_cert", "client_key", "timeout"} or {"file": path}), optional ``audit_log``,
 ``kadmin`` (binary), ``kadmin_timeout``, ``max_content_length`` (default 64 KiB).
 """
@@ -33,13 +33,6 @@ try:
 except ImportError:  # pragma: no cover - checked by create_app_base
     flask = None
 
-try:
-    from cryptography import x509
-    from cryptography.exceptions import InvalidSignature
-except ImportError:  # pragma: no cover - reported by _load_service_cas
-    x509 = None
-    InvalidSignature = None
-
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.errors import (
     KadminError,
@@ -56,7 +49,9 @@ from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     create_app_base,
     json_error,
     load_config,
+    load_service_client_ca,
     request_json,
+    service_client_error,
 )
 
 CONFIG_ENV = "HCP_KADMIN_CONFIG"
@@ -97,46 +92,6 @@ class AuditLog(object):
                 sys.stderr.flush()
 
 
-def _load_service_cas(path):
-    """The CA certificates of ``service_ca_file`` (PEM bundle); ServiceConfigError when none."""
-    if x509 is None:
-        raise ServiceConfigError("the Python library 'cryptography' is required by the kadmin API")
-    if not isinstance(path, str) or not path:
-        raise ServiceConfigError("kadmin API configuration needs service_ca_file (the service-client CA)")
-    try:
-        with open(path, "rb") as handle:
-            cas = x509.load_pem_x509_certificates(handle.read(1024 * 1024))
-    except OSError as exc:
-        raise ServiceConfigError("cannot read service_ca_file %s: %s" % (path, exc.strerror)) from None
-    except ValueError:
-        raise ServiceConfigError("service_ca_file %s holds no PEM certificate" % path) from None
-    return cas
-
-
-# TODO(merge): use wsgi service-identity helper
-def issued_by_service_ca(pem, service_cas, now=None):
-    """True when the certificate ``pem`` (text) was signed by one of ``service_cas`` and is
-    valid at ``now``. nginx verified the chain against its whole client CA bundle (which also
-    trusts the enrollment CA); this narrows callers to certificates of the service-client CA."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    try:
-        cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            return False
-        for ca in service_cas:
-            if ca.subject != cert.issuer:
-                continue
-            try:
-                cert.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return True
-    # cryptography parses lazily and raises several types: any failure is "not a service caller"
-    except Exception:  # pylint: disable=broad-except
-        return False
-    return False
-
-
 def _policy_from_config(conf):
     """LocalPolicy ({"file"}) or PolicyClient ({"url", ...}); ServiceConfigError otherwise (no policy = no service)."""
     if not isinstance(conf, dict) or not (conf.get("file") or conf.get("url")):
@@ -175,7 +130,9 @@ def create_app(config=None, kadmin=None):
     (ServiceConfigError, PrincipalNameError) when the configuration is incomplete."""
     config = config if config is not None else load_config(CONFIG_ENV, required=True)
     realm, authorized = _check_config(config)
-    service_cas = _load_service_cas(config.get("service_ca_file"))
+    if not isinstance(config.get("service_client_ca"), str) or not config["service_client_ca"]:
+        raise ServiceConfigError("kadmin API configuration needs service_client_ca (the service-client CA)")
+    service_cas = load_service_client_ca(config["service_client_ca"])
     policy = _policy_from_config(config.get("policy"))
     if kadmin is None:
         kadmin = Kadmin(config["kdc_conf"], realm, kadmin=config.get("kadmin"), timeout=config.get("kadmin_timeout", 30))
@@ -187,7 +144,7 @@ def create_app(config=None, kadmin=None):
         ident = client_identity(flask.request.environ)
         if ident is None:
             raise Refused("a verified client certificate is required", 403)
-        if ident.get("cn") not in authorized or not issued_by_service_ca(ident["pem"], service_cas):
+        if ident.get("cn") not in authorized or service_client_error(ident, service_cas) is not None:
             raise Refused("client %s is not authorized for the kadmin API" % ascii((ident.get("cn") or "")[:64]), 403)
         return {"cn": ident["cn"], "subject": ident["subject"], "fingerprint_sha256": ident["fingerprint_sha256"]}
 

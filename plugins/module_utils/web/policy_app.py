@@ -5,10 +5,11 @@
 
 ``POST /run`` decides on ``{hookname, request_uid, params}`` with the policy file named in
 the configuration (JSON file named by ``HCP_POLICY_CONFIG``: ``policy_file``, ``audit_log``,
-``max_body``, ``service_client_ca``, ``authorized_clients``); ``GET /healthcheck`` reports the
-policy in force. With ``service_client_ca`` (the site's service-client CA, PEM file) ``/run``
-answers only callers with a certificate of that CA (and, with ``authorized_clients``, one of
-those common names, shell patterns): 403 for anyone else. The policy file is reloaded
+``max_body``, ``service_client_ca``, ``authorized_clients``, ``require_client_cert``); ``GET
+/healthcheck`` reports the policy in force. ``/run`` answers only callers with a certificate of
+``service_client_ca`` (the site's service-client CA, PEM file; and, with ``authorized_clients``,
+one of those common names, shell patterns): 403 for anyone else. Without ``service_client_ca``
+the service does not start, unless ``require_client_cert`` is false (anyone may ask). The policy file is reloaded
 when it changes, only if it validates. Wire format and audit log: docs/policy-service.md.
 """
 
@@ -106,7 +107,13 @@ def create_app(config=None):
     max_body = config.get("max_body", DEFAULT_MAX_BODY)
     if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body < 1:
         raise common.ServiceConfigError("max_body must be a positive integer")
-    service_cas = common.load_service_client_ca(config["service_client_ca"]) if config.get("service_client_ca") else None
+    # fail closed: callers are checked unless the configuration says, explicitly, that nobody is
+    require_client_cert = config.get("require_client_cert", True)
+    if not isinstance(require_client_cert, bool):
+        raise common.ServiceConfigError("require_client_cert must be a boolean")
+    if require_client_cert and not config.get("service_client_ca"):
+        raise common.ServiceConfigError("policy service configuration needs service_client_ca (or require_client_cert: false)")
+    service_cas = common.load_service_client_ca(config["service_client_ca"]) if require_client_cert else None
     authorized = config.get("authorized_clients")
     if authorized is not None and (not isinstance(authorized, list) or not all(isinstance(p, str) and p for p in authorized)):
         raise common.ServiceConfigError("authorized_clients must be a list of non-empty strings")

@@ -28,6 +28,8 @@ SERVER_SIDE = (
     LIB + ".web.enroll_app",
     LIB + ".web.policy_app",
     LIB + ".web.control_tower_app",
+    LIB + ".web.kadmin_app",
+    LIB + ".kerberos.kadmin",
 )
 
 
@@ -54,6 +56,12 @@ def test_host_side_attestation_imports_no_server_code(module):
     assert LIB + ".attestation.protocol" in loaded or module.endswith(".install")
     leaked = [m for m in loaded if m.startswith(SERVER_SIDE)]
     assert leaked == []
+
+
+def test_kerberos_client_imports_no_server_code():
+    loaded = loaded_modules(LIB + ".kerberos.client")
+    assert LIB + ".kerberos.client" in loaded
+    assert [m for m in loaded if m.startswith(SERVER_SIDE)] == []
 
 
 def test_the_server_side_list_is_real():

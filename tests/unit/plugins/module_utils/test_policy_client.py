@@ -37,7 +37,7 @@ def write(path, doc, bump=0):
 def _app(tmp_path):
     policy_file = str(tmp_path / "policy.json")
     write(policy_file, POLICY)
-    return policy_app.create_app({"policy_file": policy_file, "audit_log": str(tmp_path / "audit")})
+    return policy_app.create_app({"policy_file": policy_file, "audit_log": str(tmp_path / "audit"), "require_client_cert": False})
 
 
 @pytest.fixture

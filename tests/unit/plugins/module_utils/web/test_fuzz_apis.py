@@ -324,7 +324,7 @@ def policy(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz-policy")
     policy_file = base / "policy.json"
     policy_file.write_text(json.dumps({"start": "main", "filters": {"main": [{"name": "all", "action": "accept"}]}}))
-    app = policy_app.create_app({"policy_file": str(policy_file), "audit_log": str(base / "audit.jsonl"), "max_body": 64 * 1024})
+    app = policy_app.create_app({"policy_file": str(policy_file), "audit_log": str(base / "audit.jsonl"), "max_body": 64 * 1024, "require_client_cert": False})
     return {"client": app.test_client(), "file": policy_file, "text": policy_file.read_text()}
 
 

@@ -188,7 +188,7 @@ def test_healthcheck_tells_anonymous_callers_nothing(service, tmp_path):
 
 
 @pytest.mark.parametrize("change", [
-    {"policy": None}, {"policy": {}}, {"policy": {"url": "http://127.0.0.1:1"}}, {"service_ca_file": None},
+    {"policy": None}, {"policy": {}}, {"policy": {"url": "http://127.0.0.1:1"}}, {"service_client_ca": None},
     {"authorized_clients": []}, {"authorized_clients": "orchestrator"}, {"kdc_conf": "relative.conf"},
     {"max_content_length": True},
 ])
@@ -198,7 +198,7 @@ def test_incomplete_configuration_refuses_to_start(service, change, tmp_path):
         kadmin_app.create_app(config)
     (tmp_path / "not-pem").write_text("nothing")
     with pytest.raises(ServiceConfigError):
-        kadmin_app.create_app(dict(service.config, service_ca_file=str(tmp_path / "not-pem")))
+        kadmin_app.create_app(dict(service.config, service_client_ca=str(tmp_path / "not-pem")))
 
 
 def test_policy_receives_principal_and_caller(service, tmp_path):

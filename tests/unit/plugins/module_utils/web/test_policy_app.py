@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from ansible_collections.hcp.core.plugins.module_utils.policy.engine import PolicyValidationError
 from ansible_collections.hcp.core.plugins.module_utils.web import policy_app
+from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import ServiceConfigError
 
 POLICY = {"start": "main", "filters": {"main": [
     {"if": {"not-equal": ".hookname", "value": "enrollsvc::add_request"}, "action": "reject"},
@@ -38,7 +39,7 @@ def service(tmp_path):
     policy_file = str(tmp_path / "policy.json")
     audit = str(tmp_path / "audit.jsonl")
     write_policy(policy_file, POLICY)
-    app = policy_app.create_app({"policy_file": policy_file, "audit_log": audit, "max_body": 4096})
+    app = policy_app.create_app({"policy_file": policy_file, "audit_log": audit, "max_body": 4096, "require_client_cert": False})
     return app.test_client(), policy_file, audit
 
 
@@ -113,7 +114,7 @@ def test_engine_error_is_500_and_audited(tmp_path):
     policy_file = str(tmp_path / "p.json")
     write_policy(policy_file, {"start": "a", "filters": {"a": {"action": "call", "call": "b", "scope": [
         {"import": ".x", "source": ".missing"}], "on-return": "accept"}, "b": {"action": "return"}}})
-    client = policy_app.create_app({"policy_file": policy_file, "audit_log": str(tmp_path / "a")}).test_client()
+    client = policy_app.create_app({"policy_file": policy_file, "audit_log": str(tmp_path / "a"), "require_client_cert": False}).test_client()
     response = run(client, {})
     assert response.status_code == 500 and response.get_json()["decision"] == "error"
     assert audit_lines(str(tmp_path / "a"))[0]["decision"] == "error"
@@ -149,7 +150,21 @@ def test_invalid_policy_at_start_refuses_to_start(tmp_path):
     policy_file = str(tmp_path / "p.json")
     write_policy(policy_file, {"start": "a", "filters": {"a": {"action": "jump", "jump": "nowhere"}}})
     with pytest.raises(PolicyValidationError, match='no filter named "nowhere"'):
-        policy_app.create_app({"policy_file": policy_file})
+        policy_app.create_app({"policy_file": policy_file, "require_client_cert": False})
+
+
+def test_no_caller_check_only_when_configured_so(tmp_path):
+    """Fail closed: a policy service whose configuration names no service-client CA does not
+    start (it used to answer anyone who got through nginx)."""
+    policy_file = str(tmp_path / "p.json")
+    write_policy(policy_file, {"start": "a", "filters": {"a": {"action": "accept"}}})
+    for config in ({}, {"require_client_cert": True}, {"service_client_ca": ""}):
+        with pytest.raises(ServiceConfigError, match="needs service_client_ca"):
+            policy_app.create_app(dict(config, policy_file=policy_file))
+    with pytest.raises(ServiceConfigError, match="must be a boolean"):
+        policy_app.create_app({"policy_file": policy_file, "require_client_cert": "no"})
+    client = policy_app.create_app({"policy_file": policy_file, "require_client_cert": False}).test_client()
+    assert client.post("/run", json={"hookname": "h", "request_uid": "u", "params": {}}).status_code == 200
 
 
 def test_caller_identity_in_audit(service):
