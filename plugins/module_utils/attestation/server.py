@@ -49,7 +49,9 @@ from ansible_collections.hcp.core.plugins.module_utils.attestation.protocol impo
     response_aad,
     unb64 as _unb64,
 )
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
+from ansible_collections.hcp.core.plugins.module_utils.tpm import policy as tpm_policy
 from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import MANIFEST_FORMAT, verify_entry
@@ -62,7 +64,7 @@ from ansible_collections.hcp.core.plugins.module_utils.errors import (
     QuoteVerificationError,
 )
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
-from ansible_collections.hcp.core.plugins.module_utils.tpm.device import PCR_BANKS, ekpubhash as compute_ekpubhash, parse_pcr_indices
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import ekpubhash as compute_ekpubhash
 
 try:
     from cryptography.exceptions import InvalidTag
@@ -253,8 +255,8 @@ def golden_pcrs(files):
     if not raw:
         return {}
     try:
-        profile = json.loads(raw)
-    except ValueError:
+        profile = jsonutil.loads(raw, what="the entry's clientprofile")
+    except jsonutil.JsonInputError:
         raise AttestUnavailableError("the entry's clientprofile is not JSON")
     section = profile.get("attest") if isinstance(profile, dict) else None
     pcrs = section.get("pcrs") if isinstance(section, dict) else None
@@ -264,15 +266,13 @@ def golden_pcrs(files):
         raise PcrPolicyError("the host's profile attest.pcrs is not an object")
     out = {}
     for bank, values in pcrs.items():
-        if bank not in PCR_BANKS or not isinstance(values, dict):
-            raise PcrPolicyError("the host's profile attest.pcrs has an unsupported bank %r" % (bank,))
-        for idx, value in values.items():
-            try:
-                index = parse_pcr_indices([idx])[0]
-                digest = bytes.fromhex(value)
-            except (ValueError, TypeError):
-                raise PcrPolicyError("the host's profile attest.pcrs.%s.%s is not a PCR index and hex value" % (bank, idx))
-            out.setdefault(bank, {})[str(index)] = digest.hex()
+        # the one PCR-value validator (whole-string matches), as enrollment and envelopes use it
+        try:
+            parsed = tpm_policy.parse_pcr_values(bank, values, where="the host's profile attest.pcrs")
+        except ValueError as exc:
+            raise PcrPolicyError(str(exc)) from None
+        if parsed:
+            out[bank] = parsed
     return out
 
 

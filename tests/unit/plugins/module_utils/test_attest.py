@@ -313,3 +313,24 @@ def test_entry_cache_follows_the_snapshot_head(swtpm, tmp_path):
     assert not os.path.exists(os.path.join(db.path, "refs", "heads", "main"))
     assert db.head_from_refs() == db.head()
     assert EnrollmentDb(str(tmp_path)).head_from_refs() is None
+
+
+@pytest.mark.parametrize("pcrs", [
+    {"sha256": {"07": "00" * 32}}, {"sha256": {"7\n": "00" * 32}}, {"sha256": {"+7": "00" * 32}},
+    {"sha256": {"24": "00" * 32}}, {"sha256": {"7": "00" * 32 + "\n"}}, {"sha256": {"7": "00" * 31}},
+    {"sha256": {"7": " " + "00" * 32}}, {"md5": {"7": "00" * 16}}, {"sha256": ["7"]}, ["sha256"],
+])
+def test_golden_pcrs_are_read_with_the_one_strict_validator(pcrs):
+    """The server read a profile's golden values with int()/bytes.fromhex, which accept a
+    trailing newline, signs, leading zeros and spaces; now the validator of enrollment and
+    envelopes (tpm/policy.parse_pcr_values) decides, whole-string."""
+    files = {"clientprofile": json.dumps({"attest": {"pcrs": pcrs}}).encode()}
+    with pytest.raises(protocol.PcrPolicyError):
+        attest.golden_pcrs(files)
+
+
+def test_golden_pcrs_normalised():
+    files = {"clientprofile": json.dumps({"attest": {"pcrs": {"sha256": {"7": "AB" * 32, "0": "00" * 32}}}}).encode()}
+    assert attest.golden_pcrs(files) == {"sha256": {"0": "00" * 32, "7": "ab" * 32}}
+    assert attest.golden_pcrs({"clientprofile": b'{"attest": {"pcrs": {}}}'}) == {}
+    assert attest.golden_pcrs({}) == {}
