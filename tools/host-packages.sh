@@ -12,6 +12,7 @@ PACKAGES=(
   docker.io debootstrap git rsync shellcheck
   heimdal-clients heimdal-kdc softhsm2 openssl systemd
   nginx-light uwsgi-core uwsgi-plugin-python3
+  openssh-server krb5-user
 )
 
 missing=()
@@ -33,5 +34,9 @@ apt-get install -y -qq -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/
 if [[ " ${missing[*]} " == *" heimdal-kdc "* ]]; then
   systemctl disable --now heimdal-kdc openbsd-inetd >/dev/null 2>&1 || true
   update-inetd --disable kerberos-adm >/dev/null 2>&1 || true
+fi
+# openssh-server is here for sshd (tests start their own on loopback): the system ssh service stays off.
+if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+  systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
 fi
 log "host packages installed"
