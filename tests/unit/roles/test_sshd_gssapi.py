@@ -69,17 +69,31 @@ def _trusted(value):
     return value
 
 
-def render_dropin(**overrides):
-    """The drop-in as the role writes it for ``overrides`` (role defaults and vars below)."""
+def _templar(**overrides):
     variables = {}
     for name in ("defaults/main.yml", "vars/main.yml"):
         with open(os.path.join(ROLE, name), "r", encoding="utf-8") as handle:
             variables.update(_trusted(yaml.safe_load(handle)))
     variables.update(inventory_hostname="localhost", ansible_managed="Ansible managed", ansible_check_mode=False)
     variables.update(overrides)
+    return Templar(loader=DataLoader(), variables=variables)
+
+
+def render_dropin(**overrides):
+    """The drop-in as the role writes it for ``overrides`` (role defaults and vars below)."""
     with open(os.path.join(ROLE, "templates", "sshd-gssapi.conf.j2"), "r", encoding="utf-8") as handle:
         source = handle.read()
-    return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(source))
+    return _templar(**overrides).template(trust_as_template(source))
+
+
+def role_effective_check(effective, **overrides):
+    """The conditions of the role's task "Check the effective sshd configuration", evaluated by
+    Ansible's templating on ``effective`` (the output of ``sshd -T``): {condition: bool}."""
+    with open(os.path.join(ROLE, "tasks", "main.yml"), "r", encoding="utf-8") as handle:
+        tasks = yaml.safe_load(handle)
+    task = [t for t in tasks if t.get("name") == "Check the effective sshd configuration"][0]
+    templar = _templar(__sshd_effective={"stdout_lines": effective.splitlines()}, **overrides)
+    return dict((cond, templar.template(trust_as_template("{{ %s }}" % cond))) for cond in task["ansible.builtin.assert"]["that"])
 
 
 def _settings(text):
@@ -164,6 +178,7 @@ class Sshd(object):
     def __init__(self, directory, dropin, keytab, krb5_conf_path):
         self.dir = str(directory)
         os.makedirs(self.dir, exist_ok=True)
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory (sshd -t, sshd)
         self.port = free_port()
         hostkey = os.path.join(self.dir, "ssh_host_ed25519_key")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostkey], check=True, capture_output=True, timeout=60)
@@ -180,7 +195,6 @@ class Sshd(object):
         return subprocess.run([SSHD, "-t", "-f", self.config], capture_output=True, text=True, timeout=60, check=False)
 
     def __enter__(self):
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 ["unshare", "--uts", "--", "/bin/sh", "-c", 'hostname "$1" && exec "$2" -D -e -f "$3"', "sh", HOST, SSHD, self.config],
@@ -294,6 +308,29 @@ def test_dropin_defaults_are_gssapi_only_and_pass_sshd_t(tmp_path):
     assert opened["AuthenticationMethods"] == "gssapi-with-mic publickey password"
     assert opened["PasswordAuthentication"] == opened["PubkeyAuthentication"] == "yes"
     assert opened["GSSAPIStrictAcceptorCheck"] == "no" and opened["PermitRootLogin"] == "prohibit-password"
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"sshd_password_authentication": True, "sshd_permit_root_login": "prohibit-password"},
+    {"sshd_authentication_methods": ["publickey,gssapi-with-mic", "gssapi-with-mic"], "sshd_gssapi_strict_acceptor_check": False},
+])
+def test_role_check_of_the_effective_configuration(tmp_path, overrides):
+    """The role reads `sshd -T` after installing the drop-in: its check passes on the drop-in as
+    sshd reads it, and fails when another file read first (a drop-in sorted before ours, or
+    settings above the Include) overrides the values."""
+    server = Sshd(tmp_path / "ours", render_dropin(**overrides), "/nonexistent.keytab", "/nonexistent.conf")
+    effective = subprocess.run([SSHD, "-T", "-f", server.config], capture_output=True, text=True, timeout=60, check=False)
+    assert effective.returncode == 0, effective.stderr
+    checks = role_effective_check(effective.stdout, **overrides)
+    assert all(checks.values()), checks
+    # the attack: an earlier file turns password logins on and accepts any method
+    first = "PasswordAuthentication yes\nKbdInteractiveAuthentication yes\nAuthenticationMethods any\nGSSAPIAuthentication no\n"
+    server = Sshd(tmp_path / "overridden", first + render_dropin(**overrides), "/nonexistent.keytab", "/nonexistent.conf")
+    effective = subprocess.run([SSHD, "-T", "-f", server.config], capture_output=True, text=True, timeout=60, check=False)
+    assert effective.returncode == 0, effective.stderr
+    checks = role_effective_check(effective.stdout, **overrides)
+    assert not all(checks.values()), checks
 
 
 def test_gssapi_login_with_keytab_ticket(lab):
