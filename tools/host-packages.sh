@@ -12,8 +12,11 @@ PACKAGES=(
   docker.io debootstrap git rsync shellcheck
   heimdal-clients heimdal-kdc softhsm2 openssl systemd
   nginx-light uwsgi-core uwsgi-plugin-python3
-  openssh-server krb5-user
+  openssh-server
 )
+# Not krb5-user (MIT kinit/klist): it Conflicts with heimdal-clients, and installing it would
+# remove heimdal-clients and heimdal-kdc. The MIT side is tested through the MIT GSSAPI library
+# that OpenSSH uses (libgssapi-krb5-2), which can also get a TGT itself from a client keytab.
 
 missing=()
 for p in "${PACKAGES[@]}"; do
