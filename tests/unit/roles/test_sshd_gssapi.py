@@ -101,7 +101,7 @@ def _settings(text):
     out = {}
     for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
-            key, _, value = line.partition(" ")
+            key, value = line.split(" ", 1)
             assert key not in out, "keyword %s twice" % key
             out[key] = value
     return out
