@@ -12,7 +12,11 @@ PACKAGES=(
   docker.io debootstrap git rsync shellcheck
   heimdal-clients heimdal-kdc softhsm2 openssl systemd
   nginx-light uwsgi-core uwsgi-plugin-python3
+  openssh-server
 )
+# Not krb5-user (MIT kinit/klist): it Conflicts with heimdal-clients, and installing it would
+# remove heimdal-clients and heimdal-kdc. The MIT side is tested through the MIT GSSAPI library
+# that OpenSSH uses (libgssapi-krb5-2), which can also get a TGT itself from a client keytab.
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -33,5 +37,9 @@ apt-get install -y -qq -o Dpkg::Options::=--force-confold "${missing[@]}" >/dev/
 if [[ " ${missing[*]} " == *" heimdal-kdc "* ]]; then
   systemctl disable --now heimdal-kdc openbsd-inetd >/dev/null 2>&1 || true
   update-inetd --disable kerberos-adm >/dev/null 2>&1 || true
+fi
+# openssh-server is here for sshd (tests start their own on loopback): the system ssh service stays off.
+if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+  systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
 fi
 log "host packages installed"

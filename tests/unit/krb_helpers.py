@@ -57,9 +57,11 @@ def runs(log):
 class Realm(object):
     """A scratch realm in ``directory``: kdc.conf (``conf``; the KDC on loopback ``port``),
     krb5.conf for clients (``krb5_conf``), database under ``directory/db``, initialised;
-    ``kadmin`` is a Kadmin driving it through the recording wrapper (``log``)."""
+    ``kadmin`` is a Kadmin driving it through the recording wrapper (``log``). ``pkinit``
+    ({"identity_cert", "identity_key", "anchors"} paths, kdc_conf_sections' argument) turns
+    PKINIT on in the KDC; ``pkinit_anchors`` (a CA file) in the clients' krb5.conf."""
 
-    def __init__(self, directory, realm=REALM):
+    def __init__(self, directory, realm=REALM, pkinit=None, pkinit_anchors=None):
         directory = str(directory)
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
@@ -70,9 +72,10 @@ class Realm(object):
         self.kdc_log = os.path.join(directory, "kdc.log")
         with open(self.conf, "w", encoding="utf-8") as handle:
             handle.write(krbconf.render(krbconf.kdc_conf_sections(
-                realm, os.path.join(directory, "db"), ports=[self.port], addresses=["127.0.0.1"], log_file=self.kdc_log)))
+                realm, os.path.join(directory, "db"), ports=[self.port], addresses=["127.0.0.1"], log_file=self.kdc_log,
+                pkinit=pkinit)))
         with open(self.krb5_conf, "w", encoding="utf-8") as handle:
-            handle.write(krbconf.render(krbconf.krb5_conf_sections(realm, ["127.0.0.1:%d" % self.port])))
+            handle.write(krbconf.render(krbconf.krb5_conf_sections(realm, ["127.0.0.1:%d" % self.port], pkinit_anchors=pkinit_anchors)))
         self.binary, self.log = recording_kadmin(directory)
         self.kadmin = Kadmin(self.conf, realm, kadmin=self.binary)
         self.kadmin.init_realm()
