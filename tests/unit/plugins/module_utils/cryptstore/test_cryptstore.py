@@ -34,6 +34,7 @@ from ansible_collections.hcp.core.plugins.module_utils.cryptstore.errors import 
 )
 from ansible_collections.hcp.core.plugins.module_utils.cryptstore.store import CryptStore, store_exists
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import UnsafePathError
+from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope as env_mod
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_b64
 
 SECRET = b"disk-key:" + bytes(range(256)) + b":end"
@@ -365,3 +366,25 @@ def test_tampered_item_files_refused(swtpm, tmp_path):
     os.unlink(path / "cryptstore.json")
     with pytest.raises(StoreFormatError, match="refusing to make a new store"):
         _open(swtpm, path, create=True)
+
+
+@pytest.mark.parametrize("entry", [
+    {"name": "../../../etc/cron.d/evil", "type": "other", "data": "eA=="},
+    {"name": "ok", "type": "x509", "data": "bm90IGEgY2VydA=="},
+    {"name": "ok", "type": "password", "data": "eA=="},
+    {"name": "ok", "type": "other", "data": "not base64!"},
+    {"name": "ok", "type": "other", "data": "eA==", "path": "/etc/shadow"},
+])
+def test_forged_bundle_with_hostile_items_refused(other_swtpm, tmp_path, entry):
+    # a bundle is not origin-authenticated: anyone with B's EK public key can seal one for B
+    payload = {"format": bundle_mod.PAYLOAD_FORMAT, "version": 1, "created": 0, "source": {"store_id": "x", "ekpubhash": "y"},
+               "items": [{"name": "fine", "type": "other", "data": "eA=="}, entry]}
+    with other_swtpm.open() as tpm:
+        envelope = env_mod.seal(tpm.ek_public(), json.dumps(payload).encode(), None, fingerprint=False)
+    raw = bundle_mod.dumps({"format": bundle_mod.FORMAT, "version": 1, "ekpubhash": envelope["ekpubhash"], "envelope": envelope})
+    b = _open(other_swtpm, tmp_path / "b", create=True)
+    before = _snapshot(tmp_path)
+    with other_swtpm.open() as tpm:
+        with pytest.raises((BundleError, InvalidItemError)):
+            bundle_mod.import_bundle(b, tpm, raw)
+    assert _snapshot(tmp_path) == before and b.names() == []
