@@ -279,6 +279,31 @@ def test_kill_9_during_put_keeps_the_previous_value(swtpm, tmp_path):
     assert sorted(os.listdir(path / "items")) == ["disk-key.item"]
 
 
+FULL_WRITER = r"""
+import errno, resource, signal, sys
+from ansible_collections.hcp.core.plugins.module_utils.cryptstore.store import CryptStore
+from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
+with Tpm(sys.argv[2]) as tpm:
+    store = CryptStore.open(sys.argv[1], tpm)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))  # every write past 100 kB fails: the disk is full
+try:
+    store.put("disk-key", b"NEW" * 100000, "key")
+except OSError as exc:
+    print("refused", errno.errorcode[exc.errno])
+"""
+
+
+def test_full_disk_during_put_keeps_the_previous_value(swtpm, tmp_path):
+    path = tmp_path / "store"
+    _open(swtpm, path, create=True).put("disk-key", SECRET, "key")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", FULL_WRITER, str(path), swtpm.tcti], env=env, stdout=subprocess.PIPE, check=True, timeout=120)
+    assert out.stdout == b"refused EFBIG\n"
+    assert sorted(os.listdir(path / "items")) == ["disk-key.item"]  # the partial temporary file was removed
+    assert _open(swtpm, path).get("disk-key").data == SECRET
+
+
 @pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", "/etc", "x/", ".hidden", "a..b", "a\n", "a\0b", "a b",
                                   "é", "x" * 129, "-x", "a\\b", None, 7])
 def test_bad_names_refused(swtpm, tmp_path, name):
