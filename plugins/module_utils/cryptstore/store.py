@@ -254,8 +254,8 @@ class CryptStore(object):
         sealed_to, local = meta["master_key"]["ekpubhash"], tpm.ekpubhash()
         if not hmac.compare_digest(sealed_to, local):
             raise StoreTpmMismatchError(
-                "cryptstore %s is sealed to the TPM with EK %s…, but this TPM's EK is %s… (TPM replaced, or the store copied "
-                "from another host): refusing to open it; nothing was changed. Restore that TPM, or make a new store and "
+                "cryptstore %s is sealed to the TPM with EK %s…, but this TPM's EK is %s… (TPM replaced, the store copied "
+                "from another host, or another ek_type): refusing to open it; nothing was changed. Restore that TPM, or make a new store and "
                 "import the items from an export bundle" % (path, sealed_to[:16], local[:16]))
         try:
             master = env_mod.unseal(tpm, meta["master_key"])
