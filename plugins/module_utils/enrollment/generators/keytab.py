@@ -60,7 +60,7 @@ class KerberosEnrollmentError(HcpError):
 def _api_error(action, principal, exc):
     status = 403 if exc.status == 403 else 503
     what = "refused" if status == 403 else "unavailable"
-    return KerberosEnrollmentError("kadmin API %s: %s of %s failed, nothing stored: %s" % (what, action, principal, exc), status)
+    return KerberosEnrollmentError("kadmin API %s: %s of %s failed: %s" % (what, action, principal, exc), status)
 
 
 class HostPrincipals(object):
