@@ -36,6 +36,7 @@ from ansible_collections.hcp.core.plugins.module_utils.enrollment import profile
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.generators import keytab as keytab_generator
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.client import KadminApiError, KadminClient
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.errors import KadminError
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.principal import validate_realm
 from ansible_collections.hcp.core.plugins.module_utils.policy import client as policy_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError, MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.tpm import ek_trust
@@ -163,12 +164,16 @@ def check_kerberos_config(conf, realm=None):
     timeout = conf.get("timeout", 30)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
         raise ServiceConfigError("configuration kerberos.timeout must be a number of seconds in (0, 600]")
-    if realm is not None and conf.get("realm") != realm:
+    try:
+        krb_realm = validate_realm(conf.get("realm"))
+    except KadminError as exc:
+        raise ServiceConfigError("configuration kerberos.realm: %s" % exc) from None
+    if realm is not None and krb_realm != realm:
         raise ServiceConfigError("configuration kerberos.realm must be the configuration's realm %s" % ascii(realm)[:80])
     try:
         client = KadminClient(url, ca_file=conf.get("ca_file"), client_cert=conf["client_cert"],
                               client_key=conf["client_key"], timeout=timeout)
-        return keytab_generator.HostPrincipals(client, conf.get("realm"))
+        return keytab_generator.HostPrincipals(client, krb_realm)
     except (KadminApiError, KadminError, MissingDependencyError) as exc:
         raise ServiceConfigError("configuration kerberos refused: %s" % exc) from None
 
@@ -330,7 +335,7 @@ class EnrollmentService(object):
         if owner is not None:
             raise enroll_db.AlreadyEnrolledError("hostname %s is already enrolled with TPM %s" % (hostname, owner))
 
-    def _principals(self, data, ekpubhash):
+    def _principals(self, data, ekpubhash, hostname):
         """The Kerberos principals of an entry's ``keytab-principals`` record ``data`` ([] when
         None). An entry with principals on a service without ``kerberos``: ServiceError 503."""
         if data is None:
@@ -338,7 +343,7 @@ class EnrollmentService(object):
         if self.kerberos is None:
             raise ServiceError("entry %s has Kerberos principals but this service has no kerberos configuration: "
                                "refused, nothing changed" % ekpubhash, 503)
-        return self.kerberos.recorded(data, "entry %s" % ekpubhash)
+        return self.kerberos.recorded(data, hostname, "entry %s" % ekpubhash)
 
     def _delete(self, prefix, who):
         """Unenrollment. With Kerberos principals in the entries, each entry is deleted on its
@@ -348,7 +353,7 @@ class EnrollmentService(object):
         owned = []
         for victim in self.db.query(prefix, nofiles=True) if prefix else []:
             record = self.db.read_file(enroll_db.entry_dir(victim["ekpubhash"]) + "/" + keytab_generator.PRINCIPALS_ASSET)
-            owned.append((victim, self._principals(record, victim["ekpubhash"])))
+            owned.append((victim, self._principals(record, victim["ekpubhash"], victim["hostname"])))
         if not any(names for _v, names in owned):  # db.delete refuses an empty prefix, or finds nothing
             return self.db.delete(prefix, message="delete: %s by %s" % (prefix, who))
         deleted = []
@@ -391,14 +396,14 @@ class EnrollmentService(object):
             if current is None:
                 raise enroll_db.NotEnrolledError("no enrollment for ekpubhash %s" % h)
             host = current["hostname"].decode().strip()
-            before = self._principals(current.get(keytab_generator.PRINCIPALS_ASSET), h)
+            before = self._principals(current.get(keytab_generator.PRINCIPALS_ASSET), h, host)
             _h, _host, files, summary = enroll.build_entry(
                 self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll",
                 policy_check=self.policy_check("reenroll"), caller=caller)
             # principals the entry had and the new profile no longer asks for: deleted now
             # (fail closed), before the entry that no longer lists them is stored
             if before:
-                after = set(self.kerberos.recorded(files[keytab_generator.PRINCIPALS_ASSET], "new entry")
+                after = set(self.kerberos.recorded(files[keytab_generator.PRINCIPALS_ASSET], host, "new entry")
                             if keytab_generator.PRINCIPALS_ASSET in files else [])
                 self.kerberos.remove([p for p in before if p not in after])
             enroll.store_entry(self.db, self.enrollment_config(), h, host, files,

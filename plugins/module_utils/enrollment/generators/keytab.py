@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 
+from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.attestation import install as keytab_format
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.asset_contract import Asset, AssetGenerator, register
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.generators.common import fail, section, string_list
@@ -37,6 +38,7 @@ from ansible_collections.hcp.core.plugins.module_utils.kerberos.client import Ka
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.errors import KadminError
 
 MAX_PRINCIPALS = 16
+MAX_RECORD_BYTES = 64 * 1024
 KEYTAB_ASSET = "krb5.keytab"
 PRINCIPALS_ASSET = "keytab-principals"
 PRINCIPALS_FORMAT = "hcp.core.keytab-principals"
@@ -98,20 +100,21 @@ class HostPrincipals(object):
                 names.append(canonical)
         return names
 
-    def recorded(self, data, what="entry"):
-        """The principals of a stored ``keytab-principals`` record (bytes), each re-checked as
-        a host-based name of the recorded host in the managed realm; KerberosEnrollmentError
-        (503) when the record cannot be used: deleting the entry would leave its principals
-        behind, so the operation is refused (fail closed)."""
+    def recorded(self, data, hostname, what="entry"):
+        """The principals of a stored ``keytab-principals`` record (bytes) of the entry of
+        ``hostname``, each re-checked as a host-based name of that host in the managed realm;
+        KerberosEnrollmentError (503) when the record cannot be used: deleting the entry would
+        leave its principals behind, so the operation is refused (fail closed)."""
         try:
-            record = json.loads(data.decode("utf-8"))
+            record = jsonutil.loads(data, "the keytab-principals record", max_bytes=MAX_RECORD_BYTES, max_depth=4)
             if not isinstance(record, dict) or record.get("format") != PRINCIPALS_FORMAT:
                 raise ValueError("not a %s record" % PRINCIPALS_FORMAT)
             if record.get("realm") != self.realm:
                 raise ValueError("its principals are in realm %r, the service manages %s" % (record.get("realm"), self.realm))
             names = record.get("principals")
-            hostname = record.get("hostname")
-            if not isinstance(names, list) or not names or len(names) > MAX_PRINCIPALS + 1 or not isinstance(hostname, str):
+            if record.get("hostname") != hostname:
+                raise ValueError("it names another host")
+            if not isinstance(names, list) or not names or len(names) > MAX_PRINCIPALS + 1:
                 raise ValueError("malformed principal list")
             return [self.host_based(n, hostname) for n in names]
         except (ValueError, HcpError) as exc:
