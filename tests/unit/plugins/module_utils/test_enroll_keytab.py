@@ -196,7 +196,7 @@ def test_kadmin_down_fails_closed(site, other_swtpm):
     assert db.head() == head
 
 
-def test_delete_is_retried_once_kadmin_is_back(site, tmp_path):
+def test_delete_is_retried_once_kadmin_is_back(site):
     """The entry kept by a failed unenrollment is deleted by the next run; a principal already
     gone (deleted by the failed run's first call, or by hand) counts as deleted."""
     db = site["db"]
