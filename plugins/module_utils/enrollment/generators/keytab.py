@@ -84,7 +84,7 @@ class HostPrincipals(object):
         try:
             canonical = krb_principal.validate_principal(name, self.realm)
         except KadminError as exc:
-            raise fail(KeytabGenerator.name, key, str(exc))
+            raise fail(KeytabGenerator.name, key, str(exc)) from None
         components, _realm = krb_principal.split_principal(canonical)
         if len(components) != 2 or components[1] != hostname:
             raise fail(KeytabGenerator.name, key, "%s is not a service principal of this host (<service>/%s@%s)"
