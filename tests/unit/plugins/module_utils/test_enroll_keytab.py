@@ -249,6 +249,17 @@ def test_principal_of_another_host_is_refused(site, principals):
     assert runs(site["kadmin"].realm.log) == [] and site["kadmin"].audit_lines() == []
 
 
+def test_other_generator_failure_changes_nothing_in_the_realm(site):
+    """``keytab`` listed first still runs last: a profile error of a later generator (a missing
+    secret) refuses the enrollment before any principal is made."""
+    head = site["db"].head()
+    with pytest.raises(GeneratorError, match="secret 'missing' is not available"):
+        _add(site, profile={"assets": ["keytab", "hostname", "secrets"], "secrets": ["missing"]})
+    assert site["db"].head() == head
+    assert runs(site["kadmin"].realm.log) == [] and site["kadmin"].audit_lines() == []
+    assert HOST_P not in site["kadmin"].realm.names()
+
+
 def test_duplicate_hostname_does_not_rekey_the_enrolled_host(site, other_swtpm):
     """The attack: another TPM enrolls under an enrolled hostname. Refused (409) before the
     keytab generator runs: the enrolled host's keys are not rotated (they would be without the
