@@ -268,6 +268,7 @@ def test_duplicate_hostname_does_not_rekey_the_enrolled_host(site, other_swtpm):
     before = _info(site, HOST_P)
     with other_swtpm.open() as tpm:
         other_ek = ek_public_pem(tpm.ek_public())
+
     def enrollsvc_calls():
         return [a for a in site["kadmin"].audit_lines() if a["caller"] == ENROLLSVC]
     calls = enrollsvc_calls()
