@@ -131,6 +131,15 @@ POLICY = {"start": "kdc", "default": "reject", "filters": {"kdc": [
 ]}}
 
 
+def policy_for(callers):
+    """POLICY with the admins-only rule allowing ``callers`` (service identities) as well."""
+    policy = json.loads(json.dumps(POLICY))
+    for rule in policy["filters"]["kdc"]:
+        if rule["name"] == "admins-only":
+            rule["if"]["value"] = [ADMIN] + list(callers)
+    return policy
+
+
 def _write_pem(path, *items):
     with open(path, "wb") as handle:
         handle.write(b"".join(items))
@@ -145,12 +154,15 @@ class KadminService(object):
     is a dict used as is for the app's policy config. Client credentials (cert, key paths):
     ``admin`` (service CA, CN orchestrator), ``enrolled_admin`` (enrollment CA, CN orchestrator),
     ``foreign_admin`` (foreign CA, CN orchestrator), ``intruder`` (service CA, CN intruder).
+    ``callers``: more service identities (service CA), authorised and allowed by the default
+    policy like the admin; their credentials in ``clients[name]``.
     ``ca_file`` verifies the servers; ``audit`` is the audit log; close() stops both."""
 
-    def __init__(self, tmp_path, policy=None):
+    def __init__(self, tmp_path, policy=None, callers=()):
         tmp = str(tmp_path)
         self.realm = Realm(os.path.join(tmp, "realm"))
-        paths = pki.bootstrap_site_credentials(os.path.join(tmp, "cred"), "t", ["localhost"], [ADMIN])["paths"]
+        paths = pki.bootstrap_site_credentials(os.path.join(tmp, "cred"), "t", ["localhost"], [ADMIN] + list(callers))["paths"]
+        self.clients = dict((name, (paths["client_%s_cert" % name], paths["client_%s_key" % name])) for name in callers)
         self.ca_file = paths["ca_cert"]
         # the site's own service-client CA (svc-ca) issued the orchestrator certificate
         self.service_client_ca = paths["svc_ca_cert"]
@@ -182,13 +194,13 @@ class KadminService(object):
         if policy is None:
             policy_file = os.path.join(tmp, "kdc-policy.json")
             with open(policy_file, "w", encoding="utf-8") as handle:
-                json.dump(POLICY, handle)
+                json.dump(policy_for(callers), handle)
             papp = policy_app.create_app({"policy_file": policy_file, "audit_log": os.path.join(tmp, "policy-audit.log"), "require_client_cert": False})
             self.policy_url = self._stack.enter_context(serve_wsgi(papp, paths["server_cert"], paths["server_key"]))
             policy = {"url": self.policy_url, "ca_file": self.ca_file, "timeout": 5}
         self.audit = os.path.join(tmp, "kadmin-audit.log")
         self.config = {"realm": REALM, "kdc_conf": self.realm.conf, "kadmin": self.realm.binary,
-                       "authorized_clients": [ADMIN], "service_client_ca": self.service_client_ca,
+                       "authorized_clients": [ADMIN] + list(callers), "service_client_ca": self.service_client_ca,
                        "policy": policy, "audit_log": self.audit}
         self.app = kadmin_app.create_app(self.config)
         self.url = self._stack.enter_context(serve_wsgi(self.app, paths["server_cert"], paths["server_key"], client_ca=bundle,

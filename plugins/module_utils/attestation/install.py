@@ -145,16 +145,21 @@ def keytab_principals(data):
     return out
 
 
-def merge_keytabs(existing, incoming):
+def merge_keytabs(existing, incoming, authoritative=False):
     """Keytab bytes holding every entry of ``incoming`` and the entries of ``existing`` that
-    ``incoming`` does not replace (same principal, kvno and enctype)."""
+    ``incoming`` does not replace (same principal, kvno and enctype). ``authoritative``: the
+    incoming keytab carries every key its principals still have (the enrollment ``keytab``
+    generator's, exported by the realm after a rotation), so every existing entry of those
+    principals is replaced (old kvnos the realm pruned or voided go); entries of other
+    principals are kept."""
     new = parse_keytab(incoming)
     new_keys = set(_keytab_entry_key(raw)[:2] + _keytab_entry_key(raw)[3:] for raw in new)
+    new_principals = set(_keytab_entry_key(raw)[:2] for raw in new) if authoritative else set()
     kept = []
     if existing:
         for raw in parse_keytab(existing):
             key = _keytab_entry_key(raw)
-            if key[:2] + key[3:] not in new_keys:
+            if key[:2] + key[3:] not in new_keys and key[:2] not in new_principals:
                 kept.append(raw)
     out = [KEYTAB_MAGIC]
     for raw in kept + new:
@@ -269,7 +274,8 @@ def plan(manifest, assets, root="/", rules=None, unavailable=None, site=None):
             if info is not None and current is None:
                 raise AssetInstallError("asset %s: the installed keytab %s is larger than %d bytes"
                                         % (name, path, MAX_KEYTAB_SIZE))
-            content = merge_keytabs(current, content)
+            # the hint's "authoritative" comes from the signed manifest (rules cannot set it)
+            content = merge_keytabs(current, content, authoritative=spec.get("authoritative") is True)
         content_changed = current is None or not hmac.compare_digest(current, content)
         attrs_changed = info is not None and ((info.st_mode & 0o7777) != mode or info.st_uid != pw.pw_uid
                                               or info.st_gid != gid)

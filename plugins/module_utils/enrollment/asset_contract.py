@@ -73,7 +73,10 @@ class GeneratorContext(object):
     (ENROLL_HOSTNAME, ENROLL_DOMAIN, ENROLL_ID, ENROLL_REALM, ...). ``issuer``: a
     ``pki.Issuer`` (enrollment CA key + certificate chain) or None. ``secrets``: operator
     secrets available to this enrollment, name -> bytes. ``now``: aware UTC datetime of
-    the enrollment (all validity periods start here, so tests can pin time).
+    the enrollment (all validity periods start here, so tests can pin time). ``operation``:
+    ``add`` or ``reenroll``. ``kerberos``: the enrollment service's side of the kadmin API
+    (``generators.keytab.HostPrincipals``) or None when the service has no ``kerberos``
+    configuration.
     """
 
     hostname: str
@@ -84,12 +87,19 @@ class GeneratorContext(object):
     issuer: object
     secrets: dict
     now: object
+    operation: str = "add"
+    kerberos: object = None
 
 
 class AssetGenerator(object):
-    """Base class: subclasses set ``name`` and implement ``generate``."""
+    """Base class: subclasses set ``name`` and implement ``generate``.
+
+    ``side_effects``: True for a generator that changes something outside the entry (the
+    ``keytab`` generator creates and re-keys principals through the kadmin API). The pipeline
+    runs such generators after every other one, so a profile error elsewhere changes nothing."""
 
     name = None
+    side_effects = False
 
     def generate(self, ctx):  # pragma: no cover - interface
         """Return a list of :class:`Asset` for ``ctx``; raise GeneratorError on bad input."""

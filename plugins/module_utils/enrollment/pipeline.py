@@ -33,10 +33,12 @@ class EnrollmentConfig(object):
     """Server side of an enrollment: profiles, issuer, signer, secrets, EK trust.
 
     ``ek_trust``: vendor_ca (default; needs ``vendor_cas``), allow_list (needs ``ek_allow_list``)
-    or tofu (tpm/ek_trust.py); EkTrustConfigError here when it cannot work."""
+    or tofu (tpm/ek_trust.py); EkTrustConfigError here when it cannot work. ``kerberos``: the
+    kadmin API side of the ``keytab`` generator (generators.keytab.HostPrincipals) or None."""
 
     def __init__(self, issuer, signer, preclient=None, postclient=None, realm=None, env=None,
-                 secrets=None, vendor_cas=None, ek_trust=DEFAULT_MODE, ek_allow_list=None, reserved_names=()):
+                 secrets=None, vendor_cas=None, ek_trust=DEFAULT_MODE, ek_allow_list=None, reserved_names=(),
+                 kerberos=None):
         self.issuer = issuer
         self.signer = signer
         self.preclient = preclient or {}
@@ -48,6 +50,7 @@ class EnrollmentConfig(object):
         self.vendor_cas = self.ek_trust.vendor_cas
         # the site's service client names, reserved like orchestrator/attest-* (pki.reserved_service_name)
         self.reserved_names = tuple(reserved_names or ())
+        self.kerberos = kerberos
 
     def __repr__(self):
         return "EnrollmentConfig(realm=%r, %d secrets)" % (self.realm, len(self.secrets))
@@ -64,7 +67,7 @@ class PolicyRejectedError(HcpError):
 
 
 def build_entry(config, ek_data, hostname, client_profile, now=None, operation="add", policy_check=None, caller=None,
-                generation=None):
+                generation=None, before_generate=None):
     """Everything one entry holds: (ekpubhash, hostname, files {name: bytes}, summary).
 
     The manifest is signed only with a ``generation`` (the DB generation of the commit that
@@ -74,6 +77,11 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
     ``policy_check(params)``: called with the hook payload (hostname, ekpubhash, operation,
     auth.client_cert = ``caller``, the merged profile, and ``__env`` at the top level) after
     the profile merge and before any asset is generated; it raises to refuse.
+    ``before_generate(ekpubhash, hostname)``: called after the policy check, before the first
+    generator runs (the service refuses there a TPM or hostname already enrolled, before the
+    ``keytab`` generator changes anything in the realm).
+
+    Generators with ``side_effects`` (``keytab``) run after all the others, in profile order.
 
     ``summary`` (safe to return/log): ekpubhash, hostname, assets [{name, sensitive}],
     profile (the effective profile without ``__env``)."""
@@ -97,10 +105,15 @@ def build_entry(config, ek_data, hostname, client_profile, now=None, operation="
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise enroll_profile.ProfileError("profile 'assets' must be a list of distinct generator names")
     generators = [asset_contract.get_generator(n) for n in names]
+    # stable: the others keep their order; those changing something outside the entry go last
+    generators.sort(key=lambda g: bool(g.side_effects))
+    if before_generate is not None:
+        before_generate(ekhash, hostname)
     # Golden PCR values seal every sensitive asset to them unless seal_policy says otherwise.
     policy = enroll_profile.seal_policy(profile)
     ctx = asset_contract.GeneratorContext(
-        hostname, ekhash, public.marshal(), profile, profile["__env"], config.issuer, config.secrets, now
+        hostname, ekhash, public.marshal(), profile, profile["__env"], config.issuer, config.secrets, now,
+        operation=operation, kerberos=getattr(config, "kerberos", None),
     )
     files = {
         "ek.pub": public.marshal(),

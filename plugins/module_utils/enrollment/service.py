@@ -13,7 +13,9 @@ benchmarks, the CLI) writes run in-process.
 Configuration (JSON, docs/enrollment-service.md): db, credentials_dir (ca.key, ca.pem,
 signer.key, signer.pub.pem), preclient, postclient, realm, env, secrets_dir,
 ek_trust (vendor_ca | allow_list | tofu, default vendor_ca), vendor_ca_dir, ek_allow_list, writer (argv) or
-writer_socket (unix socket path), signer_pub, policy, authorized_clients, service_client_ca, reserved_names.
+writer_socket (unix socket path), signer_pub, policy, authorized_clients, service_client_ca, reserved_names,
+kerberos ({url, ca_file, client_cert, client_key, realm, timeout}: the kadmin API the ``keytab``
+generator and unenrollment call with the service identity; docs/kerberos.md "Principal lifecycle").
 """
 
 from __future__ import annotations
@@ -31,12 +33,16 @@ from ansible_collections.hcp.core.plugins.module_utils.enrollment import asset_c
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import db as enroll_db
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import profile as enroll_profile
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.generators import keytab as keytab_generator
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.client import KadminApiError, KadminClient
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.errors import KadminError
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.principal import validate_realm
 from ansible_collections.hcp.core.plugins.module_utils.policy import client as policy_client
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, InvalidEkError, MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.tpm import ek_trust
 
 # Exit codes of the writer process <-> HTTP statuses.
-EXIT_STATUS = {0: 200, 2: 400, 3: 409, 4: 404, 5: 403}
+EXIT_STATUS = {0: 200, 2: 400, 3: 409, 4: 404, 5: 403, 6: 503}
 MAX_REQUEST_BYTES = 256 * 1024
 
 
@@ -130,6 +136,48 @@ def check_ek_trust_config(config):
         raise ServiceConfigError("configuration EK trust refused: %s" % exc) from None
 
 
+KERBEROS_KEYS = frozenset(["url", "ca_file", "client_cert", "client_key", "realm", "timeout"])
+
+
+def check_kerberos_config(conf, realm=None):
+    """The ``keytab`` generator's side of the kadmin API (generators.keytab.HostPrincipals) from
+    config ``kerberos`` ({"url": "https://...", "ca_file", "client_cert", "client_key", "realm",
+    "timeout"}), or None without one. Checked at start-up (no request is made): an ``http://``
+    URL, a missing client certificate (the service identity), an invalid realm or one that is
+    not the configuration's ``realm`` stop the service here (ServiceConfigError)."""
+    if conf is None:
+        return None
+    if not isinstance(conf, dict):
+        raise ServiceConfigError("configuration kerberos must be a JSON object")
+    unknown = sorted(set(conf) - KERBEROS_KEYS)
+    if unknown:
+        raise ServiceConfigError("configuration kerberos: unknown keys %s" % ", ".join(ascii(k)[:40] for k in unknown[:5]))
+    url = conf.get("url")
+    if not isinstance(url, str) or not url.startswith("https://"):
+        raise ServiceConfigError("configuration kerberos.url must be the kadmin API's https:// URL")
+    for key in ("client_cert", "client_key"):
+        if not isinstance(conf.get(key), str) or not os.path.isabs(conf[key]):
+            raise ServiceConfigError("configuration kerberos.%s must be an absolute path (the enrollment service's "
+                                     "service identity toward the kadmin API)" % key)
+    if conf.get("ca_file") is not None and (not isinstance(conf["ca_file"], str) or not os.path.isabs(conf["ca_file"])):
+        raise ServiceConfigError("configuration kerberos.ca_file must be an absolute path")
+    timeout = conf.get("timeout", 30)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
+        raise ServiceConfigError("configuration kerberos.timeout must be a number of seconds in (0, 600]")
+    try:
+        krb_realm = validate_realm(conf.get("realm"))
+    except KadminError as exc:
+        raise ServiceConfigError("configuration kerberos.realm: %s" % exc) from None
+    if realm is not None and krb_realm != realm:
+        raise ServiceConfigError("configuration kerberos.realm must be the configuration's realm %s" % ascii(realm)[:80])
+    try:
+        client = KadminClient(url, ca_file=conf.get("ca_file"), client_cert=conf["client_cert"],
+                              client_key=conf["client_key"], timeout=timeout)
+        return keytab_generator.HostPrincipals(client, krb_realm)
+    except (KadminApiError, KadminError, MissingDependencyError) as exc:
+        raise ServiceConfigError("configuration kerberos refused: %s" % exc) from None
+
+
 def _policy_client(conf):
     return policy_client.PolicyClient(conf["url"], ca_file=conf.get("ca_file"), client_cert=conf.get("client_cert"),
                                       client_key=conf.get("client_key"), timeout=conf.get("timeout", 5))
@@ -137,7 +185,7 @@ def _policy_client(conf):
 
 def classify(exc):
     """HTTP status of a library exception."""
-    if isinstance(exc, ServiceError):
+    if isinstance(exc, (ServiceError, keytab_generator.KerberosEnrollmentError)):
         return exc.status
     if isinstance(exc, jsonutil.JsonInputError):
         return 400
@@ -178,6 +226,7 @@ class EnrollmentService(object):
     def __init__(self, config):
         check_policy_config(config.get("policy"))
         self.ek_trust = check_ek_trust_config(config)
+        self.kerberos = check_kerberos_config(config.get("kerberos"), config.get("realm"))
         self.config = config
         self.db = enroll_db.EnrollmentDb(config["db"])
         self._enroll_config = None
@@ -222,7 +271,7 @@ class EnrollmentService(object):
             self._enroll_config = enroll.EnrollmentConfig(
                 issuer, signer, preclient=c.get("preclient"), postclient=c.get("postclient"), realm=c.get("realm"),
                 env=c.get("env"), secrets=secrets, vendor_cas=self.ek_trust.vendor_cas, ek_trust=self.ek_trust.mode,
-                ek_allow_list=self.ek_trust.allow_list or None, reserved_names=reserved,
+                ek_allow_list=self.ek_trust.allow_list or None, reserved_names=reserved, kerberos=self.kerberos,
             )
         return self._enroll_config
 
@@ -276,6 +325,45 @@ class EnrollmentService(object):
     def janitor(self):
         return self._write({"op": "janitor"})
 
+    def _not_enrolled(self, ekpubhash, hostname):
+        """``before_generate`` of an add: refuse (409) a TPM or hostname already enrolled before
+        any generator runs, so a refused enrollment never re-keys the enrolled host's principals.
+        db.add checks again under the DB lock."""
+        if self.db.read_file(enroll_db.entry_dir(ekpubhash) + "/ekpubhash") is not None:
+            raise enroll_db.AlreadyEnrolledError("TPM %s is already enrolled" % ekpubhash)
+        owner = self.db.by_hostname(hostname)
+        if owner is not None:
+            raise enroll_db.AlreadyEnrolledError("hostname %s is already enrolled with TPM %s" % (hostname, owner))
+
+    def _principals(self, data, ekpubhash, hostname):
+        """The Kerberos principals of an entry's ``keytab-principals`` record ``data`` ([] when
+        None). An entry with principals on a service without ``kerberos``: ServiceError 503."""
+        if data is None:
+            return []
+        if self.kerberos is None:
+            raise ServiceError("entry %s has Kerberos principals but this service has no kerberos configuration: "
+                               "refused, nothing changed" % ekpubhash, 503)
+        return self.kerberos.recorded(data, hostname, "entry %s" % ekpubhash)
+
+    def _delete(self, prefix, who):
+        """Unenrollment. With Kerberos principals in the entries, each entry is deleted on its
+        own: first its principals through the kadmin API (one already gone counts as deleted),
+        then the entry, in one commit. Fail closed: when the kadmin API refuses or cannot be
+        reached, the entry stays (503/403) and the delete can simply be run again."""
+        owned = []
+        for victim in self.db.query(prefix, nofiles=True) if prefix else []:
+            record = self.db.read_file(enroll_db.entry_dir(victim["ekpubhash"]) + "/" + keytab_generator.PRINCIPALS_ASSET)
+            owned.append((victim, self._principals(record, victim["ekpubhash"], victim["hostname"])))
+        if not any(names for _v, names in owned):  # db.delete refuses an empty prefix, or finds nothing
+            return self.db.delete(prefix, message="delete: %s by %s" % (prefix, who))
+        deleted = []
+        for victim, names in owned:
+            if names:
+                self.kerberos.remove(names)
+            deleted.extend(self.db.delete(victim["ekpubhash"], message="delete: %s by %s (principals %s deleted)"
+                                          % (victim["ekpubhash"], who, " ".join(names) or "none")))
+        return deleted
+
     def perform(self, request):
         """Run one write request in this process (the writer side)."""
         op = request.get("op")
@@ -297,7 +385,7 @@ class EnrollmentService(object):
                     raise ServiceError("ekpub is neither PEM nor base64", 400)
             h, host, files, summary = enroll.build_entry(
                 self.enrollment_config(), data, request.get("hostname"), request.get("profile"),
-                policy_check=self.policy_check("add"), caller=caller)
+                policy_check=self.policy_check("add"), caller=caller, before_generate=self._not_enrolled)
             enroll.store_entry(self.db, self.enrollment_config(), h, host, files, message="add: %s %s by %s" % (host, h, who))
             return summary
         if op == "reenroll":
@@ -308,9 +396,16 @@ class EnrollmentService(object):
             if current is None:
                 raise enroll_db.NotEnrolledError("no enrollment for ekpubhash %s" % h)
             host = current["hostname"].decode().strip()
+            before = self._principals(current.get(keytab_generator.PRINCIPALS_ASSET), h, host)
             _h, _host, files, summary = enroll.build_entry(
                 self.enrollment_config(), current["ek.pub"], host, current.get("clientprofile"), operation="reenroll",
                 policy_check=self.policy_check("reenroll"), caller=caller)
+            # principals the entry had and the new profile no longer asks for: deleted now
+            # (fail closed), before the entry that no longer lists them is stored
+            if before:
+                after = set(self.kerberos.recorded(files[keytab_generator.PRINCIPALS_ASSET], host, "new entry")
+                            if keytab_generator.PRINCIPALS_ASSET in files else [])
+                self.kerberos.remove([p for p in before if p not in after])
             enroll.store_entry(self.db, self.enrollment_config(), h, host, files,
                                message="reenroll: %s %s by %s" % (host, h, who), replace=True)
             return summary
@@ -319,7 +414,7 @@ class EnrollmentService(object):
             if not isinstance(prefix, str):
                 raise ServiceError("ekpubhash prefix must be a string", 400)
             prefix = prefix.lower()
-            return {"entries": self.db.delete(prefix, message="delete: %s by %s" % (prefix, who))}
+            return {"entries": self._delete(prefix, who)}
         if op == "janitor":
             return {"rewritten_shards": self.db.janitor()}
         raise ServiceError("unknown operation %r" % (op,), 400)

@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from ansible_collections.hcp.core.plugins.module_utils.enrollment.generators import basic, certs, krb5conf, ssh  # noqa: F401
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.generators import basic, certs, keytab, krb5conf, ssh  # noqa: F401
 
-__all__ = ["basic", "certs", "krb5conf", "ssh"]
+__all__ = ["basic", "certs", "keytab", "krb5conf", "ssh"]

@@ -197,3 +197,31 @@ def test_keytab_merge_with_ktutil_keytabs(tmp_path):
         asset_install.merge_keytabs(old, b"\x05\x01junk")
     with pytest.raises(asset_install.KeytabFormatError, match="truncated"):
         asset_install.parse_keytab(old[:-3])
+
+
+@pytest.mark.skipif(KTUTIL is None, reason="ktutil (Heimdal) is not installed")
+def test_authoritative_keytab_replaces_its_principals_entries(tmp_path):
+    """The enrollment keytab generator's hint ("authoritative": the asset has every key the realm
+    still holds for its principals): old kvnos of those principals leave /etc/krb5.keytab, other
+    principals' entries stay. An operator rule cannot set it; without it the merge keeps them."""
+    root = str(tmp_path / "root")
+    os.makedirs(root + "/etc")
+    existing = root + "/etc/krb5.keytab"
+    host = "host/node1.example.test@EXAMPLE.TEST"
+    _ktutil(existing, host, 1)
+    _ktutil(existing, host, 2)
+    _ktutil(existing, "nfs/node1.example.test@EXAMPLE.TEST", 7)
+    old = open(existing, "rb").read()
+    incoming_path = str(tmp_path / "incoming.keytab")
+    _ktutil(incoming_path, host, 2)
+    _ktutil(incoming_path, host, 3)
+    incoming = open(incoming_path, "rb").read()
+    hint = dict(category="keytab", dest="/etc/krb5.keytab", mode="0600", owner="root")
+    with pytest.raises(asset_install.AssetInstallError, match="a rule is false or a mapping"):
+        asset_install.plan(_manifest(_asset("krb5.keytab", True, **hint)), {"krb5.keytab": incoming}, root=root,
+                           rules={"krb5.keytab": {"authoritative": True}})
+    asset_install.install(_manifest(_asset("krb5.keytab", True, authoritative=True, **hint)), {"krb5.keytab": incoming}, root=root)
+    assert _ktlist(existing) == sorted([("2", "aes256-cts-hmac-sha1-96", host), ("3", "aes256-cts-hmac-sha1-96", host),
+                                        ("7", "aes256-cts-hmac-sha1-96", "nfs/node1.example.test@EXAMPLE.TEST")])
+    assert asset_install.merge_keytabs(old, incoming, authoritative=True) == open(existing, "rb").read()
+    assert ("host/node1.example.test@EXAMPLE.TEST", 1, 18) in asset_install.keytab_principals(asset_install.merge_keytabs(old, incoming))
