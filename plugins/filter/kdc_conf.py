@@ -18,8 +18,7 @@ description:
     O(pkinit) is given (RSA certificates, C(pkinit_dh_min_bits = 1536)).
   - With O(kdcs) the file also carries the client settings of the realm (C(krb5_conf_sections) merged in:
     C([realms]) with the KDC list, AES C(default_etypes), PKINIT anchors), so the KDC daemons, ipropd and
-    C(kadmin -l) need this one file. Host names are not canonicalised through DNS (C(dns_canonicalize_hostname = false),
-    C(rdns = false)), kadmin signals ipropd-master over C(<db_dir>/signal), and each KDC's host name (and each of O(domains)) maps to the realm in C([domain_realm]): ipropd
+    C(kadmin -l) need this one file. kadmin signals ipropd-master over C(<db_dir>/signal), and each KDC's host name (and each of O(domains)) maps to the realm in C([domain_realm]): ipropd
     names its own C(iprop/<host>) principal from its host name, which would otherwise fall in the realm of the host's
     DNS domain.
   - Heimdal's daemons log to standard error (the journal, under systemd) unless O(log_file) is given for the KDC.
@@ -126,7 +125,6 @@ def kdc_conf(realm, db_dir=None, ports=(88,), addresses=(), pkinit=None, iprop=F
             client = krbconf.krb5_conf_sections(realm, list(kdcs), pkinit_anchors=pkinit_anchors or None, domains=list(domains))
             libdefaults = dict(client["libdefaults"])
             libdefaults.update(sections["libdefaults"])
-            libdefaults.update({"dns_canonicalize_hostname": False, "rdns": False})
             hosts = dict((krbconf._endpoint(k, "kdcs").rpartition(":")[0] if ":" in k else k, realm)  # pylint: disable=protected-access
                          for k in kdcs)
             hosts.update(client.get("domain_realm", {}))
