@@ -18,7 +18,8 @@ description:
     O(pkinit) is given (RSA certificates, C(pkinit_dh_min_bits = 1536)).
   - With O(kdcs) the file also carries the client settings of the realm (C(krb5_conf_sections) merged in:
     C([realms]) with the KDC list, AES C(default_etypes), PKINIT anchors), so the KDC daemons, ipropd and
-    C(kadmin -l) need this one file. kadmin signals ipropd-master over C(<db_dir>/signal), and each KDC's host name (and each of O(domains)) maps to the realm in C([domain_realm]): ipropd
+    C(kadmin -l) need this one file. kadmin signals ipropd-master over C(<db_dir>/signal) and ipropd
+    keeps its files in C(<db_dir>) (C([hdb] db-dir)), and each KDC's host name (and each of O(domains)) maps to the realm in C([domain_realm]): ipropd
     names its own C(iprop/<host>) principal from its host name, which would otherwise fall in the realm of the host's
     DNS domain.
   - Heimdal's daemons log to standard error (the journal, under systemd) unless O(log_file) is given for the KDC.
@@ -116,9 +117,11 @@ def kdc_conf(realm, db_dir=None, ports=(88,), addresses=(), pkinit=None, iprop=F
             sections["kdc"]["database"]["mkey_file"] = _path(mkey_file, "mkey_file")
         if iprop and iprop_acl:
             sections["kdc"]["iprop-acl"] = _path(iprop_acl, "iprop_acl")
-        # kadmin tells ipropd-master of a change over this socket (default: under the system HDB's
-        # directory /var/lib/heimdal-kdc, which the sandboxed daemons cannot write)
+        # kadmin tells ipropd-master of a change over this socket, and ipropd-master writes its dump
+        # for a full resend into [hdb] db-dir: both default to the system HDB's directory
+        # /var/lib/heimdal-kdc, which the sandboxed daemons cannot write (nor should they use)
         sections["kdc"]["signal_socket"] = _path(os.path.join(db_dir, "signal"), "db_dir")
+        sections["hdb"] = {"db-dir": db_dir}
         if not log_file:
             sections["logging"] = {"kdc": "STDERR", "default": "STDERR"}
         if kdcs:

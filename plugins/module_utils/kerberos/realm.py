@@ -16,6 +16,7 @@ bounded) come back, and root writes the exported secrets into its own directorie
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import pwd
@@ -109,6 +110,11 @@ def run_as(user, func):
         entry = pwd.getpwnam(user)
     except KeyError:
         raise RealmSetupError("user %s does not exist" % ascii(user)[:64], 400) from None
+    # The child cannot import what it has not yet: after dropping to the user it can no longer read
+    # root's module payload (Ansible's temporary directory) nor a root-only Python. Load now what
+    # runs there lazily (strptime's module, the JSON encoder).
+    datetime.datetime.strptime("2000-01-01", "%Y-%m-%d")
+    json.dumps({"warm": [1, "up"]})
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child's coverage is not collected
@@ -167,3 +173,6 @@ def _child(entry, func):  # pragma: no cover - runs in the forked child
         return {"error": name if name in _ERRORS else "RealmSetupError", "status": exc.status, "message": str(exc)}
     except OSError as exc:
         return {"error": "RealmSetupError", "status": 500, "message": "as %s: %s" % (entry.pw_name, exc.strerror or exc)}
+    except Exception as exc:  # pylint: disable=broad-except
+        # never the message: it could quote data the child read
+        return {"error": "RealmSetupError", "status": 500, "message": "as %s: unexpected %s" % (entry.pw_name, type(exc).__name__)}

@@ -92,7 +92,7 @@ def test_export_keytab_and_master_key(world, run_module):
         assert handle.read(2) == b"\x05\x02"
     # never in the result
     listing = subprocess.run(["ktutil", "-k", keytab, "list", "--keys"], capture_output=True, text=True, check=True).stdout
-    secret_key = [line.split()[-1] for line in listing.splitlines() if "aes256" in line][0]
+    secret_key = [line.split()[3] for line in listing.splitlines() if "aes256" in line][0]
     assert secret_key not in out["raw"] and key.hex() not in out["raw"]
     again = run_module(kerberos_realm, task)
     assert again["rc"] == 0 and not again["changed"] and again["written"] == []
