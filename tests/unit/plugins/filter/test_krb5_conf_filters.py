@@ -2,7 +2,7 @@
 # Copyright: hcp.core contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The kdc_conf / krb5_conf filters (what roles/kdc templates): Heimdal's verify_krb5_conf accepts
-their output (through the role's check, which allows only the two settings verify's table lacks),
+their output (through the role's check, which allows only the settings verify's table lacks),
 the library parses it back to the realm's own database, and values that would inject
 configuration are refused."""
 from __future__ import annotations
@@ -43,6 +43,8 @@ def test_primary_conf_verifies_and_names_the_realms_database(tmp_path):
     kdc = parsed["kdc"]
     assert kdc["pkinit_identity"] == ["FILE:%s,%s" % (PKINIT["identity_cert"], PKINIT["identity_key"])]
     assert kdc["iprop-acl"] == ["/etc/hcp/kdc/iprop-acl"] and kdc["signal_socket"] == ["/var/lib/hcp/kdc/%s/signal" % REALM]
+    # ipropd-master's dump and kadmin's signal: in the realm's directory, never /var/lib/heimdal-kdc
+    assert parsed["hdb"]["db-dir"] == ["/var/lib/hcp/kdc/" + REALM] and "/var/lib/heimdal-kdc" not in text
     assert parsed["realms"][REALM][0]["kdc"] == ["localhost", "127.0.0.1:88"]
     assert parsed["domain_realm"]["localhost"] == [REALM] and parsed["domain_realm"][".example.test"] == [REALM]
     assert parsed["logging"]["kdc"] == ["STDERR"]
