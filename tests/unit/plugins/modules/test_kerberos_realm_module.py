@@ -4,7 +4,8 @@
 """hcp.core.kerberos_realm with the real kadmin -l on scratch realms: initialisation once (check
 mode, idempotence), infrastructure principals, keytab and master key export, kadmin run as the
 database owner (``nobody`` here), and the attack that run_as stops: the database owner swaps its
-directory for a link to a root-only realm, whose master key root would otherwise copy out."""
+directory for a link to a root-only realm, whose master key root would otherwise copy out. And the
+exports at work: a secondary replicating the realm by iprop and issuing tickets."""
 from __future__ import annotations
 
 import os
@@ -12,13 +13,16 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
+from ansible_collections.hcp.core.plugins.filter.kdc_conf import kdc_conf as KDC_CONF
 from ansible_collections.hcp.core.plugins.module_utils.kerberos import config as krbconf
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.kadmin import Kadmin
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.realm import run_as
 from ansible_collections.hcp.core.plugins.modules import kerberos_realm
-from ansible_collections.hcp.core.tests.unit.krb_helpers import REALM
+from ansible_collections.hcp.core.tests.unit.krb_helpers import KDC_BINARY, REALM, free_port
 
 OWNER = "nobody"
 IPROP = ["iprop/kdc1.example.test", "iprop/kdc2.example.test"]
@@ -145,3 +149,89 @@ def test_owner_cannot_redirect_root_to_a_root_only_realm(world, run_module):
     assert out["rc"] == 0 and out["written"] == [mkey]
     with open(mkey, "rb") as handle:
         assert handle.read() == secret
+
+
+def test_exports_make_a_working_secondary(world, run_module):
+    """What playbooks/kdc.yml does, on loopback and as the unprivileged database owner: the primary's
+    exports (the secondary's iprop keytab, the master key) let ipropd-slave replicate the realm and the
+    secondary's KDC issue tickets; a principal added on the primary reaches it. Configurations from
+    the kdc_conf filter (the role's template)."""
+    top, owner = world["top"], pwd.getpwnam(OWNER)
+    kdc_ports, iprop_port = [free_port(), free_port()], free_port()
+    kdcs = ["localhost:%d" % port for port in kdc_ports]
+    acl = os.path.join(top, "iprop-acl")
+    with open(acl, "w", encoding="utf-8") as handle:
+        handle.write("iprop/kdc2.example.test@%s\n" % REALM)
+    confs = {"primary": os.path.join(top, "primary.conf"), "secondary": os.path.join(top, "secondary.conf")}
+    secondary_db = os.path.join(world["state"], "replica")
+    mkey = os.path.join(top, "replica-m-key")
+    texts = {
+        "primary": KDC_CONF(REALM, db_dir=world["db"], ports=[kdc_ports[0]], addresses=["127.0.0.1"], iprop=True, iprop_acl=acl,
+                            kdcs=kdcs, domains=["example.test"]),
+        "secondary": KDC_CONF(REALM, db_dir=secondary_db, ports=[kdc_ports[1]], addresses=["127.0.0.1"], mkey_file=mkey,
+                              kdcs=kdcs[::-1], domains=["example.test"]),
+    }
+    for name, text in texts.items():
+        with open(confs[name], "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(confs[name], 0o644)
+    keytab = os.path.join(world["export"], "iprop-kdc2.keytab")
+    out = run_module(kerberos_realm, {"realm": REALM, "kdc_conf": confs["primary"], "run_as": OWNER,
+                                      "principals": ["iprop/localhost", "iprop/kdc2.example.test"],
+                                      "keytabs": {"iprop/kdc2.example.test": keytab}, "master_key_path": mkey})
+    assert out["rc"] == 0 and out["initialised"]
+    # the secondary's copies, readable by the owner's group (the role: 0640 root:hcp-kdc)
+    replica_keytab = os.path.join(top, "replica.keytab")
+    shutil.copy(keytab, replica_keytab)
+    for path in (replica_keytab, mkey):
+        os.chown(path, 0, owner.pw_gid)
+        os.chmod(path, 0o640)
+    as_owner = ["setpriv", "--reuid=%d" % owner.pw_uid, "--regid=%d" % owner.pw_gid, "--clear-groups"]
+    procs = []
+
+    def start(conf, argv):
+        env = {"PATH": "/usr/bin:/bin:/usr/sbin", "KRB5_CONFIG": conf}
+        procs.append(subprocess.Popen(as_owner + argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+
+    def replica_names():
+        return run_as(OWNER, lambda: Kadmin(confs["secondary"], REALM).list("*"))
+
+    try:
+        start(confs["primary"], ["/usr/sbin/ipropd-master", "--config-file=" + confs["primary"], "--realm=" + REALM, "--keytab=HDB:",
+                                 "--database=" + os.path.join(world["db"], "heimdal"), "--hostname=localhost",
+                                 "--port=%d" % iprop_port])
+        start(confs["primary"], [KDC_BINARY, "--config-file=" + confs["primary"]])
+        os.mkdir(secondary_db, 0o700)
+        os.chown(secondary_db, owner.pw_uid, owner.pw_gid)
+        start(confs["secondary"], ["/usr/sbin/ipropd-slave", "--config-file=" + confs["secondary"], "--realm=" + REALM,
+                                   "--keytab=FILE:" + replica_keytab, "--hostname=kdc2.example.test", "--port=%d" % iprop_port,
+                                   "--status-file=" + os.path.join(secondary_db, "status"), "localhost"])
+        start(confs["secondary"], [KDC_BINARY, "--config-file=" + confs["secondary"]])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(secondary_db, "heimdal.db")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "iprop/kdc2.example.test@" + REALM in replica_names()
+        # the secondary's KDC (the primary's master key) issues a ticket to the replicated principal
+        probe = os.path.join(top, "probe.conf")
+        with open(probe, "w", encoding="utf-8") as handle:
+            handle.write(krbconf.render(krbconf.krb5_conf_sections(REALM, [kdcs[1]])))
+        for _ in range(50):
+            result = subprocess.run(as_owner + ["/usr/bin/kinit.heimdal", "--keytab=FILE:" + replica_keytab, "--use-keytab",
+                                                "iprop/kdc2.example.test@" + REALM],
+                                    env={"PATH": "/usr/bin:/bin", "KRB5_CONFIG": probe, "KRB5CCNAME": "MEMORY:p"},
+                                    capture_output=True, text=True, timeout=30, check=False)
+            if result.returncode == 0:
+                break
+            time.sleep(0.1)
+        assert result.returncode == 0, result.stderr
+        run_as(OWNER, lambda: Kadmin(confs["primary"], REALM).add("host/new.example.test") and None)
+        deadline = time.monotonic() + 30
+        while "host/new.example.test@" + REALM not in replica_names():
+            assert time.monotonic() < deadline, "the change never reached the secondary"
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
