@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.filter.kdc_conf import kdc_conf as KDC_CONF
+from ansible_collections.hcp.core.plugins.filter.kdc_conf import kdc_conf as render_kdc_conf
 from ansible_collections.hcp.core.plugins.module_utils.kerberos import config as krbconf
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.kadmin import Kadmin
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.realm import run_as
@@ -166,9 +166,9 @@ def test_exports_make_a_working_secondary(world, run_module):
     secondary_db = os.path.join(world["state"], "replica")
     mkey = os.path.join(top, "replica-m-key")
     texts = {
-        "primary": KDC_CONF(REALM, db_dir=world["db"], ports=[kdc_ports[0]], addresses=["127.0.0.1"], iprop=True, iprop_acl=acl,
+        "primary": render_kdc_conf(REALM, db_dir=world["db"], ports=[kdc_ports[0]], addresses=["127.0.0.1"], iprop=True, iprop_acl=acl,
                             kdcs=kdcs, domains=["example.test"]),
-        "secondary": KDC_CONF(REALM, db_dir=secondary_db, ports=[kdc_ports[1]], addresses=["127.0.0.1"], mkey_file=mkey,
+        "secondary": render_kdc_conf(REALM, db_dir=secondary_db, ports=[kdc_ports[1]], addresses=["127.0.0.1"], mkey_file=mkey,
                               kdcs=kdcs[::-1], domains=["example.test"]),
     }
     for name, text in texts.items():
