@@ -169,7 +169,7 @@ def test_exports_make_a_working_secondary(world, run_module):
         "primary": render_kdc_conf(REALM, db_dir=world["db"], ports=[kdc_ports[0]], addresses=["127.0.0.1"], iprop=True, iprop_acl=acl,
                             kdcs=kdcs, domains=["example.test"]),
         "secondary": render_kdc_conf(REALM, db_dir=secondary_db, ports=[kdc_ports[1]], addresses=["127.0.0.1"], mkey_file=mkey,
-                              kdcs=kdcs[::-1], domains=["example.test"]),
+                              kdcs=kdcs, domains=["example.test"]),
     }
     for name, text in texts.items():
         with open(confs[name], "w", encoding="utf-8") as handle:
@@ -207,11 +207,11 @@ def test_exports_make_a_working_secondary(world, run_module):
         start(confs["secondary"], ["/usr/sbin/ipropd-slave", "--config-file=" + confs["secondary"], "--realm=" + REALM,
                                    "--keytab=FILE:" + replica_keytab, "--hostname=kdc2.example.test", "--port=%d" % iprop_port,
                                    "--status-file=" + os.path.join(secondary_db, "status"), "localhost"])
-        start(confs["secondary"], [KDC_BINARY, "--config-file=" + confs["secondary"]])
         deadline = time.monotonic() + 30
         while not os.path.exists(os.path.join(secondary_db, "heimdal.db")) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "iprop/kdc2.example.test@" + REALM in replica_names()
+        start(confs["secondary"], [KDC_BINARY, "--config-file=" + confs["secondary"]])
         # the secondary's KDC (the primary's master key) issues a ticket to the replicated principal
         probe = os.path.join(top, "probe.conf")
         with open(probe, "w", encoding="utf-8") as handle:
