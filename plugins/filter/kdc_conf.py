@@ -93,47 +93,18 @@ _value:
   type: str
 """
 
-import os
-
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.kerberos import config as krbconf
-
-
-def _path(value, what):
-    if not isinstance(value, str) or not krbconf.PATH_RE.fullmatch(value) or "/../" in value + "/":
-        raise krbconf.KerberosConfigError("%s must be an absolute path of letters, digits and _ . / + -" % what)
-    return value
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.realm import kdc_conf_text
 
 
 def kdc_conf(realm, db_dir=None, ports=(88,), addresses=(), pkinit=None, iprop=False, log_file=None, mkey_file=None, kdcs=(),
              pkinit_anchors=None, domains=(), iprop_acl=None):
-    """kdc.conf text for ``realm`` (see DOCUMENTATION)."""
+    """kdc.conf text for ``realm`` (see DOCUMENTATION; the library's kerberos/realm.py kdc_conf_text)."""
     try:
-        sections = krbconf.kdc_conf_sections(realm, db_dir, ports=[int(p) for p in ports], addresses=list(addresses) or None,
-                                             pkinit=dict(pkinit) if pkinit else None, iprop=bool(iprop), log_file=log_file or None)
-        if mkey_file:
-            sections["kdc"]["database"]["mkey_file"] = _path(mkey_file, "mkey_file")
-        if iprop and iprop_acl:
-            sections["kdc"]["iprop-acl"] = _path(iprop_acl, "iprop_acl")
-        # kadmin tells ipropd-master of a change over this socket, and ipropd-master writes its dump
-        # for a full resend into [hdb] db-dir: both default to the system HDB's directory
-        # /var/lib/heimdal-kdc, which the sandboxed daemons cannot write (nor should they use)
-        sections["kdc"]["signal_socket"] = _path(os.path.join(db_dir, "signal"), "db_dir")
-        sections["hdb"] = {"db-dir": db_dir}
-        if not log_file:
-            sections["logging"] = {"kdc": "STDERR", "default": "STDERR"}
-        if kdcs:
-            client = krbconf.krb5_conf_sections(realm, list(kdcs), pkinit_anchors=pkinit_anchors or None, domains=list(domains))
-            libdefaults = dict(client["libdefaults"])
-            libdefaults.update(sections["libdefaults"])
-            hosts = dict((krbconf._endpoint(k, "kdcs").rpartition(":")[0] if ":" in k else k, realm)  # pylint: disable=protected-access
-                         for k in kdcs)
-            hosts.update(client.get("domain_realm", {}))
-            sections = dict([("libdefaults", libdefaults), ("realms", client["realms"]), ("domain_realm", hosts)]
-                            + [(name, body) for name, body in sections.items() if name != "libdefaults"])
-        return krbconf.render(sections)
+        return kdc_conf_text(realm, db_dir, ports=ports, addresses=addresses, pkinit=pkinit, iprop=iprop, log_file=log_file,
+                             mkey_file=mkey_file, kdcs=kdcs, pkinit_anchors=pkinit_anchors, domains=domains, iprop_acl=iprop_acl)
     except (HcpError, TypeError, ValueError) as exc:
         raise AnsibleFilterError("kdc_conf: %s" % exc) from None
 

@@ -23,6 +23,7 @@ import pwd
 import tempfile
 
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.kerberos import config as krbconf
 from ansible_collections.hcp.core.plugins.module_utils.kerberos import errors as krberrors
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.errors import KadminError, PrincipalNotFoundError
 
@@ -35,6 +36,51 @@ _ERRORS = dict((name, getattr(krberrors, name)) for name in (
 
 class RealmSetupError(KadminError):
     """The realm cannot be set up as asked (bad option, unknown user, child failure)."""
+
+
+def _conf_path(value, what):
+    if not isinstance(value, str) or not krbconf.PATH_RE.fullmatch(value) or "/../" in value + "/":
+        raise krbconf.KerberosConfigError("%s must be an absolute path of letters, digits and _ . / + -" % what)
+    return value
+
+
+def kdc_conf_text(realm, db_dir, ports=(88,), addresses=(), pkinit=None, iprop=False, log_file=None, mkey_file=None, kdcs=(),
+                  pkinit_anchors=None, domains=(), iprop_acl=None):
+    """A KDC host's one configuration (the filter hcp.core.kdc_conf, the role hcp.core.kdc):
+    config.kdc_conf_sections, plus
+    - ``mkey_file`` elsewhere than ``<db_dir>/m-key`` (a secondary keeps the primary's copy in root's
+      directory) and ``iprop_acl`` elsewhere than ``<db_dir>/slaves``;
+    - ``[kdc] signal_socket`` and ``[hdb] db-dir`` in ``db_dir``: kadmin signals ipropd-master over
+      the socket and ipropd-master writes its dump for a full resend into db-dir; both default to
+      the system HDB's directory /var/lib/heimdal-kdc;
+    - logging to standard error (the journal) unless ``log_file``;
+    - with ``kdcs``, the realm's client settings (config.krb5_conf_sections: [realms] with the
+      KDCs, AES default_etypes, PKINIT anchors) and [domain_realm] for each KDC's host name and
+      ``domains``: ipropd names its iprop/<host> principal from the host name, which would
+      otherwise fall in the realm of the host's DNS domain.
+    KerberosConfigError (or PrincipalNameError) on a value that cannot be rendered."""
+    sections = krbconf.kdc_conf_sections(realm, db_dir, ports=[int(p) for p in ports], addresses=list(addresses) or None,
+                                         pkinit=dict(pkinit) if pkinit else None, iprop=bool(iprop), log_file=log_file or None)
+    if mkey_file:
+        sections["kdc"]["database"]["mkey_file"] = _conf_path(mkey_file, "mkey_file")
+    if iprop and iprop_acl:
+        sections["kdc"]["iprop-acl"] = _conf_path(iprop_acl, "iprop_acl")
+    sections["kdc"]["signal_socket"] = _conf_path(os.path.join(db_dir, "signal"), "db_dir")
+    sections["hdb"] = {"db-dir": db_dir}
+    if not log_file:
+        sections["logging"] = {"kdc": "STDERR", "default": "STDERR"}
+    if kdcs:
+        client = krbconf.krb5_conf_sections(realm, list(kdcs), pkinit_anchors=pkinit_anchors or None, domains=list(domains))
+        libdefaults = dict(client["libdefaults"])
+        libdefaults.update(sections["libdefaults"])
+        hosts = {}
+        for kdc in kdcs:
+            host = kdc.rpartition(":")[0] if ":" in kdc else kdc
+            hosts[host] = realm
+        hosts.update(client.get("domain_realm", {}))
+        sections = dict([("libdefaults", libdefaults), ("realms", client["realms"]), ("domain_realm", hosts)]
+                        + [(name, body) for name, body in sections.items() if name != "libdefaults"])
+    return krbconf.render(sections)
 
 
 def krbtgt(realm):

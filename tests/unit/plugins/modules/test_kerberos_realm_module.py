@@ -17,10 +17,9 @@ import time
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.filter.kdc_conf import kdc_conf as render_kdc_conf
 from ansible_collections.hcp.core.plugins.module_utils.kerberos import config as krbconf
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.kadmin import Kadmin
-from ansible_collections.hcp.core.plugins.module_utils.kerberos.realm import run_as
+from ansible_collections.hcp.core.plugins.module_utils.kerberos.realm import kdc_conf_text, run_as
 from ansible_collections.hcp.core.plugins.modules import kerberos_realm
 from ansible_collections.hcp.core.tests.unit.krb_helpers import KDC_BINARY, REALM, free_port
 
@@ -166,9 +165,9 @@ def test_exports_make_a_working_secondary(world, run_module):
     secondary_db = os.path.join(world["state"], "replica")
     mkey = os.path.join(top, "replica-m-key")
     texts = {
-        "primary": render_kdc_conf(REALM, db_dir=world["db"], ports=[kdc_ports[0]], addresses=["127.0.0.1"], iprop=True, iprop_acl=acl,
+        "primary": kdc_conf_text(REALM, world["db"], ports=[kdc_ports[0]], addresses=["127.0.0.1"], iprop=True, iprop_acl=acl,
                             kdcs=kdcs, domains=["example.test"]),
-        "secondary": render_kdc_conf(REALM, db_dir=secondary_db, ports=[kdc_ports[1]], addresses=["127.0.0.1"], mkey_file=mkey,
+        "secondary": kdc_conf_text(REALM, secondary_db, ports=[kdc_ports[1]], addresses=["127.0.0.1"], mkey_file=mkey,
                               kdcs=kdcs, domains=["example.test"]),
     }
     for name, text in texts.items():
