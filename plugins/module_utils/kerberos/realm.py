@@ -188,7 +188,7 @@ def run_as(user, func):
                 break
             chunks.append(chunk)
     try:
-        _, wait_status = os.waitpid(pid, 0)
+        wait_status = os.waitpid(pid, 0)[1]
     except ChildProcessError:  # reaped by a host process's own handler (e.g. an Ansible connection plugin's)
         wait_status = -1
     if size > MAX_RESULT_BYTES:

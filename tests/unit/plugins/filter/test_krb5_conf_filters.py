@@ -70,19 +70,18 @@ def test_client_conf(tmp_path):
     assert krbconf.parse(text)["realms"][REALM][0]["pkinit_anchors"] == ["FILE:/etc/hcp/ca.pem"]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"realm": "HCP.TEST\n[kdc]"},
-    {"db_dir": "/var/lib/x\n    database = {"},
-    {"mkey_file": "/etc/hcp/kdc/m key"},
-    {"iprop_acl": "relative/acl", "iprop": True},
-    {"kdcs": ["localhost }"]},
-    {"pkinit": {"identity_cert": "/a", "identity_key": "/b", "anchors": "/c", "evil": "/d"}},
-    {"ports": ["eighty-eight"]},
+@pytest.mark.parametrize("realm, kwargs", [
+    ("HCP.TEST\n[kdc]", {}),
+    (REALM, {"db_dir": "/var/lib/x\n    database = {"}),
+    (REALM, {"mkey_file": "/etc/hcp/kdc/m key"}),
+    (REALM, {"iprop_acl": "relative/acl", "iprop": True}),
+    (REALM, {"kdcs": ["localhost }"]}),
+    (REALM, {"pkinit": {"identity_cert": "/a", "identity_key": "/b", "anchors": "/c", "evil": "/d"}}),
+    (REALM, {"ports": ["eighty-eight"]}),
 ])
-def test_injections_are_refused(kwargs):
-    args = {"realm": REALM, "db_dir": "/var/lib/hcp/kdc/" + REALM, "kdcs": ["localhost"]}
+def test_injections_are_refused(realm, kwargs):
+    args = {"db_dir": "/var/lib/hcp/kdc/" + REALM, "kdcs": ["localhost"]}
     args.update(kwargs)
-    realm = args.pop("realm")
     with pytest.raises(AnsibleFilterError, match="^kdc_conf: "):
         KDC_CONF(realm, **args)
     with pytest.raises(AnsibleFilterError, match="^krb5_conf: "):

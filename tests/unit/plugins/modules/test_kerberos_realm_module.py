@@ -166,9 +166,9 @@ def test_exports_make_a_working_secondary(world, run_module):
     mkey = os.path.join(top, "replica-m-key")
     texts = {
         "primary": kdc_conf_text(REALM, world["db"], ports=[kdc_ports[0]], addresses=["127.0.0.1"], iprop=True, iprop_acl=acl,
-                            kdcs=kdcs, domains=["example.test"]),
+                                 kdcs=kdcs, domains=["example.test"]),
         "secondary": kdc_conf_text(REALM, secondary_db, ports=[kdc_ports[1]], addresses=["127.0.0.1"], mkey_file=mkey,
-                              kdcs=kdcs, domains=["example.test"]),
+                                   kdcs=kdcs, domains=["example.test"]),
     }
     for name, text in texts.items():
         with open(confs[name], "w", encoding="utf-8") as handle:
@@ -215,7 +215,7 @@ def test_exports_make_a_working_secondary(world, run_module):
         probe = os.path.join(top, "probe.conf")
         with open(probe, "w", encoding="utf-8") as handle:
             handle.write(krbconf.render(krbconf.krb5_conf_sections(REALM, [kdcs[1]])))
-        for _ in range(50):
+        for attempt in range(50):  # pylint: disable=unused-variable
             result = subprocess.run(as_owner + ["/usr/bin/kinit.heimdal", "--keytab=FILE:" + replica_keytab, "--use-keytab",
                                                 "iprop/kdc2.example.test@" + REALM],
                                     env={"PATH": "/usr/bin:/bin", "KRB5_CONFIG": probe, "KRB5CCNAME": "MEMORY:p"},
