@@ -134,7 +134,7 @@ def test_what_each_unit_needs_is_left(units):
     kdc = _directives(rendered["kdc:primary"]["hcp-kdc.service"])
     assert kdc["User"] == ["hcp-kdc"] and kdc["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
     assert kdc["AmbientCapabilities"] == ["", "CAP_NET_BIND_SERVICE"]
-    assert kdc["LoadCredential"] == ["pkinit-kdc.key:/etc/hcp/pkinit-kdc/pkinit-kdc.key"]
+    assert kdc["ExecStartPre"] == ["+/usr/bin/install -m 0640 -o root -g hcp-kdc /etc/hcp/pkinit-kdc/pkinit-kdc.key /etc/hcp/kdc/pkinit-kdc.key"]
     for variant, unit in (("kdc:primary", "hcp-ipropd-master.service"), ("kdc:secondary", "hcp-ipropd-slave.service")):
         ipropd = _directives(rendered[variant][unit])
         assert ipropd["User"] == ["hcp-kdc"] and ipropd["CapabilityBoundingSet"] == [""] and ipropd["AmbientCapabilities"] == [""]
