@@ -47,6 +47,8 @@ VARIANTS = {
     "attestation_client:swtpm": ("attestation_client", {"attestation_client_tcti": "swtpm:host=127.0.0.1,port=2321"}),
     "attestation_server": ("attestation_server", {}),
     "enrollment_server:local-policy": ("enrollment_server", {}),
+    "kdc:primary": ("kdc", {"kdc_realm": "EXAMPLE.TEST", "kdc_secondaries": ["kdc2.example"]}),
+    "kdc:secondary": ("kdc", {"kdc_realm": "EXAMPLE.TEST", "kdc_mode": "secondary", "kdc_primary": "kdc1.example"}),
     "enrollment_server:policy-url": ("enrollment_server", {"enrollment_server_policy": {"url": "https://policy.example:8445"}}),
     "swtpm:tcp": ("swtpm", {"swtpm_transport": "tcp"}),
     "swtpm:unix": ("swtpm", {"swtpm_transport": "unix"}),
@@ -54,6 +56,7 @@ VARIANTS = {
     "webapi:attest": ("webapi", {"webapi_name": "attest", "webapi_app": "attest_app", "webapi_port": 8444}),
     "webapi:policy": ("webapi", {"webapi_name": "policy", "webapi_app": "policy_app", "webapi_port": 8445}),
     "webapi:control-tower": ("webapi", {"webapi_name": "control-tower", "webapi_app": "control_tower_app", "webapi_port": 8446}),
+    "webapi:kdc": ("webapi", {"webapi_name": "kdc", "webapi_app": "kadmin_app", "webapi_port": 8447, "webapi_network": "localhost"}),
 }
 
 
