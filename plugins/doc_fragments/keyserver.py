@@ -8,6 +8,7 @@ from __future__ import annotations
 class ModuleDocFragment(object):
     # Options of the key-server clients (module hcp.core.keyserver_item, lookup hcp.core.keyserver) on top of
     # fragment hcp.core.service_client (same argument spec: module_helpers.SERVICE_CLIENT_ARGUMENT_SPEC).
+    # List it before hcp.core.service_client: the descriptions here then replace that fragment's.
     DOCUMENTATION = r"""
 options:
   url:
@@ -15,8 +16,8 @@ options:
       - Base URL of the key-server, for example V(https://keys.example.test:8443). Only V(https://) is accepted.
   client_cert:
     description:
-      - The host's key-server client certificate (PEM): issued by the site's enrollment CA with the key-server client
-        purpose (enrollment profile C(certificates.https-client.keyserver_client=true)). Required.
+      - The host's key-server client certificate (PEM), required - issued by the site's enrollment CA with the
+        key-server client purpose (enrollment profile C(certificates.https-client.keyserver_client=true)).
       - Its key (in the same file or O(client_key)) also answers the key-server's auth-challenge (proof of possession).
 notes:
   - "Wire format, ACL and threat model: C(docs/keyserver.md) in the collection."

@@ -22,10 +22,10 @@ description:
 author: HCP maintainers (@hcp-core)
 version_added: 0.1.0
 extends_documentation_fragment:
-  - hcp.core.service_client
-  - hcp.core.service_client.plugins
   - hcp.core.keyserver
   - hcp.core.keyserver.plugins
+  - hcp.core.service_client
+  - hcp.core.service_client.plugins
 options:
   _terms:
     description: Resource names.

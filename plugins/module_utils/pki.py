@@ -552,7 +552,6 @@ def verify_keyserver_client(cert, anchors, now=None):
     require_cryptography()
     if isinstance(cert, (bytes, str)):
         cert = load_certificates(cert)[0]
-    verify_chain(cert, [], anchors, now=now, leaf_eku=OID_KP_KEYSERVER_CLIENT)
     try:
         if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
             raise CertificateVerifyError("a CA certificate is not a key-server client")
@@ -565,6 +564,7 @@ def verify_keyserver_client(cert, anchors, now=None):
     if ObjectIdentifier(OID_KP_KEYSERVER_CLIENT) not in usages or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise CertificateVerifyError("certificate %s lacks the key-server client purpose (%s)" % (
             _subject(cert), OID_KP_KEYSERVER_CLIENT))
+    verify_chain(cert, [], anchors, now=now, leaf_eku=OID_KP_KEYSERVER_CLIENT)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not cns:
         raise CertificateVerifyError("a key-server client certificate needs a common name")

@@ -20,8 +20,8 @@ description:
 author:
   - HCP maintainers (@hcp-core)
 extends_documentation_fragment:
-  - hcp.core.service_client
   - hcp.core.keyserver
+  - hcp.core.service_client
   - hcp.core.attributes
 attributes:
   check_mode:
