@@ -157,6 +157,17 @@ if mode == "writer":
         store.store("datica-test/big", payload(k, 256 * 1024))
         print(k, flush=True)
         k += 1
+elif mode == "half":  # SIGKILL itself after writing half of the next version's bytes
+    import signal
+    with Tpm(tcti) as tpm:
+        store = ks_store.open_store(path, tpm, max_item_bytes=1 << 20, keep_versions=1000)
+    real_write = os.write
+
+    def half_then_die(fd, data):
+        real_write(fd, bytes(data[:len(data) // 2]))
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.write = half_then_die
+    store.store("datica-test/big", payload(int(sys.argv[4]), 256 * 1024))
 else:  # full: the store copied onto a 256 KiB tmpfs mounted at argv[4]
     import shutil
     copy = os.path.join(sys.argv[4], "store")
@@ -209,6 +220,24 @@ def test_kill_9_mid_store_keeps_previous_versions(swtpm, store_path, tmp_path):
         stored = meta["item_version"]
     store.store("datica-test/big", b"after")  # the next writer cleans what a killed one left
     assert not [f for f in os.listdir(store._item_dir("datica-test/big")) if f.startswith(".tmp-")]  # pylint: disable=protected-access
+
+
+def test_kill_9_half_way_through_a_version(swtpm, store_path, tmp_path):
+    """The writer is killed (SIGKILL, a real child) with half of the new version's bytes on disk:
+    the previous version stays the latest and readable; the next store works and cleans up."""
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    store = _open(swtpm, store_path, keep_versions=1000)
+    store.store("datica-test/big", _payload(1, 256 * 1024))
+    proc = subprocess.run([sys.executable, str(script), "half", store_path, swtpm.tcti, "2"], env=_child_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    directory = store._item_dir("datica-test/big")  # pylint: disable=protected-access
+    assert [f for f in os.listdir(directory) if f.startswith(".tmp-")]  # the half-written file the kill left
+    data, meta = _open(swtpm, store_path).retrieve("datica-test/big")
+    assert meta["item_version"] == 1 and data == _payload(1, 256 * 1024)
+    assert store.store("datica-test/big", b"next")["item_version"] == 2
+    assert sorted(os.listdir(directory)) == ["v00000001.json", "v00000002.json"]
 
 
 def test_disk_full_is_a_clear_error_and_changes_nothing(swtpm, store_path, tmp_path):
