@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import ssl
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
@@ -44,6 +45,16 @@ ACL = {
          "retrieve": [{"cn": "deploy.example.test"}]},
     ],
 }
+
+
+class NoDelayHandler(NginxLikeHandler):
+    """NginxLikeHandler with TCP_NODELAY, as nginx (tcp_nodelay on) answers: werkzeug's server writes
+    headers and body apart, and Nagle's algorithm then waits for the client's delayed ACK (40 ms
+    per call otherwise)."""
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def write(path, data, mode=0o600):
@@ -92,11 +103,11 @@ class KeyServerSite(object):
         self.url = None
         self._stack = contextlib.ExitStack()
 
-    def start(self, **app_options):
+    def start(self, handler=None, **app_options):
         self.app = keyserver_app.create_app(self.config, store=self.store, **app_options)
         self.url = self._stack.enter_context(serve_wsgi(self.app, self.server_cert, self.server_key,
                                                         client_ca=self.front_ca_file, verify_mode=ssl.CERT_OPTIONAL,
-                                                        request_handler=NginxLikeHandler))
+                                                        request_handler=handler or NoDelayHandler))
         return self
 
     def cred(self, name):
