@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from urllib.parse import quote
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.keyserver import auth as ks_auth
@@ -253,3 +256,32 @@ def test_client_refuses_a_key_that_is_not_the_certificate_s(site):
     node1 = site.client("node1")
     assert node1.list("datica-test/") == []
     assert M2 != M1
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(min_value=-2 ** 70, max_value=2 ** 70) | st.text(max_size=40),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                     max_leaves=12)
+_FIELDS = st.sampled_from(["protocol", "action", "name", "prefix", "data", "exportable", "measurements", "dry_run",
+                           "item_version", "credentials", "x"])
+_VALUES = st.one_of(_JSON, st.sampled_from([1, "store", "retrieve", "delete", "list", NAME, "datica-test/", "eA==",
+                                            {"session": "A" * 120}, {"challenge": "A" * 120, "signature": "eA=="}]))
+
+
+# as test_fuzz_apis.py: the same examples every run; HCP_FUZZ_EXAMPLES=N (random examples) for a longer hunt
+_FUZZ_EXAMPLES = int(os.environ.get("HCP_FUZZ_EXAMPLES", "0"))
+
+
+@settings(max_examples=_FUZZ_EXAMPLES or 150, deadline=None, derandomize=not _FUZZ_EXAMPLES, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=st.dictionaries(_FIELDS, _VALUES, max_size=8) | _JSON)
+def test_fuzzed_bodies_never_5xx_nor_change_the_store(site, body):
+    """Random bodies from a verified key-server client, through the app (WSGI environ as nginx
+    sets it): always a 4xx JSON answer (401 challenge at best, no credentials are valid), never a
+    5xx, never a change on disk."""
+    with open(site.cred("deploy")[0], "r", encoding="ascii") as handle:
+        environ = {"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": quote(handle.read())}
+    before = tree_digest(os.path.join(site.store_path, "items"))
+    response = site.app.test_client().post("/v1/request", data=json.dumps(body), environ_base=environ)
+    assert 400 <= response.status_code < 500, (body, response.status_code, response.get_data()[:300])
+    assert response.get_json()["error" if response.status_code != 401 else "status"]
+    assert tree_digest(os.path.join(site.store_path, "items")) == before
