@@ -11,10 +11,10 @@ Layout of the store directory (0700, owned by the service user)::
     items/<sha256(name)>.lock               the item's writer lock (flock)
     auth/used/                              answered auth-challenge nonces (keyserver/auth.py)
 
-Every version file is JSON: the item's name, version, creation time, ``exportable``,
+Every version file is two lines of JSON: a header with the item's name, version, creation time, ``exportable``,
 ``measurements``, ``content_mac`` (HMAC-SHA256 of the data under a key derived from the master
-key: the idempotence check, useless without the master key) and the data encrypted with
-AES-256-GCM (random 96-bit nonce) under a key derived from the master key (HKDF-SHA256), with
+key: the idempotence check, useless without the master key), then ``{"ciphertext": ...}``: the
+data encrypted with AES-256-GCM (random 96-bit nonce) under a key derived from the master key (HKDF-SHA256), with
 everything but the ciphertext as associated data: a file moved to another item or version, or
 edited, fails authentication.
 
@@ -72,6 +72,7 @@ DEFAULT_KEEP_VERSIONS = 16
 MAX_VERSION = 99999999
 MAX_MEASUREMENTS = 64
 MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
 VERSION_FILE_RE = re.compile(r"v([0-9]{8})\.json")
 ITEM_DIR_RE = re.compile(r"[0-9a-f]{64}")
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -142,6 +143,16 @@ def _read_small(path, limit=MAX_FILE_BYTES):
     if len(data) > limit:
         raise StoreCorruptError("%s is larger than %d bytes" % (os.path.basename(path), limit))
     return data
+
+
+def _read_header(path):
+    """The first line of an item file (its header), at most MAX_HEADER_BYTES: listing never reads data."""
+    fd = os.open(path, _O_READ)
+    with os.fdopen(fd, "rb") as handle:
+        line = handle.readline(MAX_HEADER_BYTES + 1)
+    if len(line) > MAX_HEADER_BYTES or not line.endswith(b"\n"):
+        raise StoreCorruptError("%s has no v1 header line" % os.path.basename(path))
+    return line
 
 
 def init_store(path, ek_public, policy=None):
@@ -265,9 +276,14 @@ class KeyStore(object):
         except OSError as exc:
             raise KeyServerError("cannot read %s version %d: %s" % (name, version, exc.strerror), 500) from None
         try:
-            record = jsonutil.loads(raw, "item file", max_bytes=MAX_FILE_BYTES)
-        except HcpError:
-            raise StoreCorruptError("%s version %d is not valid JSON: the store was damaged" % (name, version)) from None
+            header, body, rest = (raw.split(b"\n", 2) + [b"", b""])[:3]
+            record = jsonutil.loads(header, "item file", max_bytes=MAX_HEADER_BYTES)
+            sealed = jsonutil.loads(body, "item file", max_bytes=MAX_FILE_BYTES)
+            if rest or not isinstance(record, dict) or not isinstance(sealed, dict) or set(sealed) != {"ciphertext"}:
+                raise StoreCorruptError("layout")
+            record["ciphertext"] = sealed["ciphertext"]
+        except (HcpError, ValueError):
+            raise StoreCorruptError("%s version %d is not a v1 item file: the store was damaged" % (name, version)) from None
         if (not isinstance(record, dict) or record.get("format") != ITEM_FORMAT or record.get("version") != VERSION
                 or record.get("name") != name or record.get("item_version") != version):
             raise StoreCorruptError("%s version %d does not belong there (moved or edited file): refused" % (name, version))
@@ -350,8 +366,9 @@ class KeyStore(object):
                       "nonce": _b64(os.urandom(12))}
             if dry_run:
                 return dict(self.meta(record), changed=True)
-            record["ciphertext"] = _b64(self._aead.encrypt(base64.b64decode(record["nonce"]), data, self._aad(record)))
-            blob = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+            ciphertext = _b64(self._aead.encrypt(base64.b64decode(record["nonce"]), data, self._aad(record)))
+            # line 1: the header (listing reads only this line), line 2: the ciphertext
+            blob = (json.dumps(record, sort_keys=True) + "\n" + json.dumps({"ciphertext": ciphertext}) + "\n").encode("utf-8")
             self._clean_temporaries(directory)
             if not os.path.isdir(directory):
                 try:
@@ -398,8 +415,8 @@ class KeyStore(object):
             if not versions:
                 continue
             try:
-                record = jsonutil.loads(_read_small(os.path.join(directory, "v%08d.json" % versions[-1])), "item file",
-                                        max_bytes=MAX_FILE_BYTES)
+                record = jsonutil.loads(_read_header(os.path.join(directory, "v%08d.json" % versions[-1])), "item header",
+                                        max_bytes=MAX_HEADER_BYTES)
                 name = record["name"]
                 if (not isinstance(name, str) or self._item_dir(name) != directory or record.get("format") != ITEM_FORMAT
                         or record.get("item_version") != versions[-1]):

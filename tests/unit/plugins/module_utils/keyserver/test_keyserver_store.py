@@ -125,16 +125,23 @@ def test_tampered_items_refused(swtpm, store_path):
     store.store("datica-test/b", b"secret-b")
     dir_a, dir_b = store._item_dir("datica-test/a"), store._item_dir("datica-test/b")  # pylint: disable=protected-access
     path = os.path.join(dir_a, "v00000001.json")
-    record = json.loads(open(path, "rb").read())
+    with open(path, "rb") as handle:
+        header, body = handle.read().splitlines()
+    record = json.loads(header)
     record["exportable"] = False  # flip a flag: the AEAD header no longer matches
     record["measurements"] = [measurement_of({})]
-    with open(path, "w") as handle:
-        json.dump(record, handle)
+    with open(path, "wb") as handle:
+        handle.write(json.dumps(record).encode() + b"\n" + body + b"\n")
     with pytest.raises(StoreCorruptError, match="failed authentication"):
         store.retrieve("datica-test/a")
     shutil.copy(os.path.join(dir_b, "v00000001.json"), os.path.join(dir_a, "v00000002.json"))  # b's file moved under a
     with pytest.raises(StoreCorruptError, match="does not belong there"):
         store.retrieve("datica-test/a")
+    with open(os.path.join(dir_a, "v00000002.json"), "wb") as handle:
+        handle.write(b"{}\n")  # truncated
+    with pytest.raises(StoreCorruptError, match="not a v1 item file"):
+        store.retrieve("datica-test/a")
+    assert [r["name"] for r in store.names("datica-test/")] == ["datica-test/b"]  # a damaged item is not listed
     assert store.retrieve("datica-test/b")[0] == b"secret-b"
 
 
