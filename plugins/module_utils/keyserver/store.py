@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import EnvelopeError, HcpError, MissingDependencyError
@@ -456,3 +457,48 @@ class KeyStore(object):
                         os.unlink(path)
                 except OSError:
                     pass
+
+
+def main(argv=None):
+    """``python -m ansible_collections.hcp.core.plugins.module_utils.keyserver.store init STORE
+    (--tcti TCTI | --ek-public FILE) [--policy JSON]`` creates an empty store whose master key is
+    sealed to that TPM (the key-server host's; ``--ek-public``: its EK public key or certificate
+    in any form envelope.seal accepts, so the store can be prepared off the host), and prints
+    ``{"path", "ekpubhash"}``; ``check STORE [--tcti TCTI]`` opens it (the master key unsealed by
+    the TPM) and prints the same. Exit 0, or 1 with the reason on stderr."""
+    import argparse  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(prog="hcp-keyserver-store")
+    parser.add_argument("command", choices=["init", "check"])
+    parser.add_argument("store")
+    parser.add_argument("--tcti")
+    parser.add_argument("--ek-public")
+    parser.add_argument("--policy", help="envelope unseal policy (JSON), default none")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "init":
+            if args.ek_public:
+                with open(args.ek_public, "rb") as handle:
+                    ek_public = handle.read()
+            else:
+                from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm  # pylint: disable=import-outside-toplevel
+
+                with Tpm(args.tcti) as tpm:
+                    ek_public = tpm.ek_public()
+            policy = json.loads(args.policy) if args.policy else None
+            result = init_store(args.store, ek_public, policy=policy)
+        else:
+            from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm  # pylint: disable=import-outside-toplevel
+
+            with Tpm(args.tcti) as tpm:
+                store = open_store(args.store, tpm)
+            result = {"path": store.path, "ekpubhash": store.ekpubhash}
+    except (OSError, ValueError, HcpError) as exc:
+        sys.stderr.write("hcp-keyserver-store: %s\n" % exc)
+        return 1
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a program
+    raise SystemExit(main())

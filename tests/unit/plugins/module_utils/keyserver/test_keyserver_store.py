@@ -194,7 +194,7 @@ else:  # full: the store copied onto a 256 KiB tmpfs mounted at argv[4]
 
 
 def _child_env():
-    return dict(os.environ, KS_SYS_PATH=json.dumps(sys.path))
+    return dict(os.environ, KS_SYS_PATH=json.dumps(sys.path), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
 
 
 def _payload(k, size):
@@ -311,3 +311,26 @@ def test_https_client_generator_adds_the_keyserver_purpose():
                              ({"keyserver_client": True, "keyserver_profile": "../x"}, "must match")]:
         with pytest.raises(GeneratorError, match=message):
             get_generator("https-client").generate(_context({"certificates": {"https-client": options}}, issuer))
+
+
+def test_command_line_init_and_check(swtpm, other_swtpm, tmp_path):
+    """The operator's path: init from the TPM (or its EK public key, off the host), check, refusals."""
+    command = [sys.executable, "-m", "ansible_collections.hcp.core.plugins.module_utils.keyserver.store"]
+    path = str(tmp_path / "ks")
+    proc = subprocess.run(command + ["init", path, "--tcti", swtpm.tcti], env=_child_env(), capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    with swtpm.open() as tpm:
+        assert json.loads(proc.stdout) == {"path": path, "ekpubhash": tpm.ekpubhash()}
+    proc = subprocess.run(command + ["init", path, "--tcti", swtpm.tcti], env=_child_env(), capture_output=True, check=False)
+    assert proc.returncode == 1 and b"is not empty" in proc.stderr
+    assert subprocess.run(command + ["check", path, "--tcti", swtpm.tcti], env=_child_env(), capture_output=True,
+                          check=False).returncode == 0
+    proc = subprocess.run(command + ["check", path, "--tcti", other_swtpm.tcti], env=_child_env(), capture_output=True, check=False)
+    assert proc.returncode == 1 and b"TPM was replaced" in proc.stderr
+    with other_swtpm.open() as tpm:
+        from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_pem  # pylint: disable=import-outside-toplevel
+        (tmp_path / "ek.pem").write_text(ek_public_pem(tpm.ek_public()))
+    proc = subprocess.run(command + ["init", str(tmp_path / "ks2"), "--ek-public", str(tmp_path / "ek.pem")], env=_child_env(),
+                          capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert _open(other_swtpm, str(tmp_path / "ks2")).names("a/") == []
