@@ -19,7 +19,7 @@ everything but the ciphertext as associated data: a file moved to another item o
 edited, fails authentication.
 
 Writes: a temporary file created 0600 with O_EXCL in the item's directory, written, fsynced,
-renamed to its version name, then the directory fsynced; a writer killed at any point leaves
+hard-linked to its version name (never replacing one), then the directory fsynced; a writer killed at any point leaves
 the previous versions as they were (a temporary file is ignored and removed by the next writer
 of that item). ENOSPC/EDQUOT/EFBIG: StoreFullError, nothing changed.
 """
@@ -111,7 +111,7 @@ def _full(exc, what):
 
 def write_durable(directory, name, data, mode=0o600):
     """Create ``directory/name`` atomically and durably (see the module docstring); the name
-    must not exist yet (versions are never rewritten). OSError is mapped by ``_full``."""
+    must not exist yet (versions are never rewritten: 409). OSError is mapped by ``_full``."""
     tmp = os.path.join(directory, ".tmp-%s" % os.urandom(8).hex())
     fd = None
     try:
@@ -122,9 +122,11 @@ def write_durable(directory, name, data, mode=0o600):
         os.fsync(fd)
         os.close(fd)
         fd = None
-        os.rename(tmp, os.path.join(directory, name))
-        tmp = None
+        # link, not rename: an existing version is never replaced, even by a writer without the lock
+        os.link(tmp, os.path.join(directory, name))
         _fsync_dir(directory)
+    except FileExistsError:
+        raise KeyServerError("%s already exists: versions are never rewritten" % name, 409) from None
     except OSError as exc:
         raise _full(exc, name) from None
     finally:

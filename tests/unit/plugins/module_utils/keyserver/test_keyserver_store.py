@@ -334,3 +334,29 @@ def test_command_line_init_and_check(swtpm, other_swtpm, tmp_path):
                           capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert _open(other_swtpm, str(tmp_path / "ks2")).names("a/") == []
+
+
+def test_concurrent_writers_lose_no_version(swtpm, store_path):
+    """Writers racing on one item (threads: each store takes the item's flock on its own descriptor,
+    as uwsgi's worker processes do): every store gets its own version, none is lost or torn."""
+    import threading  # pylint: disable=import-outside-toplevel
+
+    store = _open(swtpm, store_path, keep_versions=1000)
+    errors = []
+
+    def writer(index):
+        try:
+            for round_index in range(10):
+                store.store("datica-test/shared", b"writer %d round %d" % (index, round_index))
+        except Exception as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert store.retrieve("datica-test/shared")[1]["item_version"] == 40
+    seen = set(store.retrieve("datica-test/shared", v)[0] for v in range(1, 41))
+    assert seen == set(b"writer %d round %d" % (i, r) for i in range(4) for r in range(10))
