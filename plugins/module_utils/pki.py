@@ -545,7 +545,8 @@ def _read_binding(cert):
 
 def verify_keyserver_client(cert, anchors, now=None):
     """The key-server identity of ``cert`` (a certificate, or PEM whose first certificate is the
-    leaf): ``{"cn", "profile", "measurement", "fingerprint_sha256", "public_key"}``. Raises
+    leaf): ``{"cn", "profile", "measurement", "fingerprint_sha256", "public_key", "not_after"}``
+    (seconds since the epoch). Raises
     CertificateVerifyError unless it chains to ``anchors`` (the site's enrollment CA) at ``now``,
     is not a CA, and its extendedKeyUsage lists clientAuth AND the key-server client purpose (a
     certificate without an extendedKeyUsage extension does not qualify)."""
@@ -570,7 +571,8 @@ def verify_keyserver_client(cert, anchors, now=None):
         raise CertificateVerifyError("a key-server client certificate needs a common name")
     binding = _read_binding(cert)
     return {"cn": str(cns[0].value), "profile": binding["profile"], "measurement": binding["measurement"],
-            "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(), "public_key": cert.public_key()}
+            "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(), "public_key": cert.public_key(),
+            "not_after": cert.not_valid_after_utc.timestamp()}
 
 
 # Chain verification is cryptography's RFC 5280 path builder (cryptography.x509.verification),

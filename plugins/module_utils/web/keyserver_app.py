@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import datetime
 import hashlib
 import hmac
 import os
+import threading
+import time
 import uuid
 
 try:
@@ -48,6 +51,7 @@ from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import (
     validate_prefix,
 )
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
+    VERIFY_SUCCESS,
     LazyApplication,
     MAX_ERROR_CHARS,
     ServiceConfigError,
@@ -62,6 +66,8 @@ PROTOCOL = 1
 MAX_BODY_DEPTH = 4
 DEFAULT_MAX_BODY = 2 * 1024 * 1024
 MAX_LIST = 1000
+VERIFIED_TTL = 60
+VERIFIED_MAX = 4096
 COMMON_FIELDS = ("protocol", "action", "credentials")
 FIELDS = {
     "store": ("name", "data", "exportable", "measurements", "dry_run"),
@@ -167,18 +173,40 @@ def create_app(config=None, store=None, clock=None):
         response.headers["Cache-Control"] = "no-store"
         return response
 
+    now = clock or time.time
+    verified = collections.OrderedDict()  # sha256(escaped PEM) -> (identity, good until)
+    verified_lock = threading.Lock()
+
     def caller():
-        ident = client_identity(flask.request.environ)
+        """The verified key-server identity of the request's certificate; Fail(403) otherwise.
+        Verified identities are kept VERIFIED_TTL seconds (never past the certificate's
+        notAfter), at most VERIFIED_MAX of them: the chain check was half of a retrieve's cost."""
+        environ = flask.request.environ
+        escaped = environ.get("SSL_CLIENT_CERT") or ""
+        if environ.get("SSL_CLIENT_VERIFY") != VERIFY_SUCCESS or not escaped or not isinstance(escaped, str):
+            raise Fail("a verified client certificate is required", 403)
+        key = hashlib.sha256(escaped.encode("utf-8", "surrogatepass")).digest()
+        moment = now()
+        with verified_lock:
+            hit = verified.get(key)
+            if hit is not None and moment < hit[1]:
+                return hit[0]
+        ident = client_identity(environ)
         if ident is None:
             raise Fail("a verified client certificate is required", 403)
         try:
-            who = pki.verify_keyserver_client(ident["pem"], anchors)
+            who = pki.verify_keyserver_client(ident["pem"], anchors,
+                                              now=datetime.datetime.fromtimestamp(moment, datetime.timezone.utc))
         except HcpError as exc:
             raise Fail("client certificate %s is not a key-server client of this site: %s" % (
                 ascii(ident.get("subject", "")[:96]), exc), 403) from None
         # cryptography parses lazily and raises several types: any failure is a refusal
         except Exception:  # pylint: disable=broad-except
             raise Fail("client certificate is not a key-server client of this site", 403) from None
+        with verified_lock:
+            verified[key] = (who, min(moment + VERIFIED_TTL, who["not_after"]))
+            while len(verified) > VERIFIED_MAX:
+                verified.popitem(last=False)
         return who
 
     def parse_body():

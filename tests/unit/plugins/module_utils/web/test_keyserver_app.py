@@ -285,3 +285,15 @@ def test_fuzzed_bodies_never_5xx_nor_change_the_store(site, body):
     assert 400 <= response.status_code < 500, (body, response.status_code, response.get_data()[:300])
     assert response.get_json()["error" if response.status_code != 401 else "status"]
     assert tree_digest(os.path.join(site.store_path, "items")) == before
+
+
+def test_verified_certificates_are_cached_but_never_past_their_validity(site, clock):
+    """The app keeps a verified identity for a minute: a certificate that expired meanwhile is
+    refused at the next check (the app's clock moved past its notAfter), whatever the cache held."""
+    site.client("deploy").store(NAME, b"disk-key")
+    node1 = site.client("node1")
+    assert node1.retrieve(NAME)["data"] == b"disk-key"
+    clock.now += 31 * 24 * 3600  # the test certificates are valid 30 days
+    response = raw_post(site, "node1", retrieve_body())
+    assert response.status_code == 403 and "is not a key-server client of this site" in response.json()["error"]
+    assert "expired" in response.json()["error"] or "validity" in response.json()["error"] or "not valid" in response.json()["error"]
