@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import re
 
@@ -421,12 +422,14 @@ class Issuer(object):
         return b"".join(certificate_pem(cert) for cert in self.chain)
 
     def issue(self, public_key, profile, subject_cn, dns_names=(), emails=(), principal=None,
-              days=30, now=None, serial=None, org=None):
+              days=30, now=None, serial=None, org=None, keyserver_binding=None):
         """A leaf certificate for ``public_key`` following ``profile`` (see PROFILES).
 
         https-*: SAN from ``dns_names`` (IP literals become IP entries) and ``emails``;
         pkinit-client/-iprop/-user: ``principal`` is required; pkinit-kdc: ``principal``
-        defaults to nothing, give "krbtgt/REALM@REALM"."""
+        defaults to nothing, give "krbtgt/REALM@REALM". ``keyserver_binding`` (https-client
+        only): a dict for keyserver_binding_extension(); the certificate then also carries the
+        key-server client purpose (OID_KP_KEYSERVER_CLIENT)."""
         if profile not in PROFILES:
             raise PkiError("unknown certificate profile %r (known: %s)" % (profile, ", ".join(PROFILES)))
         now = _now(now)
@@ -445,6 +448,8 @@ class Issuer(object):
                 raise PkiError("an https-server certificate needs at least one DNS name")
         elif profile == "https-client":
             ekus.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+            if keyserver_binding is not None:
+                ekus.append(ObjectIdentifier(OID_KP_KEYSERVER_CLIENT))
         else:
             if not principal:
                 raise PkiError("a %s certificate needs a Kerberos principal" % profile)
@@ -474,7 +479,100 @@ class Issuer(object):
         )
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        if keyserver_binding is not None:
+            if profile != "https-client":
+                raise PkiError("only an https-client certificate can carry the key-server client purpose")
+            builder = builder.add_extension(keyserver_binding_extension(**keyserver_binding), critical=False)
         return builder.sign(self.key, _hash_for(self.key))
+
+
+# -- key-server clients (docs/keyserver.md) ----------------------------------------------------
+# hcp.core's own OIDs live under a UUID arc (ITU-T X.667 / RFC 4122: 2.25.<uuid as an integer>),
+# which needs no registration. A certificate of the enrollment CA is a key-server client only
+# with the purpose OID_KP_KEYSERVER_CLIENT in its extendedKeyUsage (next to clientAuth); its
+# non-critical OID_KEYSERVER_BINDING extension (a DER UTF8String holding canonical JSON) names
+# the enrollment profile label and the measurement (golden PCR digest) the host was enrolled
+# with, which the key-server's ACL and non-exportable items check.
+OID_HCP_ARC = "2.25.125363905877265103526182148086583304256"
+OID_KP_KEYSERVER_CLIENT = OID_HCP_ARC + ".1.1"
+OID_KEYSERVER_BINDING = OID_HCP_ARC + ".2.1"
+KEYSERVER_BINDING_VERSION = 1
+MAX_BINDING_BYTES = 512
+_BINDING_LABEL = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_MEASUREMENT = re.compile(r"pcrs-sha256:[0-9a-f]{64}")
+
+
+def _check_binding(profile, measurement):
+    if profile is not None and (not isinstance(profile, str) or not _BINDING_LABEL.fullmatch(profile)):
+        raise PkiError("key-server binding profile must match [a-z0-9][a-z0-9_.-]{0,63}")
+    if measurement is not None and (not isinstance(measurement, str) or not _MEASUREMENT.fullmatch(measurement)):
+        raise PkiError("key-server binding measurement must be pcrs-sha256:<64 hex>")
+
+
+def keyserver_binding_extension(profile=None, measurement=None):
+    """The OID_KEYSERVER_BINDING extension value naming ``profile`` (label) and ``measurement``
+    (``pcrs-sha256:<hex>``), both optional."""
+    require_cryptography()
+    _check_binding(profile, measurement)
+    text = json.dumps({"v": KEYSERVER_BINDING_VERSION, "profile": profile, "measurement": measurement},
+                      sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return x509.UnrecognizedExtension(ObjectIdentifier(OID_KEYSERVER_BINDING), _tlv(0x0C, text))
+
+
+def _read_binding(cert):
+    try:
+        ext = cert.extensions.get_extension_for_oid(ObjectIdentifier(OID_KEYSERVER_BINDING))
+    except x509.ExtensionNotFound:
+        return {"profile": None, "measurement": None}
+    der = ext.value.value
+    if len(der) > MAX_BINDING_BYTES + 4:
+        raise CertificateVerifyError("the key-server binding extension is too large")
+    try:
+        text, end = _read_tlv(der, 0, 0x0C)
+        if end != len(der):
+            raise ValueError("trailing bytes")
+        value = json.loads(text.decode("utf-8"))
+    except (ValueError, PkiError, UnicodeDecodeError, RecursionError):
+        raise CertificateVerifyError("the key-server binding extension is malformed") from None
+    if not isinstance(value, dict) or value.get("v") != KEYSERVER_BINDING_VERSION or set(value) != {"v", "profile", "measurement"}:
+        raise CertificateVerifyError("the key-server binding extension has an unknown layout")
+    try:
+        _check_binding(value["profile"], value["measurement"])
+    except PkiError as exc:
+        raise CertificateVerifyError(str(exc)) from None
+    return {"profile": value["profile"], "measurement": value["measurement"]}
+
+
+def verify_keyserver_client(cert, anchors, now=None):
+    """The key-server identity of ``cert`` (a certificate, or PEM whose first certificate is the
+    leaf): ``{"cn", "profile", "measurement", "fingerprint_sha256", "public_key", "not_after"}``
+    (seconds since the epoch). Raises
+    CertificateVerifyError unless it chains to ``anchors`` (the site's enrollment CA) at ``now``,
+    is not a CA, and its extendedKeyUsage lists clientAuth AND the key-server client purpose (a
+    certificate without an extendedKeyUsage extension does not qualify)."""
+    require_cryptography()
+    if isinstance(cert, (bytes, str)):
+        cert = load_certificates(cert)[0]
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise CertificateVerifyError("a CA certificate is not a key-server client")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = []
+    if ObjectIdentifier(OID_KP_KEYSERVER_CLIENT) not in usages or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        raise CertificateVerifyError("certificate %s lacks the key-server client purpose (%s)" % (
+            _subject(cert), OID_KP_KEYSERVER_CLIENT))
+    verify_chain(cert, [], anchors, now=now, leaf_eku=OID_KP_KEYSERVER_CLIENT)
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cns:
+        raise CertificateVerifyError("a key-server client certificate needs a common name")
+    binding = _read_binding(cert)
+    return {"cn": str(cns[0].value), "profile": binding["profile"], "measurement": binding["measurement"],
+            "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(), "public_key": cert.public_key(),
+            "not_after": cert.not_valid_after_utc.timestamp()}
 
 
 # Chain verification is cryptography's RFC 5280 path builder (cryptography.x509.verification),

@@ -10,8 +10,12 @@ need an RSA issuing CA (Heimdal's hx509 cannot verify ECDSA signatures)."""
 from __future__ import annotations
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
+from ansible_collections.hcp.core.plugins.module_utils.enrollment.profile import golden_pcrs as profile_golden_pcrs
+from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import measurement_of
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.asset_contract import Asset, AssetGenerator, register
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.generators.common import (
+    NAME_RE,
     USER_RE,
     cert_options,
     fail,
@@ -68,10 +72,33 @@ class _HttpsGenerator(AssetGenerator):
         if self.profile == "https-server" and not dns_names:
             raise fail(self.name, prefix + "dns_names", "an https-server certificate needs a DNS name")
         days = _days(self.name, options)
+        binding = _keyserver_binding(ctx, self.name, options) if self.profile == "https-client" else None
         key = pki.new_private_key("ec-p256")
         cert = _issue(issuer, self.name, prefix + "dns_names", key.public_key(), self.profile, ctx.hostname,
-                      dns_names=dns_names, emails=emails, days=days, now=ctx.now)
+                      dns_names=dns_names, emails=emails, days=days, now=ctx.now, keyserver_binding=binding)
         return _pair(ctx, self.name, self.name, key, cert, lambda f, s: _host_install(self.name, f, s))
+
+
+def _keyserver_binding(ctx, generator, options):
+    """None, or the key-server binding of an https-client certificate with ``keyserver_client:
+    true``: the label ``keyserver_profile`` (optional) and the measurement of the profile's golden
+    PCR values (``attest.pcrs``; none when it has none). docs/keyserver.md."""
+    prefix = "certificates.%s." % generator
+    enabled = options.get("keyserver_client", False)
+    if not isinstance(enabled, bool):
+        raise fail(generator, prefix + "keyserver_client", "must be a boolean")
+    label = options.get("keyserver_profile")
+    if not enabled:
+        if label is not None:
+            raise fail(generator, prefix + "keyserver_profile", "needs keyserver_client: true")
+        return None
+    if label is not None and (not isinstance(label, str) or not NAME_RE.fullmatch(label)):
+        raise fail(generator, prefix + "keyserver_profile", "must match [a-z0-9][a-z0-9_.-]{0,63}")
+    try:
+        golden = profile_golden_pcrs(ctx.profile)
+    except HcpError as exc:
+        raise fail(generator, "attest.pcrs", str(exc))
+    return {"profile": label, "measurement": measurement_of(golden) if golden else None}
 
 
 @register
