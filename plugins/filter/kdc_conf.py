@@ -16,10 +16,10 @@ description:
     every name and value checked, so no value can open a section or a block (C(docs/kerberos.md), "Realm layout").
   - The database is C(<db_dir>/heimdal) with its iprop log C(<db_dir>/iprop.log); AES keys only; PKINIT on when
     O(pkinit) is given (RSA certificates, C(pkinit_dh_min_bits = 1536)).
-  - With O(kdcs) the file also carries the client settings of the realm (C(krb5_conf_sections) merged in:
+  - With O(kdcs) the file also carries the client settings of the realm (C(krb5_conf_sections) merged in,
     C([realms]) with the KDC list, AES C(default_etypes), PKINIT anchors), so the KDC daemons, ipropd and
     C(kadmin -l) need this one file. kadmin signals ipropd-master over C(<db_dir>/signal) and ipropd
-    keeps its files in C(<db_dir>) (C([hdb] db-dir)), and each KDC's host name (and each of O(domains)) maps to the realm in C([domain_realm]): ipropd
+    keeps its files in C(<db_dir>) (C([hdb] db-dir)), and each KDC's host name (and each of O(domains)) maps to the realm in C([domain_realm]); ipropd
     names its own C(iprop/<host>) principal from its host name, which would otherwise fall in the realm of the host's
     DNS domain.
   - Heimdal's daemons log to standard error (the journal, under systemd) unless O(log_file) is given for the KDC.
