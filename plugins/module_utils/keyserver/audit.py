@@ -5,30 +5,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import threading
+from ansible_collections.hcp.core.plugins.module_utils import auditlog
 
 AUDIT_FIELDS = ("time", "request_uid", "caller", "caller_fingerprint", "profile", "measurement", "action", "name",
                 "item_version", "decision", "status", "reason")
 
 
-class AuditLog(object):
-    """Appends to ``path`` (created 0600, never through a symbolic link) or writes to stderr.
-    Only AUDIT_FIELDS are written, whatever the record holds: item data cannot reach the log."""
+class AuditLog(auditlog.AuditLog):
+    """The shared audit log, appending to ``path`` (created 0600) or stderr; only AUDIT_FIELDS are
+    written, whatever the record holds: item data cannot reach the log."""
 
     def __init__(self, path=None):
-        self.path = path
-        self._lock = threading.Lock()
-
-    def write(self, record):
-        line = json.dumps(dict((k, record.get(k)) for k in AUDIT_FIELDS), sort_keys=True) + "\n"
-        with self._lock:
-            if self.path:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "a", encoding="utf-8") as handle:
-                    handle.write(line)
-            else:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+        super().__init__(path, mode=0o600, fields=AUDIT_FIELDS)

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import os
-import sys
-import threading
 import uuid
 
 try:
@@ -33,6 +30,7 @@ try:
 except ImportError:  # pragma: no cover - checked by create_app_base
     flask = None
 
+from ansible_collections.hcp.core.plugins.module_utils.auditlog import AuditLog
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.kerberos.errors import (
     KadminError,
@@ -71,25 +69,6 @@ CHANGES = frozenset(["add", "del", "rotate", "ext_keytab"])
 
 class Refused(HcpError):
     """A request refused by the app itself (caller, body shape, policy)."""
-
-
-class AuditLog(object):
-    """One JSON line per call, appended to a file (0640 when created) or written to stderr."""
-
-    def __init__(self, path):
-        self.path = path
-        self._lock = threading.Lock()
-
-    def write(self, record):
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with self._lock:
-            if self.path:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-                with os.fdopen(fd, "a", encoding="utf-8") as handle:
-                    handle.write(line)
-            else:
-                sys.stderr.write(line)
-                sys.stderr.flush()
 
 
 def _policy_from_config(conf):

@@ -17,37 +17,15 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-import json
-import os
-import sys
-import threading
 
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils.auditlog import AuditLog
 from ansible_collections.hcp.core.plugins.module_utils.policy.client import LocalPolicy, PolicyUnavailableError
 from ansible_collections.hcp.core.plugins.module_utils.policy.engine import MAX_JSON_BYTES, MAX_JSON_DEPTH, PolicyError
 from ansible_collections.hcp.core.plugins.module_utils.web import wsgi as common
 
 CONFIG_ENV = "HCP_POLICY_CONFIG"
 DEFAULT_MAX_BODY = 1024 * 1024
-
-
-class AuditLog:
-    """One JSON line per decision, to a file (appended, 0640 when created) or stderr."""
-
-    def __init__(self, path):
-        self.path = path
-        self._lock = threading.Lock()
-
-    def write(self, record):
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with self._lock:
-            if self.path:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                with os.fdopen(fd, "a", encoding="utf-8") as handle:
-                    handle.write(line)
-            else:
-                sys.stderr.write(line)
-                sys.stderr.flush()
 
 
 def _caller(environ):
