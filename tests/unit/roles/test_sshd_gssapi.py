@@ -33,14 +33,14 @@ import time
 
 import pytest
 import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import trust_as_template
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.attestation.install import merge_keytabs
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import asset_contract
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.asset_contract import GeneratorContext
 from ansible_collections.hcp.core.plugins.module_utils.kerberos import config as krbconf
+from ansible_collections.hcp.core.tests.unit.role_helpers import role_templar
 from ansible_collections.hcp.core.tests.unit.krb_helpers import KDC_BINARY, KINIT, REALM, Realm, free_port
 
 SSHD = "/usr/sbin/sshd"
@@ -60,24 +60,8 @@ pytestmark = [
 
 # -- the role's drop-in ----------------------------------------------------------------------
 
-def _trusted(value):
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    if isinstance(value, dict):
-        return dict((k, _trusted(v)) for k, v in value.items())
-    return value
-
-
 def _templar(**overrides):
-    variables = {}
-    for name in ("defaults/main.yml", "vars/main.yml"):
-        with open(os.path.join(ROLE, name), "r", encoding="utf-8") as handle:
-            variables.update(_trusted(yaml.safe_load(handle)))
-    variables.update(inventory_hostname="localhost", ansible_managed="Ansible managed", ansible_check_mode=False)
-    variables.update(overrides)
-    return Templar(loader=DataLoader(), variables=variables)
+    return role_templar(ROLE, **overrides)
 
 
 def render_dropin(**overrides):

@@ -25,11 +25,10 @@ import tempfile
 import time
 
 import pytest
-import yaml
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import trust_as_template
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.tests.unit.role_helpers import role_templar
 
 NGINX = "/usr/sbin/nginx"
 ROLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "webapi")
@@ -37,27 +36,11 @@ ROLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "roles", "webap
 pytestmark = pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")
 
 
-def _trusted(value):
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, list):
-        return [_trusted(v) for v in value]
-    if isinstance(value, dict):
-        return dict((k, _trusted(v)) for k, v in value.items())
-    return value
-
-
 def render_site(**overrides):
     """The site file as the role writes it for ``overrides`` (role defaults and vars below)."""
-    variables = {}
-    for name in ("defaults/main.yml", "vars/main.yml"):
-        with open(os.path.join(ROLE, name), "r", encoding="utf-8") as handle:
-            variables.update(_trusted(yaml.safe_load(handle)))
-    variables.update(inventory_hostname="localhost", ansible_managed="Ansible managed", ansible_check_mode=False)
-    variables.update(overrides)
     with open(os.path.join(ROLE, "templates", "nginx-site.conf.j2"), "r", encoding="utf-8") as handle:
         source = handle.read()
-    return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(source))
+    return role_templar(ROLE, **overrides).template(trust_as_template(source))
 
 
 def _free_port():
