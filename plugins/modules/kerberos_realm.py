@@ -14,9 +14,10 @@ description:
     (C(kadmin -l -c KDC_CONF); the configuration must name exactly one database, for the realm, so the system HDB
     under C(/var/lib/heimdal-kdc) is never touched). An initialised realm is left as it is.
   - Creates the realm's infrastructure principals with random keys when they are missing, such as
-    V(iprop/kdc2.example.test) for a secondary KDC (the realm's reserved names are allowed here, unlike through the kadmin
-    web API), and exports what a secondary KDC needs into files on this host, written by this (root) process, mode 0600,
-    into directories that must exist - a keytab when its file does not exist yet, the master key when its copy differs.
+    V(iprop/kdc2.example.test) for a secondary KDC or V(alice) for a user who logs in by PKINIT (the realm's reserved
+    names are allowed here, unlike through the kadmin web API), and exports what a secondary KDC needs into files on
+    this host, written by this (root) process, mode 0600, into directories that must exist - a keytab when its file does
+    not exist yet, the master key when its copy differs.
   - With O(run_as), every kadmin run (and every read in the database directory) happens in a child process that has
     dropped to that user, the owner of the database directory, so root never works in a directory that user can change.
   - Runs on the primary KDC. Keys and the master key are never returned nor shown in a diff.
