@@ -33,7 +33,10 @@ RSA-2048 CA, as the role and the workstation flow use them.
   get, two forks) and ``kadmin -l add`` forked directly.
 
 Clients and the KDC (one listener, one worker process per CPU) share this machine's CPUs; other
-work on the machine lowers every figure (the load average is printed). Needs heimdal-kdc and
+work on the machine lowers every rate (the load average is printed). The KDC rows also give the
+CPU time the KDC processes used per request (from /proc) and the clients' (forked clients from
+getrusage, in-process ones from this process's CPU time), which contention changes much less: a KDC
+host's capacity is about its cores divided by the KDC's share. The crypto floors are per CPU second. Needs heimdal-kdc and
 heimdal-clients; without them it prints a skip line and exits 0.
 Run from the repo root after `make install` (or tools/stage.sh):
   nice -n 19 .venv/bin/python benchmarks/kdc.py [--seconds 2] [--clients 4]
@@ -47,6 +50,7 @@ import datetime
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -93,6 +97,16 @@ def rate(func, seconds):
             return count / (now - start), count
 
 
+def cpu_rate(func, seconds):
+    """Calls of ``func`` per second of this process's CPU time, run back to back for ``seconds`` of
+    wall time: single-threaded in-process work, so other load on the machine changes it little."""
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        func()
+        count += 1
+    return count / max(time.process_time() - cpu, 1e-9)
+
+
 def parallel_rate(make_worker, clients, seconds):
     """(calls/s, calls) of ``clients`` threads, each running its own ``make_worker(index)`` callable
     back to back for ``seconds``; a worker's exception is re-raised here."""
@@ -129,16 +143,60 @@ def run_ok(argv, env):
         raise RuntimeError("%s failed (%d): %s" % (argv[0], result.returncode, result.stderr.decode("utf-8", "replace")[-300:]))
 
 
+class KdcCpu(object):
+    """CPU seconds (user + system) used so far by the KDC process ``proc`` and its worker
+    processes, read from /proc: the KDC's own cost per request, whatever else runs."""
+
+    def __init__(self, proc):
+        self.pid = proc.pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _stat(pid):
+        try:
+            with open("/proc/%s/stat" % pid, "r", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return int(fields[1]), int(fields[11]) + int(fields[12])  # ppid, utime + stime (man 5 proc)
+
+    def seconds(self):
+        ticks = 0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                stat = self._stat(entry)
+                if stat is not None and (int(entry) == self.pid or stat[0] == self.pid):
+                    ticks += stat[1]
+        return ticks / self.tick
+
+    def measure(self, func, *args):
+        """(rate, calls) of func(*args) and the note: the KDC's CPU milliseconds per call, and the
+        clients' (forked clients reaped meanwhile, or this process for in-process clients)."""
+        before, children, own = self.seconds(), _children_cpu(), time.process_time()
+        per_s, calls = func(*args)
+        kdc = (self.seconds() - before) * 1000 / max(calls, 1)
+        forked = (_children_cpu() - children) * 1000 / max(calls, 1)
+        client = forked if forked > 0 else (time.process_time() - own) * 1000 / max(calls, 1)
+        return per_s, calls, "%d, CPU ms each: KDC %.1f, client %.1f" % (calls, kdc, client), kdc
+
+
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 # -- floors -----------------------------------------------------------------------------------
 
 def _as_req_work(sign, verify, decrypt, dh_op):
-    """Per second, the public-key work one PKINIT AS-REQ makes client and KDC do together, from
-    the seconds of one operation each: {"dh": ..., "rsa": ...}. Both ways the client signs its
-    AuthPack and verifies the KDC's signature and certificate; the KDC verifies the client's
-    signature and certificate and signs its reply. DH: each side also makes a key and computes
-    the shared secret. Key transport: the KDC encrypts the reply key to the client's RSA key (a
-    public operation, counted as a verify) and the client decrypts it."""
-    return {"dh": 1 / (2 * sign + 4 * verify + 2 * dh_op), "rsa": 1 / (2 * sign + 5 * verify + decrypt)}
+    """Per second, the public-key work of one PKINIT AS-REQ, from the seconds of one operation each:
+    {"as_req_dh", "as_req_rsa"} for client and KDC together, {"kdc_dh", "kdc_rsa"} for the KDC's
+    share. Both ways the client signs its AuthPack and verifies the KDC's signature and
+    certificate; the KDC verifies the client's signature and certificate and signs its reply. DH:
+    each side also makes a key and computes the shared secret. Key transport: the KDC encrypts the
+    reply key to the client's RSA key (a public operation, counted as a verify) and the client
+    decrypts it."""
+    return {"as_req_dh": 1 / (2 * sign + 4 * verify + 2 * dh_op), "as_req_rsa": 1 / (2 * sign + 5 * verify + decrypt),
+            "kdc_dh": 1 / (sign + 2 * verify + dh_op), "kdc_rsa": 1 / (sign + 3 * verify)}
 
 
 def openssl_floor(seconds):
@@ -151,12 +209,12 @@ def openssl_floor(seconds):
     group = dh.DHParameterNumbers(MODP_2048, 2).parameters()
     peer = group.generate_private_key().public_key()
     ops = {
-        "sign": rate(lambda: key.sign(message, padding.PKCS1v15(), hashes.SHA256()), seconds)[0],
-        "verify": rate(lambda: public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256()), seconds)[0],
-        "decrypt": rate(lambda: key.decrypt(sealed, padding.PKCS1v15()), seconds)[0],
-        "dh": rate(lambda: group.generate_private_key().exchange(peer), seconds)[0],
+        "sign": cpu_rate(lambda: key.sign(message, padding.PKCS1v15(), hashes.SHA256()), seconds),
+        "verify": cpu_rate(lambda: public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256()), seconds),
+        "decrypt": cpu_rate(lambda: key.decrypt(sealed, padding.PKCS1v15()), seconds),
+        "dh": cpu_rate(lambda: group.generate_private_key().exchange(peer), seconds),
     }
-    ops.update(("as_req_" + k, v) for k, v in _as_req_work(*(1 / ops[k] for k in ("sign", "verify", "decrypt", "dh"))).items())
+    ops.update(_as_req_work(*(1 / ops[k] for k in ("sign", "verify", "decrypt", "dh"))))
     return ops
 
 
@@ -230,29 +288,30 @@ def heimdal_floor(seconds):
             lib.hc_DH_compute_key(secrets[0], peer_fields.pub_key, handle)
             lib.hc_DH_free(handle)
         ops = {
-            "sign": rate(lambda: lib.hc_RSA_private_encrypt(len(block), block, signed, key, pkcs1), seconds)[0],
-            "verify": rate(lambda: lib.hc_RSA_public_decrypt(256, signed.raw, back, key, pkcs1), seconds)[0],
-            "decrypt": rate(lambda: lib.hc_RSA_private_decrypt(256, sealed.raw, back, key, pkcs1), seconds)[0],
-            "dh": rate(dh_once, seconds)[0],
+            "sign": cpu_rate(lambda: lib.hc_RSA_private_encrypt(len(block), block, signed, key, pkcs1), seconds),
+            "verify": cpu_rate(lambda: lib.hc_RSA_public_decrypt(256, signed.raw, back, key, pkcs1), seconds),
+            "decrypt": cpu_rate(lambda: lib.hc_RSA_private_decrypt(256, sealed.raw, back, key, pkcs1), seconds),
+            "dh": cpu_rate(dh_once, seconds),
         }
         lib.hc_DH_free(peer)
     finally:
         lib.hc_RSA_free(key)
-    ops.update(("as_req_" + k, v) for k, v in _as_req_work(*(1 / ops[k] for k in ("sign", "verify", "decrypt", "dh"))).items())
+    ops.update(_as_req_work(*(1 / ops[k] for k in ("sign", "verify", "decrypt", "dh"))))
     return ops
 
 
 def crypto_floors(seconds, figures, table):
     labels = (("sign", "RSA-2048 sign (PKCS#1 v1.5)"), ("verify", "RSA-2048 verify"), ("decrypt", "RSA-2048 decrypt"),
-              ("dh", "DH MODP-2048 key + shared secret"), ("as_req_dh", "public-key work of one AS-REQ, DH"),
-              ("as_req_rsa", "public-key work of one AS-REQ, RSA key transport"))
+              ("dh", "DH MODP-2048 key + shared secret"), ("as_req_dh", "PKINIT DH public-key work, client + KDC"),
+              ("kdc_dh", "PKINIT DH public-key work, KDC's share"), ("as_req_rsa", "PKINIT RSA public-key work, client + KDC"),
+              ("kdc_rsa", "PKINIT RSA public-key work, KDC's share"))
     for library, ops in (("OpenSSL", openssl_floor(seconds)), ("Heimdal hcrypto", heimdal_floor(seconds))):
         if ops is None:
             table.append(("floor: %s" % library, None, "skip: libhcrypto.so.5 missing or its self-check failed"))
             continue
         for key, label in labels:
             figures["%s_%s" % (library.split()[0].lower(), key)] = ops[key]
-            table.append(("floor: %s, %s" % (label, library), ops[key], "one core" + (" (client + KDC)" if key.startswith("as_req") else "")))
+            table.append(("floor: %s, %s" % (label, library), ops[key], "per CPU second; %.2f ms CPU each" % (1000 / ops[key])))
 
 
 # -- the realm --------------------------------------------------------------------------------
@@ -294,21 +353,21 @@ def client_env(realm, ccache):
 
 # -- the measurements -------------------------------------------------------------------------
 
-def pkinit_rates(realm, identity, workdir, args, figures, table):
+def pkinit_rates(realm, kdc_cpu, identity, workdir, args, figures, table):
     for key, label, extra in (("dh", "DH", ()), ("rsa", "RSA key transport", ("--pk-use-enckey",))):
 
         def make(index, key=key, extra=extra):
             env = client_env(realm, os.path.join(workdir, "as-%s-%d" % (key, index)))
             argv = [KINIT, "-C", identity] + list(extra) + ["%s@%s" % (USER, REALM)]
             return lambda: run_ok(argv, env)
-        figures["pkinit_%s_seq" % key], calls = rate(make(0), args.seconds)
-        table.append(("PKINIT AS-REQ, %s, forked kinit, sequential" % label, figures["pkinit_%s_seq" % key], "%d" % calls))
-        figures["pkinit_%s_par" % key], calls = parallel_rate(make, args.clients, args.seconds)
-        table.append(("PKINIT AS-REQ, %s, forked kinit, %d parallel" % (label, args.clients), figures["pkinit_%s_par" % key],
-                      "%d" % calls))
+        figures["pkinit_%s_seq" % key], _calls, note, cpu = kdc_cpu.measure(rate, make(0), args.seconds)
+        figures["pkinit_%s_kdc_cpu_ms" % key] = cpu
+        table.append(("PKINIT AS-REQ, %s, forked kinit, sequential" % label, figures["pkinit_%s_seq" % key], note))
+        figures["pkinit_%s_par" % key], _calls, note, cpu = kdc_cpu.measure(parallel_rate, make, args.clients, args.seconds)
+        table.append(("PKINIT AS-REQ, %s, forked kinit, %d parallel" % (label, args.clients), figures["pkinit_%s_par" % key], note))
 
 
-def tgs_rates(realm, identity, workdir, args, figures, table):
+def tgs_rates(realm, kdc_cpu, identity, workdir, args, figures, table):
     tgt = os.path.join(workdir, "tgt")
     env = client_env(realm, tgt)
     run_ok([KINIT, "-C", identity, "%s@%s" % (USER, REALM)], env)
@@ -316,10 +375,10 @@ def tgs_rates(realm, identity, workdir, args, figures, table):
     def make_forked(_index):
         argv = [KGETCRED, "--no-store", SERVICE]
         return lambda: run_ok(argv, env)
-    figures["tgs_forked_seq"], calls = rate(make_forked(0), args.seconds)
-    table.append(("TGS-REQ, forked kgetcred --no-store, sequential", figures["tgs_forked_seq"], "%d" % calls))
-    figures["tgs_forked_par"], calls = parallel_rate(make_forked, args.clients, args.seconds)
-    table.append(("TGS-REQ, forked kgetcred --no-store, %d parallel" % args.clients, figures["tgs_forked_par"], "%d" % calls))
+    figures["tgs_forked_seq"], _calls, note, cpu = kdc_cpu.measure(rate, make_forked(0), args.seconds)
+    table.append(("TGS-REQ, forked kgetcred --no-store, sequential", figures["tgs_forked_seq"], note))
+    figures["tgs_forked_par"], _calls, note, cpu = kdc_cpu.measure(parallel_rate, make_forked, args.clients, args.seconds)
+    table.append(("TGS-REQ, forked kgetcred --no-store, %d parallel" % args.clients, figures["tgs_forked_par"], note))
     try:
         import gssapi  # pylint: disable=import-outside-toplevel
     except ImportError:
@@ -340,12 +399,13 @@ def tgs_rates(realm, identity, workdir, args, figures, table):
             gssapi.SecurityContext(name=target, creds=creds, usage="initiate").step()
         return once
     before = _tgs_count(realm)
-    figures["tgs_gssapi_seq"], calls = rate(make_gss(0), args.seconds)
+    figures["tgs_gssapi_seq"], _calls, note, cpu = kdc_cpu.measure(rate, make_gss(0), args.seconds)
+    figures["tgs_kdc_cpu_ms"] = cpu
     asked = _tgs_count(realm) - before
     table.append(("TGS-REQ, python-gssapi (MIT) init_sec_context, sequential", figures["tgs_gssapi_seq"],
-                  "%d (%d TGS-REQs logged by the KDC)" % (calls, asked)))
-    figures["tgs_gssapi_par"], calls = parallel_rate(make_gss, args.clients, args.seconds)
-    table.append(("TGS-REQ, python-gssapi (MIT) init_sec_context, %d threads" % args.clients, figures["tgs_gssapi_par"], "%d" % calls))
+                  "%s; %d TGS-REQs in the KDC log" % (note, asked)))
+    figures["tgs_gssapi_par"], _calls, note, cpu = kdc_cpu.measure(parallel_rate, make_gss, args.clients, args.seconds)
+    table.append(("TGS-REQ, python-gssapi (MIT) init_sec_context, %d threads" % args.clients, figures["tgs_gssapi_par"], note))
 
 
 def _tgs_count(realm):
@@ -384,8 +444,10 @@ def fork_floors(args, figures, table):
     env = {"PATH": "/usr/bin:/bin"}
     figures["fork_true"], calls = rate(lambda: run_ok(["/bin/true"], env), args.seconds)
     table.append(("floor: fork+exec of true", figures["fork_true"], "%d" % calls))
+    children = _children_cpu()
     figures["fork_kinit_version"], calls = rate(lambda: run_ok([KINIT, "--version"], env), args.seconds)
-    table.append(("floor: fork+exec of kinit --version (no KDC work)", figures["fork_kinit_version"], "%d" % calls))
+    table.append(("floor: fork+exec of kinit --version (no KDC work)", figures["fork_kinit_version"],
+                  "%d, CPU ms each: client %.1f" % (calls, (_children_cpu() - children) * 1000 / calls)))
     figures["fork_true_par"], calls = parallel_rate(lambda _i: lambda: run_ok(["/bin/true"], env), args.clients, args.seconds)
     table.append(("floor: fork+exec of true, %d parallel" % args.clients, figures["fork_true_par"], "%d" % calls))
 
@@ -411,9 +473,10 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="hcp-bench-kdc.")
     try:
         realm, identity = pkinit_realm(workdir)
-        with realm.kdc():
-            pkinit_rates(realm, identity, workdir, args, figures, table)
-            tgs_rates(realm, identity, workdir, args, figures, table)
+        with realm.kdc() as proc:
+            kdc_cpu = KdcCpu(proc)
+            pkinit_rates(realm, kdc_cpu, identity, workdir, args, figures, table)
+            tgs_rates(realm, kdc_cpu, identity, workdir, args, figures, table)
         kadmin_rates(workdir, args, figures, table)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -421,7 +484,7 @@ def main(argv=None):
     print("%-*s %9s     %s" % (width, "", "rate", "calls in the run / note"))
     for label, value, note in table:
         print("%-*s %9s /s  %s" % (width, label, "%.0f" % value if value is not None else "-", note))
-    print(json.dumps(dict((k, round(v)) for k, v in figures.items()), sort_keys=True))
+    print(json.dumps(dict((k, round(v, 1)) for k, v in figures.items()), sort_keys=True))
     return 0
 
 
