@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
@@ -32,6 +31,7 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import generation as manifest_generation, verify_entry
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, TpmError
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils import runcache
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import tss_rc
 from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR, close_one_time, one_time_used
@@ -446,110 +446,48 @@ CACHE_FORMAT = "hcp.core.attest-cache"
 CACHE_VERSION = 1
 
 
-def process_start_time(pid):
-    """Start time of process ``pid`` (clock ticks since boot, /proc/<pid>/stat field 22) or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read().decode("ascii", "replace")
-        return int(data[data.rindex(")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def run_process():
-    """PID of the process whose lifetime is "one run": the parent when this process is a fork
-    of it (ansible-playbook's workers share its command line), else this process itself (a
-    lookup evaluated in the ansible-playbook process, or a plain program)."""
-    own = _cmdline(os.getpid())
-    return os.getppid() if own is not None and own == _cmdline(os.getppid()) else os.getpid()
+# the run identity and the cache files: module_utils/runcache.py (shared with the key-server client)
+process_start_time = runcache.process_start_time
+run_process = runcache.run_process
 
 
 def default_cache_dir():
     """Per-user 0700 directory: $XDG_RUNTIME_DIR (a tmpfs) when set, else the temp dir."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, "hcp.core-attest-cache-%d" % os.getuid())
-
-
-def _private_dir(path):
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise AttestClientError("cannot create the attestation cache directory %s: %s" % (path, exc.strerror or exc))
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise AttestClientError("the attestation cache directory %s is not a private directory of this user" % path)
+    return runcache.user_cache_dir("attest-cache")
 
 
 class PayloadCache(object):
     """The verified but still SEALED entry files of one attestation, kept for the lifetime of
     one process (the ansible-playbook run: lookups run in forked workers whose parent it is;
-    see run_process()).
+    see runcache.run_process()).
 
-    Files are named after ``run_pid``, its start time and a hash of the attestation options,
-    are 0600 in a 0700 per-user directory, and hold no plaintext secret: sensitive assets are
-    envelopes only the TPM can open. Files of runs that ended are removed on the next use."""
+    A runcache.RunFile named after ``run_pid``, its start time and a hash of the attestation
+    options: 0600 in a 0700 per-user directory, holding no plaintext secret (sensitive assets
+    are envelopes only the TPM can open). Files of runs that ended are removed on the next use."""
 
     def __init__(self, options, run_pid=None, directory=None):
-        self.run_pid = run_pid or run_process()
-        self.directory = directory or default_cache_dir()
-        self.start = process_start_time(self.run_pid)
-        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:24]
-        self.path = os.path.join(self.directory, "run-%d-%s-%s.json" % (self.run_pid, self.start, digest))
-
-    def _purge_dead(self):
-        for name in os.listdir(self.directory):
-            parts = name.split("-")
-            if len(parts) != 4 or parts[0] != "run" or not name.endswith((".json", ".lock")):
-                continue
-            try:
-                pid = int(parts[1])
-            except ValueError:
-                continue
-            if str(process_start_time(pid)) != parts[2]:
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                except OSError:
-                    pass
+        self.file = runcache.RunFile(directory or default_cache_dir(), json.dumps(options, sort_keys=True, default=str),
+                                     run_pid=run_pid, what="attestation cache", error_class=AttestClientError)
+        self.run_pid, self.directory, self.start, self.path = self.file.run_pid, self.file.directory, self.file.start, self.file.path
 
     def get_or_fetch(self, fetcher):
         """(fetched dict as attest_client.fetch returns it, hit: bool). ``fetcher()`` runs at most
         once per run and options: concurrent workers wait on a lock and then read the cache."""
-        _private_dir(self.directory)
-        with open(self.path[:-5] + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.file.lock():
             cached = self._load()
             if cached is not None:
                 return cached, True
-            self._purge_dead()
             fetched = fetcher()
             record = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "server": fetched["server"],
                       "snapshot": fetched["snapshot"], "ekpubhash": fetched["ekpubhash"],
                       "files": dict((n, _b64(d)) for n, d in fetched["files"].items())}
-            atomic_write(self.path, json.dumps(record, sort_keys=True).encode(), 0o600)
+            self.file.write(json.dumps(record, sort_keys=True).encode())
             return fetched, False
 
     def _load(self):
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
+        data = self.file.read()
+        if data is None:
             return None
-        except OSError as exc:
-            raise AttestClientError("cannot read the attestation cache %s: %s" % (self.path, exc.strerror or exc))
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            data = handle.read()
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise AttestClientError("the attestation cache %s is not private to this user" % self.path)
         try:
             record = json.loads(data)
             if record.get("format") != CACHE_FORMAT or record.get("version") != CACHE_VERSION:
