@@ -260,20 +260,13 @@ def golden_pcrs(files):
         raise AttestUnavailableError("the entry's clientprofile is not JSON")
     section = profile.get("attest") if isinstance(profile, dict) else None
     pcrs = section.get("pcrs") if isinstance(section, dict) else None
-    if not pcrs:
-        return {}
-    if not isinstance(pcrs, dict):
+    if pcrs and not isinstance(pcrs, dict):
         raise PcrPolicyError("the host's profile attest.pcrs is not an object")
-    out = {}
-    for bank, values in pcrs.items():
-        # the one PCR-value validator (whole-string matches), as enrollment and envelopes use it
-        try:
-            parsed = tpm_policy.parse_pcr_values(bank, values, where="the host's profile attest.pcrs")
-        except ValueError as exc:
-            raise PcrPolicyError(str(exc)) from None
-        if parsed:
-            out[bank] = parsed
-    return out
+    try:
+        # the one walk over golden values (tpm/policy.golden_pcr_values), as enrollment uses it
+        return tpm_policy.golden_pcr_values(pcrs, where="the host's profile attest.pcrs")
+    except ValueError as exc:
+        raise PcrPolicyError(str(exc)) from None
 
 
 class Attestor(object):
