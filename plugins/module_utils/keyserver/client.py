@@ -105,14 +105,33 @@ class SessionCache(object):
         return self.file.lock()
 
 
+def preferred_credential(credential_dir):
+    """(certificate, key) paths of the key-server credential the attestation client stored in
+    ``credential_dir`` (attestation/client.store_credential) while it is valid, else None."""
+    if not credential_dir:
+        return None
+    # imported here: the attestation client is needed only with a credential directory
+    from ansible_collections.hcp.core.plugins.module_utils.attestation.client import load_credential  # pylint: disable=import-outside-toplevel
+    return load_credential(credential_dir)
+
+
 class KeyServerClient(object):
     """Client of the key-server at ``url`` with the key-server client certificate ``client_cert``
-    (PEM; its key in ``client_key`` or in the same file). ``cache``: True for a per-run
-    SessionCache, or a SessionCache, or None (the session lives as long as this object)."""
+    (PEM; its key in ``client_key`` or in the same file). ``credential_dir``: where the
+    attestation client keeps the short-lived key-server credential the attestation server issued
+    after the quote matched: preferred over ``client_cert`` while it is valid (``using_credential``).
+    ``cache``: True for a per-run SessionCache, or a SessionCache, or None (the session lives as
+    long as this object)."""
 
-    def __init__(self, url, ca_file=None, client_cert=None, client_key=None, timeout=DEFAULT_TIMEOUT, cache=None):
+    def __init__(self, url, ca_file=None, client_cert=None, client_key=None, timeout=DEFAULT_TIMEOUT, cache=None,
+                 credential_dir=None):
+        preferred = preferred_credential(credential_dir)
+        self.using_credential = preferred is not None
+        if preferred is not None:
+            client_cert, client_key = preferred
         if not client_cert:
-            raise KeyServerClientError("the key-server needs a client certificate (client_cert)", 0)
+            raise KeyServerClientError("the key-server needs a client certificate (client_cert) or a key-server "
+                                       "credential from the attestation server (credential_dir)", 0)
         cert_pem = _read(client_cert, "client certificate")
         key_pem = _read(client_key or client_cert, "client key")
         try:
