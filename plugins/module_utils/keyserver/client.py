@@ -14,7 +14,6 @@ import json
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils import runcache
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.auth import SIGNING_CONTEXT
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.errors import KeyServerError
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import validate_measurement, validate_name, validate_prefix
