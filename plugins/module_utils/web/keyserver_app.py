@@ -362,7 +362,7 @@ def create_app(config=None, store=None, clock=None):
         try:
             who = caller()
             record.update(caller=who["cn"], caller_fingerprint=who["fingerprint_sha256"], profile=who["profile"],
-                          measurement=who["measurement"])
+                          measurement=who["measurement"], attested=who["attested"])
             request = parse_body()
             record.update(action=request["action"], name=request.get("name") or request.get("prefix"))
             session = authenticate(who, request["credentials"])

@@ -192,6 +192,7 @@ def test_attested_host_gets_a_credential_and_its_secrets_from_every_backend(site
     with pytest.raises(KeyServerClientError, match="not released to this host's measurement") as exc:
         client.retrieve("release/other")  # another measurement's secret
     assert exc.value.status == 403
+    assert site.ks.audit()[-1]["attested"] is True and site.ks.audit()[-1]["decision"] == "deny"
     audit = open(site.ks.audit_file, "rb").read()
     for secret in (b"disk-key-from-the-store", b"app-token-from-json", b"image-key-from-the-kms"):
         assert secret not in audit
