@@ -114,6 +114,13 @@ def _load_public_key(public_key_or_pem):
     return public_key_or_pem
 
 
+def load_public_key(pem):
+    """A public key from SubjectPublicKeyInfo PEM (str or bytes); PkiError otherwise."""
+    if not isinstance(pem, (bytes, str)):
+        raise PkiError("not a PEM public key")
+    return _load_public_key(pem)
+
+
 def _hash_for(key):
     # Ed25519 signs without a separate hash; everything else uses SHA-256.
     return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
@@ -422,14 +429,15 @@ class Issuer(object):
         return b"".join(certificate_pem(cert) for cert in self.chain)
 
     def issue(self, public_key, profile, subject_cn, dns_names=(), emails=(), principal=None,
-              days=30, now=None, serial=None, org=None, keyserver_binding=None):
+              days=30, now=None, serial=None, org=None, keyserver_binding=None, lifetime=None):
         """A leaf certificate for ``public_key`` following ``profile`` (see PROFILES).
 
         https-*: SAN from ``dns_names`` (IP literals become IP entries) and ``emails``;
         pkinit-client/-iprop/-user: ``principal`` is required; pkinit-kdc: ``principal``
         defaults to nothing, give "krbtgt/REALM@REALM". ``keyserver_binding`` (https-client
         only): a dict for keyserver_binding_extension(); the certificate then also carries the
-        key-server client purpose (OID_KP_KEYSERVER_CLIENT)."""
+        key-server client purpose (OID_KP_KEYSERVER_CLIENT). ``lifetime`` (a timedelta): the
+        validity instead of ``days`` (the attestation server's minutes-long key-server credentials)."""
         if profile not in PROFILES:
             raise PkiError("unknown certificate profile %r (known: %s)" % (profile, ", ".join(PROFILES)))
         now = _now(now)
@@ -469,7 +477,7 @@ class Issuer(object):
             .public_key(public_key)
             .serial_number(serial if serial is not None else _serial())
             .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + datetime.timedelta(days=days))
+            .not_valid_after(now + (lifetime if lifetime is not None else datetime.timedelta(days=days)))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(key_usage, critical=True)
             .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
@@ -543,13 +551,44 @@ def _read_binding(cert):
     return {"profile": value["profile"], "measurement": value["measurement"]}
 
 
-def verify_keyserver_client(cert, anchors, now=None):
+def keyserver_binding(cert):
+    """``{"profile", "measurement"}`` of a certificate's key-server binding extension (both None
+    without one); CertificateVerifyError when the extension is malformed."""
+    require_cryptography()
+    if isinstance(cert, (bytes, str)):
+        cert = load_certificates(cert)[0]
+    return _read_binding(cert)
+
+
+# The key-server credential CA (docs/keyserver.md, part 2): held by the attestation servers, it
+# signs minutes-long key-server client certificates whose binding names the measurement the
+# host's quote proved. It is a service CA of its own: it never issues host or user certificates
+# and the enrollment CA never issues credentials, so the key-server knows from the anchor which
+# one it holds. Its certificates are refused when they live longer than this (the bound of the
+# attestation server's ``keyserver_credential_minutes``).
+MAX_CREDENTIAL_MINUTES = 60
+
+
+def is_credential_key(public_key):
+    """True for the public keys a key-server credential may certify: EC P-256/P-384, Ed25519,
+    RSA of 2048 bits or more."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return isinstance(public_key.curve, (ec.SECP256R1, ec.SECP384R1))
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return public_key.key_size >= 2048
+    return isinstance(public_key, ed25519.Ed25519PublicKey)
+
+
+def verify_keyserver_client(cert, anchors, now=None, credential_anchors=None, max_credential_minutes=MAX_CREDENTIAL_MINUTES):
     """The key-server identity of ``cert`` (a certificate, or PEM whose first certificate is the
-    leaf): ``{"cn", "profile", "measurement", "fingerprint_sha256", "public_key", "not_after"}``
-    (seconds since the epoch). Raises
-    CertificateVerifyError unless it chains to ``anchors`` (the site's enrollment CA) at ``now``,
-    is not a CA, and its extendedKeyUsage lists clientAuth AND the key-server client purpose (a
-    certificate without an extendedKeyUsage extension does not qualify)."""
+    leaf): ``{"cn", "profile", "measurement", "fingerprint_sha256", "public_key", "not_after",
+    "attested"}`` (``not_after`` in seconds since the epoch). Raises CertificateVerifyError unless
+    it chains to ``anchors`` (the site's enrollment CA) or to ``credential_anchors`` (the
+    key-server credential CA of the attestation servers: ``attested`` is then True, and the
+    certificate must live at most ``max_credential_minutes``) at ``now``, is not a CA, and its
+    extendedKeyUsage lists clientAuth AND the key-server client purpose (a certificate without
+    an extendedKeyUsage extension does not qualify). The credential anchors are accepted for
+    this purpose only: no other verifier of the collection is given them."""
     require_cryptography()
     if isinstance(cert, (bytes, str)):
         cert = load_certificates(cert)[0]
@@ -565,14 +604,25 @@ def verify_keyserver_client(cert, anchors, now=None):
     if ObjectIdentifier(OID_KP_KEYSERVER_CLIENT) not in usages or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise CertificateVerifyError("certificate %s lacks the key-server client purpose (%s)" % (
             _subject(cert), OID_KP_KEYSERVER_CLIENT))
-    verify_chain(cert, [], anchors, now=now, leaf_eku=OID_KP_KEYSERVER_CLIENT)
+    attested = False
+    try:
+        verify_chain(cert, [], anchors, now=now, leaf_eku=OID_KP_KEYSERVER_CLIENT)
+    except CertificateVerifyError:
+        if not credential_anchors:
+            raise
+        verify_chain(cert, [], credential_anchors, now=now, leaf_eku=OID_KP_KEYSERVER_CLIENT)
+        attested = True
+        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+        if lifetime > datetime.timedelta(minutes=max_credential_minutes) + CLOCK_SKEW:
+            raise CertificateVerifyError("key-server credential %s lives %d minutes, longer than the %d allowed"
+                                         % (_subject(cert), lifetime.total_seconds() // 60, max_credential_minutes))
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not cns:
         raise CertificateVerifyError("a key-server client certificate needs a common name")
     binding = _read_binding(cert)
     return {"cn": str(cns[0].value), "profile": binding["profile"], "measurement": binding["measurement"],
             "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(), "public_key": cert.public_key(),
-            "not_after": cert.not_valid_after_utc.timestamp()}
+            "not_after": cert.not_valid_after_utc.timestamp(), "attested": attested}
 
 
 # Chain verification is cryptography's RFC 5280 path builder (cryptography.x509.verification),

@@ -29,7 +29,7 @@ CONFIG_VERSION = 1
 STATUS_FORMAT = "hcp.core.attester-status"
 CONFIG_KEYS = frozenset(["format", "version", "servers", "ca_file", "signer_public_file", "tcti", "root", "rules",
                          "success_file", "pre_hooks", "post_hooks", "retries", "backoff_base", "backoff_max",
-                         "timeout", "install", "site", "state_dir"])
+                         "timeout", "install", "site", "state_dir", "keyserver_credential_dir"])
 HOOK_TIMEOUT = 300
 
 
@@ -55,20 +55,25 @@ def _run_hooks(kind, hooks, document):
 
 
 def run(tpm, servers, signer_public, ca_file=None, timeout=attest_client.DEFAULT_TIMEOUT, root="/", rules=None,
-        install=True, check_mode=False, pre_hooks=None, post_hooks=None, site=None, state_dir=None):
+        install=True, check_mode=False, pre_hooks=None, post_hooks=None, site=None, state_dir=None,
+        keyserver_credential_dir=None):
     """Attest with ``tpm`` and install the assets. Returns a secret-free dict: hostname,
     ekpubhash, server, snapshot, changed (bool), changed_assets, skipped, files, pcr_extended,
     post_hook_error (message or None). ``check_mode``: never unseals one-time assets, never
     extends PCR 11, writes nothing, runs no hook. A failing pre-hook raises HookError before
     anything is written; a failing post-hook is reported in ``post_hook_error``. ``state_dir``: where
-    the highest accepted manifest generation is remembered (an older entry is refused; None: no check)."""
+    the highest accepted manifest generation is remembered (an older entry is refused; None: no check).
+    ``keyserver_credential_dir``: also ask for a key-server credential and keep it there (0600);
+    ``keyserver_credential`` in the answer is its summary (not_after, measurement, profile, path)."""
     one_time = attest_client.ONE_TIME_SKIP if check_mode else attest_client.ONE_TIME_SKIP_IF_USED
     result = attest_client.attest(tpm, servers, signer_public, ca_file=ca_file, timeout=timeout,
                                   extend_pcr=not check_mode, one_time=one_time, state_dir=state_dir,
-                                  check_only=check_mode)
+                                  check_only=check_mode, keyserver_credential_dir=keyserver_credential_dir)
     out = {"hostname": result["hostname"], "ekpubhash": result["ekpubhash"], "server": result["server"],
            "snapshot": result["snapshot"], "pcr_extended": result["pcr_extended"], "changed": False,
            "changed_assets": [], "skipped": list(result["skipped"]), "files": [], "post_hook_error": None}
+    if "keyserver_credential" in result:
+        out["keyserver_credential"] = result["keyserver_credential"]
     if not install:
         return out
     unavailable = dict((s["name"], s["reason"]) for s in result["skipped"])
@@ -124,8 +129,9 @@ def load_config(path):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError("'%s' must be a non-negative number" % key)
         out[key] = kind(value)
-    if config.get("state_dir") is not None and not (isinstance(config["state_dir"], str) and config["state_dir"].startswith("/")):
-        raise ConfigError("'state_dir' must be an absolute path")
+    for key in ("state_dir", "keyserver_credential_dir"):
+        if config.get(key) is not None and not (isinstance(config[key], str) and config[key].startswith("/")):
+            raise ConfigError("'%s' must be an absolute path" % key)
     if not isinstance(config.get("rules", {}), dict):
         raise ConfigError("'rules' must be a mapping")
     return out
@@ -155,7 +161,8 @@ def run_config(config, sleep=time.sleep):
                            root=config.get("root") or "/", rules=config.get("rules"),
                            install=config.get("install", True), pre_hooks=config.get("pre_hooks"),
                            post_hooks=config.get("post_hooks"), site=config.get("site"),
-                           state_dir=config.get("state_dir"))
+                           state_dir=config.get("state_dir"),
+                           keyserver_credential_dir=config.get("keyserver_credential_dir"))
         except (TpmUnavailableError, attest_client.AttestClientError) as exc:
             if attempt >= config["retries"]:
                 raise

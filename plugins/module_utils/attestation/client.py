@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
@@ -32,6 +31,8 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import generation as manifest_generation, verify_entry
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, TpmError
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils import runcache
 from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.tpm.device import tss_rc
 from ansible_collections.hcp.core.plugins.module_utils.tpm.policy import ONE_TIME_PCR, close_one_time, one_time_used
@@ -41,6 +42,11 @@ try:
     from tpm2_pytss import TSS2_Exception
 except ImportError:  # pragma: no cover
     TSS2_Exception = None
+
+try:
+    from cryptography import x509
+except ImportError:  # pragma: no cover - pki reports it
+    x509 = None
 
 DEFAULT_TIMEOUT = 30
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -219,7 +225,7 @@ def fetch(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, cli
             continue
         return {"hostname": manifest.get("hostname"), "ekpubhash": payload["ekpubhash"],
                 "snapshot": response.get("snapshot"), "manifest": manifest, "generation": generation, "files": files,
-                "server": server_label(one, index)}
+                "server": server_label(one, index), "keyserver_credential": payload.get("keyserver_credential")}
     raise AllServersFailedError(causes)
 
 
@@ -414,7 +420,8 @@ def open_assets(tpm, manifest, files, unseal=True, extend_pcr=True, one_time=ONE
 
 
 def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, unseal=True, extend_pcr=True,
-           client_cert=None, extra=None, one_time=ONE_TIME_UNSEAL, state_dir=None, check_only=False):
+           client_cert=None, extra=None, one_time=ONE_TIME_UNSEAL, state_dir=None, check_only=False,
+           keyserver_credential_dir=None):
     """Attest with ``tpm`` (tpm.Tpm) to ``server`` (URL, transport callable, or a failover list).
 
     ``signer_public``: PEM (or key) of the trusted asset signer: the entry's manifest must
@@ -425,10 +432,105 @@ def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, un
 
     Returns {hostname, ekpubhash, snapshot, manifest, generation, assets: {name: bytes}, files:
     {stored file: bytes}, pcr_extended, skipped: [{name, reason}], server}. ``assets`` holds
-    plaintext (secrets included): never log it."""
+    plaintext (secrets included): never log it.
+
+    ``keyserver_credential_dir``: ask the server for a key-server credential for a fresh key and
+    store both there (0600, see store_credential); ``keyserver_credential`` in the result is then
+    its secret-free summary (None when the server issued none), else absent. Not in check mode."""
+    key = None
+    if keyserver_credential_dir and not check_only:
+        key = pki.new_private_key("ec-p256")
+        extra = dict(extra or {}, keyserver_key=pki.public_key_pem(key).decode("ascii"))
     fetched = fetch(tpm, server, signer_public, ca_file, timeout, client_cert, extra, state_dir=state_dir, check_only=check_only)
+    credential = fetched.pop("keyserver_credential", None)
     assets, skipped, extended = open_assets(tpm, fetched["manifest"], fetched["files"], unseal, extend_pcr, one_time)
-    return dict(fetched, assets=assets, skipped=skipped, pcr_extended=extended)
+    result = dict(fetched, assets=assets, skipped=skipped, pcr_extended=extended)
+    if key is not None:
+        result["keyserver_credential"] = None
+        if credential is not None:
+            cert_pem, info = accept_credential(credential, key)
+            result["keyserver_credential"] = dict(info, path=store_credential(keyserver_credential_dir, key, cert_pem))
+    return result
+
+
+# --- key-server credentials (docs/keyserver.md, part 2) --------------------------------------
+
+CREDENTIAL_FORMAT = "hcp.core.keyserver-credential"
+CREDENTIAL_VERSION = 1
+CREDENTIAL_CERT_FILE = "keyserver-credential.pem"
+CREDENTIAL_KEY_FILE = "keyserver-credential.key"
+MAX_CREDENTIAL_CHARS = 64 * 1024
+
+
+def accept_credential(credential, key, now=None):
+    """(certificate chain PEM bytes, {"not_after", "measurement", "profile"}) of the key-server
+    credential an attestation answer carried (authenticated: inside the payload encrypted to this
+    TPM), checked: format, the leaf certifies ``key`` (the fresh key this client sent), carries
+    the key-server client purpose and is valid now. AttestClientError otherwise."""
+    if not isinstance(credential, dict) or credential.get("format") != CREDENTIAL_FORMAT \
+            or credential.get("version") != CREDENTIAL_VERSION:
+        raise AttestClientError("the key-server credential in the attestation answer has an unknown format")
+    text = credential.get("certificate")
+    if not isinstance(text, str) or len(text) > MAX_CREDENTIAL_CHARS:
+        raise AttestClientError("the key-server credential in the attestation answer is malformed")
+    try:
+        leaf = pki.load_certificates(text)[0]
+        binding = pki.keyserver_binding(leaf)
+        usages = [u.dotted_string for u in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value]
+    except (HcpError, ValueError, x509.ExtensionNotFound):
+        raise AttestClientError("the key-server credential in the attestation answer is not a key-server certificate") from None
+    if pki.public_key_pem(leaf.public_key()) != pki.public_key_pem(key) or pki.OID_KP_KEYSERVER_CLIENT not in usages:
+        raise AttestClientError("the key-server credential in the attestation answer is not for this client's key")
+    moment = time.time() if now is None else now
+    if not leaf.not_valid_before_utc.timestamp() - 300 <= moment < leaf.not_valid_after_utc.timestamp():
+        raise AttestClientError("the key-server credential in the attestation answer is not valid now")
+    return text.encode("ascii"), {"not_after": int(leaf.not_valid_after_utc.timestamp()),
+                                  "measurement": binding["measurement"], "profile": binding["profile"]}
+
+
+def store_credential(directory, key, cert_pem):
+    """Write the credential's key and certificate chain into ``directory`` (0700, created; not a
+    link) as CREDENTIAL_KEY_FILE and CREDENTIAL_CERT_FILE, each 0600 and atomic; returns the
+    certificate's path. A reader that sees a new key beside an old certificate (or the reverse)
+    finds they do not match and ignores both (load_credential)."""
+    runcache.private_dir(directory, "key-server credential directory", AttestClientError)
+    try:
+        atomic_write(os.path.join(directory, CREDENTIAL_KEY_FILE), pki.private_key_pem(key), 0o600)
+        atomic_write(os.path.join(directory, CREDENTIAL_CERT_FILE), cert_pem, 0o600)
+    except OSError as exc:
+        raise AttestClientError("cannot write the key-server credential in %s: %s" % (directory, exc.strerror or exc))
+    return os.path.join(directory, CREDENTIAL_CERT_FILE)
+
+
+def load_credential(directory, now=None, margin=5):
+    """(certificate path, key path) of the stored key-server credential when it is usable: both
+    files private to this user, the key the certificate's, valid for ``margin`` more seconds;
+    else None (missing, expired, torn write, foreign files)."""
+    if not directory:
+        return None
+    paths = (os.path.join(directory, CREDENTIAL_CERT_FILE), os.path.join(directory, CREDENTIAL_KEY_FILE))
+    data = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            content = handle.read(MAX_CREDENTIAL_CHARS + 1)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077 \
+                or len(content) > MAX_CREDENTIAL_CHARS:
+            return None
+        data.append(content)
+    try:
+        leaf = pki.load_certificates(data[0])[0]
+        key = pki.load_private_key(data[1])
+    except HcpError:
+        return None
+    moment = time.time() if now is None else now
+    if pki.public_key_pem(key) != pki.public_key_pem(leaf.public_key()) or moment + margin >= leaf.not_valid_after_utc.timestamp():
+        return None
+    return paths
 
 
 def summary(result):
@@ -446,110 +548,48 @@ CACHE_FORMAT = "hcp.core.attest-cache"
 CACHE_VERSION = 1
 
 
-def process_start_time(pid):
-    """Start time of process ``pid`` (clock ticks since boot, /proc/<pid>/stat field 22) or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read().decode("ascii", "replace")
-        return int(data[data.rindex(")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _cmdline(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as handle:
-            return handle.read()
-    except OSError:
-        return None
-
-
-def run_process():
-    """PID of the process whose lifetime is "one run": the parent when this process is a fork
-    of it (ansible-playbook's workers share its command line), else this process itself (a
-    lookup evaluated in the ansible-playbook process, or a plain program)."""
-    own = _cmdline(os.getpid())
-    return os.getppid() if own is not None and own == _cmdline(os.getppid()) else os.getpid()
+# the run identity and the cache files: module_utils/runcache.py (shared with the key-server client)
+process_start_time = runcache.process_start_time
+run_process = runcache.run_process
 
 
 def default_cache_dir():
     """Per-user 0700 directory: $XDG_RUNTIME_DIR (a tmpfs) when set, else the temp dir."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, "hcp.core-attest-cache-%d" % os.getuid())
-
-
-def _private_dir(path):
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise AttestClientError("cannot create the attestation cache directory %s: %s" % (path, exc.strerror or exc))
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise AttestClientError("the attestation cache directory %s is not a private directory of this user" % path)
+    return runcache.user_cache_dir("attest-cache")
 
 
 class PayloadCache(object):
     """The verified but still SEALED entry files of one attestation, kept for the lifetime of
     one process (the ansible-playbook run: lookups run in forked workers whose parent it is;
-    see run_process()).
+    see runcache.run_process()).
 
-    Files are named after ``run_pid``, its start time and a hash of the attestation options,
-    are 0600 in a 0700 per-user directory, and hold no plaintext secret: sensitive assets are
-    envelopes only the TPM can open. Files of runs that ended are removed on the next use."""
+    A runcache.RunFile named after ``run_pid``, its start time and a hash of the attestation
+    options: 0600 in a 0700 per-user directory, holding no plaintext secret (sensitive assets
+    are envelopes only the TPM can open). Files of runs that ended are removed on the next use."""
 
     def __init__(self, options, run_pid=None, directory=None):
-        self.run_pid = run_pid or run_process()
-        self.directory = directory or default_cache_dir()
-        self.start = process_start_time(self.run_pid)
-        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:24]
-        self.path = os.path.join(self.directory, "run-%d-%s-%s.json" % (self.run_pid, self.start, digest))
-
-    def _purge_dead(self):
-        for name in os.listdir(self.directory):
-            parts = name.split("-")
-            if len(parts) != 4 or parts[0] != "run" or not name.endswith((".json", ".lock")):
-                continue
-            try:
-                pid = int(parts[1])
-            except ValueError:
-                continue
-            if str(process_start_time(pid)) != parts[2]:
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                except OSError:
-                    pass
+        self.file = runcache.RunFile(directory or default_cache_dir(), json.dumps(options, sort_keys=True, default=str),
+                                     run_pid=run_pid, what="attestation cache", error_class=AttestClientError)
+        self.run_pid, self.directory, self.start, self.path = self.file.run_pid, self.file.directory, self.file.start, self.file.path
 
     def get_or_fetch(self, fetcher):
         """(fetched dict as attest_client.fetch returns it, hit: bool). ``fetcher()`` runs at most
         once per run and options: concurrent workers wait on a lock and then read the cache."""
-        _private_dir(self.directory)
-        with open(self.path[:-5] + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.file.lock():
             cached = self._load()
             if cached is not None:
                 return cached, True
-            self._purge_dead()
             fetched = fetcher()
             record = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "server": fetched["server"],
                       "snapshot": fetched["snapshot"], "ekpubhash": fetched["ekpubhash"],
                       "files": dict((n, _b64(d)) for n, d in fetched["files"].items())}
-            atomic_write(self.path, json.dumps(record, sort_keys=True).encode(), 0o600)
+            self.file.write(json.dumps(record, sort_keys=True).encode())
             return fetched, False
 
     def _load(self):
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except FileNotFoundError:
+        data = self.file.read()
+        if data is None:
             return None
-        except OSError as exc:
-            raise AttestClientError("cannot read the attestation cache %s: %s" % (self.path, exc.strerror or exc))
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            data = handle.read()
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise AttestClientError("the attestation cache %s is not private to this user" % self.path)
         try:
             record = json.loads(data)
             if record.get("format") != CACHE_FORMAT or record.get("version") != CACHE_VERSION:

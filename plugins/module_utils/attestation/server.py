@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import datetime
 import hashlib
 import hmac
 import json
@@ -50,6 +51,8 @@ from ansible_collections.hcp.core.plugins.module_utils.attestation.protocol impo
     unb64 as _unb64,
 )
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import measurement_of
 from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
 from ansible_collections.hcp.core.plugins.module_utils.tpm import policy as tpm_policy
 from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
@@ -82,6 +85,12 @@ MAX_EVENTLOG_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_USED = 1000000
 EK_CERT_CACHE_SIZE = 65536
 EK_CERT_CACHE_TTL = 3600
+# key-server credentials (docs/keyserver.md, part 2)
+CREDENTIAL_FORMAT = "hcp.core.keyserver-credential"
+CREDENTIAL_VERSION = 1
+DEFAULT_CREDENTIAL_MINUTES = 10
+MAX_CREDENTIAL_MINUTES = pki.MAX_CREDENTIAL_MINUTES
+MAX_KEYSERVER_KEY_CHARS = 4096
 
 
 # -- ticket keys ----------------------------------------------------------------------------
@@ -260,20 +269,13 @@ def golden_pcrs(files):
         raise AttestUnavailableError("the entry's clientprofile is not JSON")
     section = profile.get("attest") if isinstance(profile, dict) else None
     pcrs = section.get("pcrs") if isinstance(section, dict) else None
-    if not pcrs:
-        return {}
-    if not isinstance(pcrs, dict):
+    if pcrs and not isinstance(pcrs, dict):
         raise PcrPolicyError("the host's profile attest.pcrs is not an object")
-    out = {}
-    for bank, values in pcrs.items():
-        # the one PCR-value validator (whole-string matches), as enrollment and envelopes use it
-        try:
-            parsed = tpm_policy.parse_pcr_values(bank, values, where="the host's profile attest.pcrs")
-        except ValueError as exc:
-            raise PcrPolicyError(str(exc)) from None
-        if parsed:
-            out[bank] = parsed
-    return out
+    try:
+        # the one walk over golden values (tpm/policy.golden_pcr_values), as enrollment uses it
+        return tpm_policy.golden_pcr_values(pcrs, where="the host's profile attest.pcrs")
+    except ValueError as exc:
+        raise PcrPolicyError(str(exc)) from None
 
 
 class Attestor(object):
@@ -287,12 +289,21 @@ class Attestor(object):
     ``vendor_cas``), allow_list (the EK's hash must be in ``ek_allow_list``) or tofu
     (tpm/ek_trust.py); AttestError here when the combination cannot work.
     ``used_dir``: directory of used tickets shared by replicas (None: memory only).
+    ``credential_issuer``: a pki.Issuer of the key-server credential CA (None: no credentials);
+    a request carrying ``keyserver_key`` then gets, once everything verified, a key-server
+    client certificate valid ``credential_minutes`` inside the encrypted payload.
     """
 
     def __init__(self, db_provider, ticket_key, signer_pub=None, vendor_cas=None, ek_trust=DEFAULT_EK_TRUST,
                  max_ticket_age=DEFAULT_MAX_TICKET_AGE, pcr_selection=None, used_dir=None, max_used=DEFAULT_MAX_USED,
-                 entry_cache_size=4096, negative_cache_size=4096, ek_allow_list=None):
+                 entry_cache_size=4096, negative_cache_size=4096, ek_allow_list=None, credential_issuer=None,
+                 credential_minutes=DEFAULT_CREDENTIAL_MINUTES):
         _require_cryptography()
+        if isinstance(credential_minutes, bool) or not isinstance(credential_minutes, int) \
+                or not 1 <= credential_minutes <= MAX_CREDENTIAL_MINUTES:
+            raise AttestError("keyserver_credential_minutes must be an integer in 1..%d" % MAX_CREDENTIAL_MINUTES)
+        self.credential_issuer = credential_issuer
+        self.credential_minutes = credential_minutes
         keys = [ticket_key] if isinstance(ticket_key, (bytes, bytearray)) else list(ticket_key or [])
         if not keys or any(len(k) != 32 for k in keys):
             raise AttestError("ticket keys must be 32 bytes")
@@ -420,6 +431,9 @@ class Attestor(object):
             raise AttestRequestError("eventlog is not a string or too large")
         if not isinstance(request.get("quote"), dict):
             raise QuoteRejectedError("quote is missing or not a quote bundle")
+        ks_key = request.get("keyserver_key")
+        if ks_key is not None and (not isinstance(ks_key, str) or len(ks_key) > MAX_KEYSERVER_KEY_CHARS):
+            raise AttestRequestError("keyserver_key must be a PEM public key of at most %d characters" % MAX_KEYSERVER_KEY_CHARS)
 
     def complete(self, request, now=None):
         """Check a completion request and return the encrypted response (dict, JSON-ready).
@@ -431,6 +445,7 @@ class Attestor(object):
         its one use; the EK (parsed, matched to the ticket, certificate); the quote's ECDSA
         signature; only then the snapshot read (cached, misses apart from entries)."""
         self.check_request_format(request)
+        credential_key = self._credential_key(request)
         now = time.time() if now is None else now
         ticket = self.open_ticket(request.get("ticket"), now)
         nonce = _unb64(ticket["nonce"], "ticket nonce", exc=TicketInvalidError)
@@ -470,7 +485,53 @@ class Attestor(object):
             raise PcrPolicyError("PCR policy not satisfied: %s PCR(s) %s differ from the golden values"
                                  % ("sha256", ", ".join(map(str, bad))))
         payload, hostname = self._payload(key, files, ekhash)
+        if credential_key is not None:
+            # only here: the ticket, the EK, the quote and every golden PCR value verified
+            credential = self._credential(credential_key, files, golden, proven, hostname, ekhash, now)
+            payload = _canonical(dict(json.loads(payload), keyserver_credential=credential))
         return self._response(public, ekhash, payload, hostname, proven["ak_name"], nonce, head)
+
+    def _credential_key(self, request):
+        """The public key the request asks a key-server credential for (``keyserver_key``, PEM),
+        or None (no such field, or this server issues no credentials). AttestRequestError on a
+        malformed or weak key: checked before the ticket is consumed."""
+        pem = request.get("keyserver_key")
+        if pem is None or self.credential_issuer is None:
+            return None
+        if not isinstance(pem, str) or len(pem) > MAX_KEYSERVER_KEY_CHARS:
+            raise AttestRequestError("keyserver_key must be a PEM public key of at most %d characters" % MAX_KEYSERVER_KEY_CHARS)
+        try:
+            key = pki.load_public_key(pem)
+        except (pki.PkiError, ValueError, TypeError, UnicodeError):
+            raise AttestRequestError("keyserver_key is not a PEM public key") from None
+        if not pki.is_credential_key(key):
+            raise AttestRequestError("keyserver_key must be an EC P-256/P-384, Ed25519 or RSA (2048 bits or more) key")
+        return key
+
+    def _credential(self, public_key, files, golden, proven, hostname, ekhash, now):
+        """A key-server client certificate for ``public_key``, issued by the key-server credential
+        CA, valid ``credential_minutes``, whose binding names the measurement the quote proved
+        (the quoted values of the golden PCRs; none when the profile has no golden values) and the
+        profile label the enrollment CA certified in the entry's https-client certificate."""
+        quoted = dict((bank, dict((idx, proven["pcrs"][bank][idx]) for idx in values)) for bank, values in golden.items())
+        measurement = measurement_of(quoted) if quoted else None
+        label = None
+        if files.get("https-client.pem"):
+            try:
+                label = pki.keyserver_binding(files["https-client.pem"])["profile"]
+            except (HcpError, ValueError):
+                label = None
+        moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        common_name = hostname or ("tpm-" + ekhash[:32])
+        try:
+            cert = self.credential_issuer.issue(public_key, "https-client", common_name, now=moment,
+                                                keyserver_binding={"profile": label, "measurement": measurement},
+                                                lifetime=datetime.timedelta(minutes=self.credential_minutes))
+        except HcpError as exc:
+            raise AttestUnavailableError("cannot issue the key-server credential: %s" % exc) from None
+        return {"format": CREDENTIAL_FORMAT, "version": CREDENTIAL_VERSION,
+                "certificate": (pki.certificate_pem(cert) + self.credential_issuer.chain_pem()).decode("ascii"),
+                "not_after": int(cert.not_valid_after_utc.timestamp()), "measurement": measurement, "profile": label}
 
     def _payload(self, key, files, ekhash):
         """(payload bytes, hostname) of an entry: its signed files (manifest.json, manifest.sig and

@@ -168,15 +168,10 @@ def golden_pcrs(profile):
         return {}
     if not isinstance(pcrs, dict):
         raise ProfileError("profile attest.pcrs must be an object of bank to {index: hex value}")
-    out = {}
-    for bank, values in pcrs.items():
-        try:
-            parsed = tpm_policy.parse_pcr_values(bank, values, where="profile attest.pcrs")
-        except ValueError as exc:
-            raise ProfileError(str(exc)) from None
-        if parsed:
-            out[bank] = parsed
-    return out
+    try:
+        return tpm_policy.golden_pcr_values(pcrs, where="profile attest.pcrs")
+    except ValueError as exc:
+        raise ProfileError(str(exc)) from None
 
 
 def seal_policy(profile):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ansible_collections.hcp.core.plugins.module_utils import auditlog
 
-AUDIT_FIELDS = ("time", "request_uid", "caller", "caller_fingerprint", "profile", "measurement", "action", "name",
+AUDIT_FIELDS = ("time", "request_uid", "caller", "caller_fingerprint", "profile", "measurement", "attested", "action", "name",
                 "item_version", "decision", "status", "reason")
 
 

@@ -9,16 +9,11 @@ run: SessionCache). Wire format v1: docs/keyserver.md."""
 from __future__ import annotations
 
 import base64
-import fcntl
-import hashlib
 import json
-import os
-import stat
-import tempfile
 
 from ansible_collections.hcp.core.plugins.module_utils import pki
+from ansible_collections.hcp.core.plugins.module_utils import runcache
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
-from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.auth import SIGNING_CONTEXT
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.errors import KeyServerError
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import validate_measurement, validate_name, validate_prefix
@@ -37,6 +32,10 @@ CACHE_FORMAT = "hcp.core.keyserver-session-cache"
 
 class KeyServerClientError(KeyServerError):
     """The key-server refused a call or could not be reached (``status``: HTTP status, 0 unreachable)."""
+
+
+def _cache_error(message):
+    return KeyServerClientError(message, 0)
 
 
 def _read(path, what):
@@ -68,56 +67,27 @@ def sign_challenge(key, challenge):
 
 def default_cache_dir():
     """Per-user 0700 directory: $XDG_RUNTIME_DIR (a tmpfs) when set, else the temp dir."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, "hcp.core-keyserver-cache-%d" % os.getuid())
+    return runcache.user_cache_dir("keyserver-cache")
 
 
 class SessionCache(object):
     """The session token of one (server, certificate) pair, shared by the forked workers of one
-    run (the ansible-playbook process, as attested_secret's PayloadCache): a 0600 file in a 0700
-    per-user directory named after the run's pid, its start time and a hash of the server URL
-    and certificate. A token is useless without the certificate's key (the server binds it to
-    the certificate's fingerprint and every call is mTLS). Files of finished runs are removed."""
+    run (the ansible-playbook process, as attested_secret's PayloadCache): a runcache.RunFile
+    (0600 in a 0700 per-user directory) named after the run's pid, its start time and a hash of
+    the server URL and certificate. A token is useless without the certificate's key (the server
+    binds it to the certificate's fingerprint and every call is mTLS). Files of finished runs are
+    removed."""
 
     def __init__(self, url, cert_fingerprint, run_pid=None, directory=None):
-        # imported here: the attestation client is only needed for the run identity
-        from ansible_collections.hcp.core.plugins.module_utils.attestation.client import (  # pylint: disable=import-outside-toplevel
-            process_start_time,
-            run_process,
-        )
-        self._start_time = process_start_time
-        self.run_pid = run_pid or run_process()
-        self.directory = directory or default_cache_dir()
-        self.start = process_start_time(self.run_pid)
-        digest = hashlib.sha256(("%s\0%s" % (url, cert_fingerprint)).encode()).hexdigest()[:24]
-        self.path = os.path.join(self.directory, "run-%d-%s-%s.json" % (self.run_pid, self.start, digest))
-
-    def _private_dir(self):
-        try:
-            os.mkdir(self.directory, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise KeyServerClientError("cannot create the key-server session cache %s: %s" % (self.directory, exc.strerror), 0)
-        info = os.lstat(self.directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise KeyServerClientError("the key-server session cache %s is not a private directory of this user"
-                                       % self.directory, 0)
+        self.file = runcache.RunFile(directory or default_cache_dir(), "%s\0%s" % (url, cert_fingerprint), run_pid=run_pid,
+                                     what="key-server session cache", error_class=_cache_error, max_bytes=4096)
+        self.run_pid, self.directory, self.start, self.path = self.file.run_pid, self.file.directory, self.file.start, self.file.path
 
     def load(self):
         """The cached token or None."""
-        self._private_dir()
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
+        data = self.file.read()
+        if data is None:
             return None
-        except OSError as exc:
-            raise KeyServerClientError("cannot read the key-server session cache %s: %s" % (self.path, exc.strerror), 0)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            data = handle.read(4096)
-        if info.st_uid != os.getuid() or info.st_mode & 0o077:
-            raise KeyServerClientError("the key-server session cache %s is not private to this user" % self.path, 0)
         try:
             record = json.loads(data)
             if record.get("format") == CACHE_FORMAT and isinstance(record.get("token"), str):
@@ -127,41 +97,40 @@ class SessionCache(object):
         return None
 
     def save(self, token):
-        self._private_dir()
-        self._purge_dead()
-        atomic_write(self.path, json.dumps({"format": CACHE_FORMAT, "token": token}).encode(), 0o600)
+        self.file.write(json.dumps({"format": CACHE_FORMAT, "token": token}).encode())
 
     def lock(self):
         """An open file holding an exclusive flock for one authentication at a time (close to release)."""
-        self._private_dir()
-        handle = open(self.path[:-5] + ".lock", "a")  # pylint: disable=consider-using-with
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        return handle
+        return self.file.lock()
 
-    def _purge_dead(self):
-        for name in os.listdir(self.directory):
-            parts = name.split("-")
-            if len(parts) != 4 or parts[0] != "run" or not name.endswith((".json", ".lock")):
-                continue
-            try:
-                pid = int(parts[1])
-            except ValueError:
-                continue
-            if str(self._start_time(pid)) != parts[2]:
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                except OSError:
-                    pass
+
+def preferred_credential(credential_dir):
+    """(certificate, key) paths of the key-server credential the attestation client stored in
+    ``credential_dir`` (attestation/client.store_credential) while it is valid, else None."""
+    if not credential_dir:
+        return None
+    # imported here: the attestation client is needed only with a credential directory
+    from ansible_collections.hcp.core.plugins.module_utils.attestation.client import load_credential  # pylint: disable=import-outside-toplevel
+    return load_credential(credential_dir)
 
 
 class KeyServerClient(object):
     """Client of the key-server at ``url`` with the key-server client certificate ``client_cert``
-    (PEM; its key in ``client_key`` or in the same file). ``cache``: True for a per-run
-    SessionCache, or a SessionCache, or None (the session lives as long as this object)."""
+    (PEM; its key in ``client_key`` or in the same file). ``credential_dir``: where the
+    attestation client keeps the short-lived key-server credential the attestation server issued
+    after the quote matched: preferred over ``client_cert`` while it is valid (``using_credential``).
+    ``cache``: True for a per-run SessionCache, or a SessionCache, or None (the session lives as
+    long as this object)."""
 
-    def __init__(self, url, ca_file=None, client_cert=None, client_key=None, timeout=DEFAULT_TIMEOUT, cache=None):
+    def __init__(self, url, ca_file=None, client_cert=None, client_key=None, timeout=DEFAULT_TIMEOUT, cache=None,
+                 credential_dir=None):
+        preferred = preferred_credential(credential_dir)
+        self.using_credential = preferred is not None
+        if preferred is not None:
+            client_cert, client_key = preferred
         if not client_cert:
-            raise KeyServerClientError("the key-server needs a client certificate (client_cert)", 0)
+            raise KeyServerClientError("the key-server needs a client certificate (client_cert) or a key-server "
+                                       "credential from the attestation server (credential_dir)", 0)
         cert_pem = _read(client_cert, "client certificate")
         key_pem = _read(client_key or client_cert, "client key")
         try:

@@ -76,6 +76,24 @@ def parse_pcr_values(bank, pcrs, where="policy"):
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
+def golden_pcr_values(pcrs, where="attest.pcrs"):
+    """The golden PCR values of an enrollment profile's ``attest.pcrs`` section (``{"sha256":
+    {"7": "<hex>"}}``), validated by parse_pcr_values and normalised (``{bank: {index: lowercase
+    hex}}``, banks without values left out); {} when ``pcrs`` is empty or None. The one walk
+    over golden values: enrollment (enrollment/profile.golden_pcrs) and the attestation server
+    (over the signed clientprofile of an entry) both call it. ValueError naming ``where``."""
+    if not pcrs:
+        return {}
+    if not isinstance(pcrs, dict):
+        raise ValueError("%s must be an object of bank to {index: hex value}" % where)
+    out = {}
+    for bank, values in pcrs.items():
+        parsed = parse_pcr_values(bank, values, where=where)
+        if parsed:
+            out[bank] = parsed
+    return out
+
+
 def normalize_policy(policy):
     """Validate a policy description and return its canonical form (sorted PCRs, lowercase hex)."""
     if policy is None:

@@ -12,7 +12,9 @@ state.json, for lag metrics; default: state.json beside ``db``), ``ticket_key_fi
 ``max_ticket_age``, ``pcr_selection``, ``used_ticket_dir``, ``max_content_length``,
 ``max_snapshot_age`` (healthcheck reports ``stale`` when the snapshot is older; default 600 s),
 ``metrics_dir`` (optional: counters shared by the worker processes through one file per process;
-without it, each process counts alone).
+without it, each process counts alone), ``keyserver_credential_ca_key`` and
+``keyserver_credential_ca_cert`` (the key-server credential CA: PEM key, 0600, and chain;
+optional: without them no credential is issued), ``keyserver_credential_minutes`` (1-60, 10).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ except ImportError:  # pragma: no cover - checked by create_app_base
     flask = None
 
 from ansible_collections.hcp.core.plugins.module_utils import fileutil
+from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
 from ansible_collections.hcp.core.plugins.module_utils.attestation import protocol
 from ansible_collections.hcp.core.plugins.module_utils.attestation.replica import read_state, snapshot_db_provider
@@ -252,7 +255,30 @@ def build_attestor(config):
         max_ticket_age=int(config.get("max_ticket_age", attest.DEFAULT_MAX_TICKET_AGE)),
         pcr_selection=config.get("pcr_selection"),
         used_dir=config.get("used_ticket_dir"),
+        credential_issuer=_credential_issuer(config),
+        credential_minutes=config.get("keyserver_credential_minutes", attest.DEFAULT_CREDENTIAL_MINUTES),
     )
+
+
+def _credential_issuer(config):
+    """The key-server credential CA (pki.Issuer) from ``keyserver_credential_ca_key`` (PEM, a
+    private file) and ``keyserver_credential_ca_cert`` (PEM chain), or None when neither is set."""
+    key_path, cert_path = config.get("keyserver_credential_ca_key"), config.get("keyserver_credential_ca_cert")
+    if not key_path and not cert_path:
+        return None
+    if not key_path or not cert_path:
+        raise attest.AttestError("keyserver_credential_ca_key and keyserver_credential_ca_cert go together")
+    try:
+        info = os.stat(key_path)
+    except OSError as exc:
+        raise attest.AttestError("cannot read the key-server credential CA key %s: %s" % (key_path, exc.strerror))
+    if info.st_mode & 0o077:
+        raise attest.AttestError("the key-server credential CA key %s must not be readable by group or others" % key_path)
+    try:
+        return pki.Issuer.from_pem(_read_file(key_path, "key-server credential CA key"),
+                                   _read_file(cert_path, "key-server credential CA certificate"))
+    except HcpError as exc:
+        raise attest.AttestError("the key-server credential CA is unusable: %s" % exc) from None
 
 
 def create_app(config=None, attestor=None):

@@ -16,7 +16,11 @@ keyserver.store.init_store), ``tcti`` (the key-server's TPM, which unseals the m
 start), ``client_ca`` (PEM bundle of the enrollment CA), ``acl`` (file, keyserver/acl.py),
 optional ``audit_log``, ``own_credentials`` (files the server itself holds, e.g. its TLS key:
 data equal to one is never stored nor released), ``challenge_ttl`` (60), ``session_ttl`` (300),
-``max_item_bytes`` (1 MiB), ``keep_versions`` (16), ``max_content_length`` (2 MiB).
+``max_item_bytes`` (1 MiB), ``keep_versions`` (16), ``max_content_length`` (2 MiB),
+``credential_ca`` (PEM bundle of the attestation servers' key-server credential CA: its
+minutes-long certificates are accepted as key-server clients too, and then only they carry a
+measurement), ``credential_max_minutes`` (60: longer-lived credentials are refused),
+``release_policy`` (file, keyserver/release.py: measurement-keyed release; needs credential_ca).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ansible_collections.hcp.core.plugins.module_utils.keyserver import store as
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.acl import load_acl
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.audit import AuditLog
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.errors import AccessDenied, KeyServerError
+from ansible_collections.hcp.core.plugins.module_utils.keyserver.release import load_release_policy
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import (
     check_not_reserved,
     validate_measurement,
@@ -151,6 +156,12 @@ def create_app(config=None, store=None, clock=None):
     challenge_ttl = _positive(config, "challenge_ttl", ks_auth.DEFAULT_CHALLENGE_TTL, 3600)
     session_ttl = _positive(config, "session_ttl", ks_auth.DEFAULT_SESSION_TTL, 24 * 3600)
     anchors = _load_anchors(config["client_ca"])
+    credential_anchors = None
+    if config.get("credential_ca") is not None:
+        if not isinstance(config["credential_ca"], str) or not config["credential_ca"]:
+            raise ServiceConfigError("key-server configuration: credential_ca must be a path")
+        credential_anchors = _load_anchors(config["credential_ca"])
+    credential_max_minutes = _positive(config, "credential_max_minutes", pki.MAX_CREDENTIAL_MINUTES, pki.MAX_CREDENTIAL_MINUTES)
     acl = load_acl(config["acl"])
     own = config.get("own_credentials", [])
     if not isinstance(own, list) or not all(isinstance(p, str) and p for p in own):
@@ -158,6 +169,12 @@ def create_app(config=None, store=None, clock=None):
     own = _OwnCredentials(own)
     if store is None:
         store = _open_store(config)
+    release = None
+    if config.get("release_policy") is not None:
+        if credential_anchors is None:
+            raise ServiceConfigError("key-server configuration: release_policy needs credential_ca (the attestation "
+                                     "servers' key-server credential CA): measurements are released only to attested hosts")
+        release = load_release_policy(config["release_policy"], store)
     options = {"challenge_ttl": challenge_ttl, "session_ttl": session_ttl}
     if clock is not None:
         options["clock"] = clock
@@ -196,7 +213,14 @@ def create_app(config=None, store=None, clock=None):
             raise Fail("a verified client certificate is required", 403)
         try:
             who = pki.verify_keyserver_client(ident["pem"], anchors,
-                                              now=datetime.datetime.fromtimestamp(moment, datetime.timezone.utc))
+                                              now=datetime.datetime.fromtimestamp(moment, datetime.timezone.utc),
+                                              credential_anchors=credential_anchors,
+                                              max_credential_minutes=credential_max_minutes)
+            if credential_anchors is not None and not who["attested"]:
+                # With a credential CA, a measurement counts only when an attestation server
+                # certified it minutes ago from a verified quote: the enrollment-time one in a
+                # host certificate may be stale (the host's boot state changed since).
+                who = dict(who, measurement=None)
         except HcpError as exc:
             raise Fail("client certificate %s is not a key-server client of this site: %s" % (
                 ascii(ident.get("subject", "")[:96]), exc), 403) from None
@@ -307,6 +331,15 @@ def create_app(config=None, store=None, clock=None):
             return {"prefix": request["prefix"], "items": items}
         name = request["name"]
         check_not_reserved(name)
+        if action == "retrieve" and release is not None and release.manages(name):
+            # measurement-keyed release (docs/keyserver.md, part 2): the release policy, not the ACL
+            data, meta = release.release(who, name, request["item_version"])
+            if "measurements" in meta:
+                releasable(who, meta, data)
+            else:
+                own.check(data)
+            return {"name": name, "item_version": meta["item_version"], "created": meta["created"],
+                    "exportable": meta["exportable"], "data": base64.b64encode(data).decode("ascii")}
         acl.check(who, action, name)
         if action == "retrieve":
             data, meta = store.retrieve(name, request["item_version"])
@@ -329,7 +362,7 @@ def create_app(config=None, store=None, clock=None):
         try:
             who = caller()
             record.update(caller=who["cn"], caller_fingerprint=who["fingerprint_sha256"], profile=who["profile"],
-                          measurement=who["measurement"])
+                          measurement=who["measurement"], attested=who["attested"])
             request = parse_body()
             record.update(action=request["action"], name=request.get("name") or request.get("prefix"))
             session = authenticate(who, request["credentials"])
@@ -357,7 +390,7 @@ def create_app(config=None, store=None, clock=None):
             extra["session"] = {"token": session, "expires_in": authenticator.session_ttl}
         return answer(200, "success", data=data, request_uid=uid, **extra)
 
-    app.extensions["hcp_keyserver"] = {"store": store, "acl": acl, "authenticator": authenticator}
+    app.extensions["hcp_keyserver"] = {"store": store, "acl": acl, "authenticator": authenticator, "release": release}
     return app
 
 
