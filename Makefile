@@ -115,6 +115,8 @@ bench: install ## benchmarks/ scripts: print figures (not a test)
 	$(BIN)/python benchmarks/site_unseal.py
 	$(BIN)/python benchmarks/attest.py
 	$(BIN)/python benchmarks/attest_http.py
+	$(BIN)/python benchmarks/keyserver.py
+	$(BIN)/python benchmarks/kdc.py
 
 lab-down: install ## remove the lab containers and network
 	ansible-playbook -i $(INVENTORY) playbooks/lab.yml -e lab_state=absent
