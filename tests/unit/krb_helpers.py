@@ -176,12 +176,16 @@ class KadminService(object):
         # the attack certificates: the name check of the generators is off, as on an older site
         issuers = {"enrollment": enrollment_ca, "service": service_ca, "foreign": pki.Issuer(key, [cert], reserve_service_names=False)}
 
-        def client(label, issuer, common_name):
+        def client(label, issuer, common_name, **issue_args):
             key = pki.new_private_key("ec-p256")
-            cert = issuers[issuer].issue(key.public_key(), "https-client", common_name, org="t")
+            cert = issuers[issuer].issue(key.public_key(), "https-client", common_name, org="t", **issue_args)
             return (_write_pem(os.path.join(tmp, "%s.pem" % label), pki.certificate_pem(cert)),
                     _write_pem(os.path.join(tmp, "%s.key" % label), key.private_bytes(
                         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())))
+        # issuers stay available to tests that need other certificates (expired ones, ...)
+        self.issuers = issuers
+        self._tmp = tmp
+        self._client = client
         self.enrolled_admin = client("enrolled-admin", "enrollment", ADMIN)
         self.foreign_admin = client("foreign-admin", "foreign", ADMIN)
         self.intruder = client("intruder", "service", "intruder")
@@ -205,6 +209,11 @@ class KadminService(object):
         self.app = kadmin_app.create_app(self.config)
         self.url = self._stack.enter_context(serve_wsgi(self.app, paths["server_cert"], paths["server_key"], client_ca=bundle,
                                                         verify_mode=ssl.CERT_OPTIONAL, request_handler=NginxLikeHandler))
+
+    def credentials(self, label, issuer, common_name, **issue_args):
+        """New client credentials (cert, key paths) from ``issuer`` (enrollment | service | foreign),
+        ``issue_args`` passed to pki.Issuer.issue (e.g. ``now`` and ``days`` for an expired one)."""
+        return self._client(label, issuer, common_name, **issue_args)
 
     def client(self, creds=None):
         """A KadminClient presenting ``creds`` (default: the authorised admin; False: no certificate)."""

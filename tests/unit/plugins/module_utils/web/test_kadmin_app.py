@@ -7,6 +7,7 @@ kadmin -l on a scratch realm, gated by the real policy app (also over TLS)."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import subprocess
 from urllib.parse import quote
@@ -113,6 +114,31 @@ def test_callers_other_than_service_clients_are_refused(service, who):
     assert len(runs(service.realm.log)) == runs_before
     refused = service.audit_lines()[1:]
     assert len(refused) == 5 and all(line["result"] == "refused" and line["status"] == 403 for line in refused)
+
+
+def test_expired_service_certificate_is_refused(service):
+    """The attack: the authorised CN on a certificate of the right (service-client) CA that has
+    expired. The TLS front end refuses it, and the app refuses it by itself too when a front end
+    passes it on as verified (a misconfigured nginx): 403, the realm unchanged, no policy call."""
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=10)
+    expired = service.credentials("expired-admin", "service", ADMIN, now=past, days=2)
+    before = service.realm.names()
+    try:
+        answer = post(service, "/v1/add", {"principal": HOST}, creds=expired)
+    except requests.exceptions.SSLError:
+        pass  # refused in the handshake
+    else:
+        assert answer.status_code == 403
+    def verified(creds):  # what a front end that let the certificate through would pass on
+        with open(creds[0], "r", encoding="ascii") as handle:
+            return {"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": quote(handle.read())}
+
+    for creds, status in ((expired, 403), (service.admin, 404)):  # the same call by the valid admin: 404, no such principal
+        answer = service.app.test_client().post("/v1/get", json={"principal": HOST}, environ_base=verified(creds))
+        assert answer.status_code == status, answer.get_data(as_text=True)
+    answer = service.app.test_client().post("/v1/add", json={"principal": HOST}, environ_base=verified(expired))
+    assert answer.status_code == 403 and "not authorized" in answer.get_json()["error"]
+    assert service.realm.names() == before and not exists(service)
 
 
 def test_policy_reject_is_403_and_changes_nothing(service):
