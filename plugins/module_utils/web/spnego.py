@@ -104,7 +104,9 @@ class KerberosAcceptor(object):
             raise SpnegoConfigError("kerberos max_token_chars must be an integer from 64 to 65536")
         self.max_token_chars = max_token_chars
         # the credential store extension (MIT krb5 >= 1.11): the keytab and replay cache are
-        # named here, not by KRB5_KTNAME / KRB5RCACHEDIR, so two apps of a host never mix them
+        # named here, not by KRB5_KTNAME / KRB5RCACHEDIR, so two apps of a host never mix them.
+        # Acquiring checks that the keytab holds keys of the principal (a missing keytab or key
+        # fails here, at start: tested)
         store = {"keytab": "FILE:" + keytab}
         if rcache is not None:
             store["rcache"] = "file2:" + _path(rcache, "rcache")
@@ -114,8 +116,6 @@ class KerberosAcceptor(object):
             # SPNEGO may negotiate Kerberos only (never NTLM or IAKERB, whatever mechanisms the
             # library has; gss_set_neg_mechs)
             gssapi.raw.set_neg_mechs(self.creds, set([gssapi.OID.from_int_seq(KERBEROS_OID)]))
-            # MIT resolves the keytab lazily: look for the principal's keys now, not at the first request
-            self.creds.inquire_by_mech(gssapi.OID.from_int_seq(KERBEROS_OID))
         except (GSSError, GeneralError) as exc:
             raise SpnegoConfigError("cannot use the keys of %s in %s: %s" % (self.principal, keytab, str(exc)[:300])) from None
 
@@ -220,4 +220,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

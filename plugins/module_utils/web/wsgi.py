@@ -15,8 +15,8 @@ Services whose callers are other services (enrollment API, policy service) also 
 service-client CA, not from the enrollment CA that issues host and user certificates.
 
 The third authentication mode, Kerberos (SPNEGO, ``web/spnego.py``), is the app's own: with
-``"auth": "kerberos"`` and ``"kerberos": {"keytab", "service", "realm"}`` in its configuration,
-``create_app_base`` refuses every request but ``/healthcheck`` without an accepted
+``"auth": "kerberos"`` and ``"kerberos": {"keytab", "service", "realm"}`` in its configuration
+or in the file named by ``$HCP_WEBAPI_AUTH_CONFIG`` (role hcp.core.webapi), ``create_app_base`` refuses every request but ``/healthcheck`` without an accepted
 ``Authorization: Negotiate`` token (401, ``WWW-Authenticate: Negotiate``), and
 ``request_identity()`` gives the client principal.
 """
@@ -60,6 +60,9 @@ MAX_ERROR_CHARS = 400
 # none and clientcert are nginx's business (the app reads SSL_CLIENT_* per route), kerberos the app's.
 AUTH_MODES = ("none", "clientcert", "clientcert-optional", "kerberos")
 KERBEROS_KEYS = frozenset(["keytab", "service", "realm", "rcache", "max_token_chars"])
+# JSON file of role hcp.core.webapi ({"auth": "kerberos", "kerberos": {...}}) for any app built on
+# create_app_base, so the role needs no app-specific configuration key.
+AUTH_CONFIG_ENV = "HCP_WEBAPI_AUTH_CONFIG"
 KERBEROS_REFUSED = "Kerberos (Negotiate) authentication required"
 
 
@@ -173,6 +176,23 @@ def _kerberos_acceptor(settings):
                                        max_token_chars=settings.get("max_token_chars", spnego.DEFAULT_MAX_TOKEN_CHARS))
     except spnego.SpnegoConfigError as exc:
         raise ServiceConfigError(str(exc)) from None
+
+
+def _auth_settings(config):
+    """(auth mode, kerberos settings) of the app: from the role's file ($HCP_WEBAPI_AUTH_CONFIG)
+    when set (the app's own configuration may then not say otherwise), else from ``config``."""
+    role = load_config(AUTH_CONFIG_ENV)
+    if role:
+        unknown = sorted(set(role) - set(["auth", "kerberos"]))
+        if unknown:
+            raise ServiceConfigError("unknown keys in $%s: %s" % (AUTH_CONFIG_ENV, ", ".join(ascii(key)[:40] for key in unknown[:5])))
+        if "auth" in config and config["auth"] != role.get("auth"):
+            raise ServiceConfigError("the app's auth %s contradicts $%s" % (ascii(config["auth"])[:40], AUTH_CONFIG_ENV))
+        config = role
+    auth = config.get("auth", "none")
+    if auth not in AUTH_MODES:
+        raise ServiceConfigError("auth must be one of %s" % ", ".join(AUTH_MODES))
+    return auth, config.get("kerberos")
 
 
 def _install_kerberos(app, settings):
@@ -305,9 +325,7 @@ def create_app_base(name, config=None):
     """
     _require_flask()
     config = config or {}
-    auth = config.get("auth", "none")
-    if auth not in AUTH_MODES:
-        raise ServiceConfigError("auth must be one of %s" % ", ".join(AUTH_MODES))
+    auth, kerberos = _auth_settings(config)
     app = flask.Flask(name)
     app.config["HCP_AUTH"] = auth
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("max_content_length", DEFAULT_MAX_CONTENT_LENGTH))
@@ -323,7 +341,7 @@ def create_app_base(name, config=None):
         return flask.jsonify({"status": "ok"})
 
     if auth == "kerberos":
-        _install_kerberos(app, config.get("kerberos"))
+        _install_kerberos(app, kerberos)
     return app
 
 
