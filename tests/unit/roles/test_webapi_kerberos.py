@@ -10,7 +10,9 @@ of a host keytab that also holds ``host/localhost``; the rendered app configurat
 named by the uwsgi ini's ``HCP_WEBAPI_AUTH_CONFIG``) makes the hello app, served over TLS,
 accept an MIT client's Negotiate token with a ticket from the Heimdal KDC and refuse a request
 without one; before ExecStartPre has run (no service keytab) the app refuses to start. The nginx
-site passes the Authorization header and no certificate identity."""
+site passes the Authorization header and no certificate identity. The role's argument check
+(evaluated by Ansible's templating from tasks/main.yml) refuses values that would inject lines or
+arguments into the unit's ExecStartPre."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +23,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from ansible.template import trust_as_template
 
 from ansible_collections.hcp.core.plugins.module_utils.attestation import install
@@ -126,3 +129,26 @@ def test_nginx_site_passes_the_authorization_header_and_no_certificate():
     assert "uwsgi_pass_request_headers on;" in site
     assert "ssl_verify_client" not in site and "ssl_client_certificate" not in site
     assert 'uwsgi_param SSL_CLIENT_VERIFY "";' in site and 'uwsgi_param SSL_CLIENT_CERT "";' in site
+
+
+def _kerberos_check(**overrides):
+    """The conditions of the role's task "Check the Kerberos arguments" for ``overrides``: {condition: bool}."""
+    with open(os.path.join(ROLE, "tasks", "main.yml"), "r", encoding="utf-8") as handle:
+        tasks = yaml.safe_load(handle)
+    task = [t for t in tasks if t.get("name") == "Check the Kerberos arguments"][0]
+    templar = role_templar(ROLE, webapi_name="hello-krb", webapi_auth="kerberos", **overrides)
+    return dict((cond, templar.template(trust_as_template("{{ %s }}" % cond))) for cond in task["ansible.builtin.assert"]["that"])
+
+
+def test_role_refuses_values_that_would_reach_the_unit_unchecked():
+    good = {"webapi_kerberos_realm": REALM, "webapi_server_name": "www.example.test"}
+    assert all(_kerberos_check(**good).values())
+    for bad in ({"webapi_kerberos_realm": "hcp.test"}, {"webapi_kerberos_realm": REALM + "\n"}, {"webapi_kerberos_realm": ""},
+                {"webapi_kerberos_service": "HTTP/www.example.test\nExecStartPre=/bin/sh -c id"},
+                {"webapi_kerberos_service": "HTTP/www.example.test /etc/shadow"}, {"webapi_kerberos_service": "alice"},
+                {"webapi_kerberos_service": "HTTP/a/b"}, {"webapi_kerberos_keytab": "krb5.keytab"},
+                {"webapi_kerberos_keytab": "/etc/krb5.keytab /etc/shadow"}, {"webapi_kerberos_krb5_conf": "/etc/krb5.conf\n"}):
+        checks = _kerberos_check(**dict(good, **bad))
+        assert not all(checks.values()), bad
+    # the realm is required with auth kerberos (no default)
+    assert not all(_kerberos_check(webapi_server_name="www.example.test").values())
