@@ -15,10 +15,11 @@ Services whose callers are other services (enrollment API, policy service) also 
 service-client CA, not from the enrollment CA that issues host and user certificates.
 
 The third authentication mode, Kerberos (SPNEGO, ``web/spnego.py``), is the app's own: with
-``"auth": "kerberos"`` and ``"kerberos": {"keytab", "service", "realm"}`` in its configuration
-or in the file named by ``$HCP_WEBAPI_AUTH_CONFIG`` (role hcp.core.webapi), ``create_app_base`` refuses every request but ``/healthcheck`` without an accepted
-``Authorization: Negotiate`` token (401, ``WWW-Authenticate: Negotiate``), and
-``request_identity()`` gives the client principal.
+``"auth": "kerberos"`` and ``"kerberos": {"keytab", "service", "realm"}`` in its configuration or
+in the file named by ``$HCP_WEBAPI_AUTH_CONFIG`` (role hcp.core.webapi), ``create_app_base``
+refuses every request but ``/healthcheck`` without an accepted ``Authorization: Negotiate``
+token (401, ``WWW-Authenticate: Negotiate``), and ``request_identity()`` gives the client
+principal.
 """
 
 from __future__ import annotations
