@@ -13,7 +13,10 @@ PACKAGES=(
   heimdal-clients heimdal-kdc softhsm2 openssl systemd
   nginx-light uwsgi-core uwsgi-plugin-python3
   openssh-server
+  libkrb5-dev
 )
+# libkrb5-dev: build dependency of the gssapi wheel (requirements.txt; PyPI has no Linux wheel, its
+# build runs krb5-config). It installs next to Heimdal without removing anything.
 # Not krb5-user (MIT kinit/klist): it Conflicts with heimdal-clients, and installing it would
 # remove heimdal-clients and heimdal-kdc. The MIT side is tested through the MIT GSSAPI library
 # that OpenSSH uses (libgssapi-krb5-2), which can also get a TGT itself from a client keytab.

@@ -4,8 +4,10 @@
 """Demo WSGI application for role hcp.core.webapi (tests and smoke checks).
 
 Routes: ``GET /healthcheck`` -> ``{"status": "ok"}``; ``GET /whoami`` ->
-``{"authenticated": bool, "subject": <CN of the verified client certificate or null>}``.
-Optional JSON configuration file named by ``HCP_HELLO_CONFIG`` (``max_content_length``).
+``{"authenticated": bool, "subject": <CN of the verified client certificate or null>}``, and with
+Kerberos authentication ``{"authenticated": true, "subject": <principal>, "principal": <principal>}``.
+Optional JSON configuration file named by ``HCP_HELLO_CONFIG`` (``max_content_length``, ``auth``
+and ``kerberos``: see ``web/wsgi.py`` create_app_base).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ def create_app(config=None):
 
     @app.get("/whoami")
     def _whoami():
-        identity = common.client_identity(common.flask.request.environ)
-        return common.flask.jsonify(
-            {
-                "authenticated": identity is not None,
-                "subject": identity["cn"] if identity else None,
-            }
-        )
+        identity = common.request_identity()
+        answer = {
+            "authenticated": identity is not None,
+            "subject": identity["cn"] if identity else None,
+        }
+        if identity is not None and identity.get("principal"):
+            answer["principal"] = identity["principal"]
+        return common.flask.jsonify(answer)
 
     return app
 

@@ -13,17 +13,26 @@ client certificate (when the site requires one) as WSGI environ entries:
 Services whose callers are other services (enrollment API, policy service) also check, with
 ``service_client_error``, that the certificate nginx verified comes from the site's
 service-client CA, not from the enrollment CA that issues host and user certificates.
+
+The third authentication mode, Kerberos (SPNEGO, ``web/spnego.py``), is the app's own: with
+``"auth": "kerberos"`` and ``"kerberos": {"keytab", "service", "realm"}`` in its configuration or
+in the file named by ``$HCP_WEBAPI_AUTH_CONFIG`` (role hcp.core.webapi), ``create_app_base``
+refuses every request but ``/healthcheck`` without an accepted ``Authorization: Negotiate``
+token (401, ``WWW-Authenticate: Negotiate``), and ``request_identity()`` gives the client
+principal.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from urllib.parse import unquote
 
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
+from ansible_collections.hcp.core.plugins.module_utils.web import spnego
 
 try:
     from cryptography import x509
@@ -48,6 +57,14 @@ VERIFY_SUCCESS = "SUCCESS"
 LOCAL_PROBE_VAR = "HCP_LOCAL_PROBE"
 DEFAULT_MAX_CONTENT_LENGTH = 1024 * 1024
 MAX_ERROR_CHARS = 400
+# Authentication modes of an app's configuration (key "auth"; role hcp.core.webapi's webapi_auth):
+# none and clientcert are nginx's business (the app reads SSL_CLIENT_* per route), kerberos the app's.
+AUTH_MODES = ("none", "clientcert", "clientcert-optional", "kerberos")
+KERBEROS_KEYS = frozenset(["keytab", "service", "realm", "rcache", "max_token_chars"])
+# JSON file of role hcp.core.webapi ({"auth": "kerberos", "kerberos": {...}}) for any app built on
+# create_app_base, so the role needs no app-specific configuration key.
+AUTH_CONFIG_ENV = "HCP_WEBAPI_AUTH_CONFIG"
+KERBEROS_REFUSED = "Kerberos (Negotiate) authentication required"
 
 
 class ServiceConfigError(HcpError):
@@ -131,6 +148,86 @@ def service_client_error(identity, anchors):
     except Exception:  # pylint: disable=broad-except
         return "client certificate is not a service identity of this site"
     return None
+
+
+def request_identity():
+    """The identity of the current request's caller, or None: with auth kerberos the client
+    principal the app's hook accepted (``{"auth": "kerberos", "principal", "subject", "cn", ...}``),
+    otherwise ``client_identity`` of the certificate nginx verified."""
+    _require_flask()
+    identity = flask.g.get("hcp_identity")
+    if identity is not None:
+        return identity
+    if flask.current_app.config.get("HCP_AUTH") == "kerberos":
+        return None
+    return client_identity(flask.request.environ)
+
+
+def _kerberos_acceptor(settings):
+    if not isinstance(settings, dict) or not settings:
+        raise ServiceConfigError("auth kerberos needs a 'kerberos' object {keytab, service, realm}")
+    unknown = sorted(set(settings) - KERBEROS_KEYS)
+    if unknown:
+        raise ServiceConfigError("unknown keys in 'kerberos': %s" % ", ".join(ascii(key)[:40] for key in unknown[:5]))
+    missing = [key for key in ("keytab", "service", "realm") if key not in settings]
+    if missing:
+        raise ServiceConfigError("'kerberos' lacks %s" % ", ".join(missing))
+    try:
+        return spnego.KerberosAcceptor(settings["keytab"], settings["realm"], settings["service"], rcache=settings.get("rcache"),
+                                       max_token_chars=settings.get("max_token_chars", spnego.DEFAULT_MAX_TOKEN_CHARS))
+    except spnego.SpnegoConfigError as exc:
+        raise ServiceConfigError(str(exc)) from None
+
+
+def _auth_settings(config):
+    """(auth mode, kerberos settings) of the app: from the role's file ($HCP_WEBAPI_AUTH_CONFIG)
+    when set (the app's own configuration may then not say otherwise), else from ``config``."""
+    role = load_config(AUTH_CONFIG_ENV)
+    if role:
+        unknown = sorted(set(role) - set(["auth", "kerberos"]))
+        if unknown:
+            raise ServiceConfigError("unknown keys in $%s: %s" % (AUTH_CONFIG_ENV, ", ".join(ascii(key)[:40] for key in unknown[:5])))
+        if "auth" in config and config["auth"] != role.get("auth"):
+            raise ServiceConfigError("the app's auth %s contradicts $%s" % (ascii(config["auth"])[:40], AUTH_CONFIG_ENV))
+        config = role
+    auth = config.get("auth", "none")
+    if auth not in AUTH_MODES:
+        raise ServiceConfigError("auth must be one of %s" % ", ".join(AUTH_MODES))
+    return auth, config.get("kerberos")
+
+
+def _install_kerberos(app, settings):
+    """Every request but /healthcheck (status only, the local probe's) needs an accepted
+    Negotiate token: before_request refuses with 401 + ``WWW-Authenticate: Negotiate`` (the
+    reason goes to the log only), after_request adds the mutual-authentication token."""
+    acceptor = _kerberos_acceptor(settings)
+    logger = logging.getLogger(app.name)
+
+    @app.before_request
+    def _kerberos_authenticate():
+        request = flask.request
+        if request.endpoint == "_healthcheck":
+            return None
+        headers = request.headers.getlist("Authorization")
+        if len(headers) > 1:
+            identity, result = None, "more than one Authorization header"
+        else:
+            identity, result = acceptor.accept(headers[0] if headers else "")
+        if identity is None:
+            logger.warning("kerberos: %s %s refused: %s", request.method, ascii(request.path)[:100], result)
+            response = json_error(401, KERBEROS_REFUSED)
+            response.headers["WWW-Authenticate"] = spnego.CHALLENGE
+            return response
+        flask.g.hcp_identity = identity
+        flask.g.hcp_negotiate_token = result
+        return None
+
+    @app.after_request
+    def _kerberos_mutual(response):
+        token = flask.g.get("hcp_negotiate_token")
+        if token:
+            response.headers["WWW-Authenticate"] = "%s %s" % (spnego.CHALLENGE, token)
+        return response
 
 
 def json_error(status, message, **extra):
@@ -223,11 +320,15 @@ def create_app_base(name, config=None):
     """Flask app with JSON error handlers (werkzeug's HTTP errors, JsonInputError as 400,
     anything unexpected as 500), MAX_CONTENT_LENGTH and GET /healthcheck.
 
-    ``config`` may set ``max_content_length`` (bytes, default 1 MiB).
+    ``config`` may set ``max_content_length`` (bytes, default 1 MiB) and ``auth`` (AUTH_MODES;
+    with ``kerberos`` the ``kerberos`` object: ServiceConfigError when its keytab holds no key of
+    the service, so the app never starts open).
     """
     _require_flask()
     config = config or {}
+    auth, kerberos = _auth_settings(config)
     app = flask.Flask(name)
+    app.config["HCP_AUTH"] = auth
     app.config["MAX_CONTENT_LENGTH"] = int(config.get("max_content_length", DEFAULT_MAX_CONTENT_LENGTH))
     app.json.sort_keys = True
 
@@ -240,6 +341,8 @@ def create_app_base(name, config=None):
     def _healthcheck():
         return flask.jsonify({"status": "ok"})
 
+    if auth == "kerberos":
+        _install_kerberos(app, kerberos)
     return app
 
 
