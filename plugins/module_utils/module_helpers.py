@@ -181,6 +181,7 @@ def apply_file_attributes(module, path, changed, params=None):
     return changed
 
 
-__all__ = ["ATTESTATION_ARGUMENT_SPEC", "KEYSERVER_ARGUMENT_SPEC", "RETURN_CONTENT_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC",
+__all__ = ["ATTESTATION_ARGUMENT_SPEC", "KEYSERVER_ARGUMENT_SPEC", "RETURN_CONTENT_ARGUMENT_SPEC",
+           "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC",
            "apply_file_attributes", "argument_spec", "fail_on_hcp_error", "mask_secret", "secret_forms", "service_client_args", "unmask_secret",
            "warn_masked", "write_private_file"]

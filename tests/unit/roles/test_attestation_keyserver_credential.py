@@ -35,7 +35,10 @@ CLIENT = os.path.join(ROLES, "attestation_client")
 def site(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("site") / "pki")
     paths = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.test"], [], ca_kind="rsa-2048")["paths"]
-    read = lambda label: open(paths[label], "r", encoding="ascii").read()  # noqa: E731
+
+    def read(label):
+        with open(paths[label], "r", encoding="ascii") as handle:
+            return handle.read()
     return {"paths": paths, "ca_cert": read("ca_cert"), "kscred_cert": read("kscred_ca_cert"), "kscred_key": read("kscred_ca_key"),
             "svc_cert": read("svc_ca_cert"), "signer_pub": read("signer_pub"), "tls_cert": read("server_cert"),
             "tls_key": read("server_key")}
