@@ -19,6 +19,11 @@ description:
     V(0700) per-user directory (C($XDG_RUNTIME_DIR) or the temporary directory), named after the C(ansible-playbook)
     process and its start time (as P(hcp.core.attested_secret#lookup)'s cache). The token is bound to the certificate
     (useless without its key) and expires (5 minutes by default); no item data touches the disk."
+  - "With O(credential_dir), the host's short-lived key-server credential (issued by the attestation server after its
+    quote matched) is presented while it is valid, else O(client_cert): the measurement-keyed release of
+    C(docs/keyserver.md) part 2. Lookups run on the controller: use O(credential_dir) where the controller is the
+    attested host (C(ansible-pull), a C(local) connection), as the user owning the credential files (root for the
+    attester's)."
 author: HCP maintainers (@hcp-core)
 version_added: 0.1.0
 extends_documentation_fragment:
@@ -55,6 +60,12 @@ EXAMPLES = r"""
                       client_cert='/etc/hcp/https-client/https-client.pem',
                       client_key='/etc/hcp/https-client/https-client.key') }}"
   no_log: true
+
+- name: A secret the release policy maps to this host's measurement (ansible-pull on the host, as root)
+  ansible.builtin.set_fact:
+    app_token: "{{ lookup('hcp.core.keyserver', 'release/app-token', url='https://keys.example.test:8443',
+                   ca_file='/etc/hcp/ca.pem', credential_dir='/var/lib/hcp/attester/keyserver-credential') }}"
+  no_log: true
 """
 
 RETURN = r"""
@@ -79,7 +90,8 @@ class LookupModule(HcpLookupBase):
     def run(self, terms, variables=None, **kwargs):
         self.load_options(variables, kwargs)
         try:
-            client = KeyServerClient(*self.service_client_args(), cache=bool(self.get_option("cache")))
+            client = KeyServerClient(*self.service_client_args(), cache=bool(self.get_option("cache")),
+                                     credential_dir=self.get_option("credential_dir"))
         except HcpError as exc:
             self.fail(exc)
         results = []

@@ -35,6 +35,14 @@ SERVICE_CLIENT_ARGUMENT_SPEC = dict(
     timeout=dict(type="int", default=30),
 )
 
+# The key-server clients (module keyserver_item, lookup keyserver; fragment hcp.core.keyserver on top of
+# hcp.core.service_client): credential_dir holds the short-lived key-server credential the attestation
+# client keeps (docs/keyserver.md, part 2), preferred over client_cert while it is valid.
+KEYSERVER_ARGUMENT_SPEC = dict(
+    SERVICE_CLIENT_ARGUMENT_SPEC,
+    credential_dir=dict(type="path"),
+)
+
 ATTESTATION_ARGUMENT_SPEC = dict(
     servers=dict(type="list", elements="str", required=True, aliases=["url"]),
     ca_file=dict(type="path"),
@@ -173,6 +181,7 @@ def apply_file_attributes(module, path, changed, params=None):
     return changed
 
 
-__all__ = ["ATTESTATION_ARGUMENT_SPEC", "RETURN_CONTENT_ARGUMENT_SPEC", "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC",
+__all__ = ["ATTESTATION_ARGUMENT_SPEC", "KEYSERVER_ARGUMENT_SPEC", "RETURN_CONTENT_ARGUMENT_SPEC",
+           "SERVICE_CLIENT_ARGUMENT_SPEC", "TCTI_ARGUMENT_SPEC", "TPM_ARGUMENT_SPEC",
            "apply_file_attributes", "argument_spec", "fail_on_hcp_error", "mask_secret", "secret_forms", "service_client_args", "unmask_secret",
            "warn_masked", "write_private_file"]

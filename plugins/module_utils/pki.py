@@ -745,6 +745,7 @@ def site_credential_files(client_names, server_certs=None):
     """{label: file name} of the seed credentials bootstrap_site_credentials manages
     (``server_certs``: extra server certificates, {label: [DNS names]})."""
     files = {"ca_key": "ca.key", "ca_cert": "ca.pem", "svc_ca_key": "svc-ca.key", "svc_ca_cert": "svc-ca.pem",
+             "kscred_ca_key": "kscred-ca.key", "kscred_ca_cert": "kscred-ca.pem",
              "signer_key": "signer.key", "signer_pub": "signer.pub.pem",
              "server_key": "server.key", "server_cert": "server.pem"}
     for label in sorted(server_certs or {}):
@@ -801,9 +802,11 @@ def stale_site_credentials(directory, client_names):
 
 
 def bootstrap_site_credentials(directory, site_name, server_names, client_names, now=None, days=3650,
-                               ca_kind="rsa-3072", server_certs=None, svc_ca_kind="ec-p256"):
+                               ca_kind="rsa-3072", server_certs=None, svc_ca_kind="ec-p256", kscred_ca_kind="ec-p256"):
     """Create the site's seed credentials in ``directory`` (0700), each only if absent:
-    enrollment CA (ca.key, ca.pem), service-client CA (svc-ca.key, svc-ca.pem), asset signer
+    enrollment CA (ca.key, ca.pem), service-client CA (svc-ca.key, svc-ca.pem), key-server
+    credential CA (kscred-ca.key, kscred-ca.pem: the attestation servers' issuer of minutes-long
+    key-server credentials, docs/keyserver.md part 2; it issues nothing here), asset signer
     (signer.key, signer.pub.pem), server TLS (server.key, server.pem + chain), one extra server
     certificate per ``server_certs`` label (server-<label>.key/.pem for its DNS names, the first
     one its common name) and one service client certificate per name (client-<name>.key/.pem).
@@ -843,6 +846,8 @@ def bootstrap_site_credentials(directory, site_name, server_names, client_names,
 
     issuer = ca("ca", "%s enrollment CA" % site_name, ca_kind)
     svc_issuer = ca("svc_ca", "%s service-client CA" % site_name, svc_ca_kind)
+    # a CA of its own, never the enrollment or the service-client CA: only the key-server trusts it
+    ca("kscred_ca", "%s key-server credential CA" % site_name, kscred_ca_kind)
 
     if not os.path.exists(paths["signer_key"]):
         signer_key = new_private_key("ec-p256")

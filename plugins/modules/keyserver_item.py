@@ -86,6 +86,16 @@ EXAMPLES = r"""
     client_key: /etc/hcp/https-client/https-client.key
     name: datica-test/storage-disk-key
     state: absent
+
+- name: Store as the attested host itself, with the credential its attester keeps (client_cert when it expired)
+  hcp.core.keyserver_item:
+    url: https://keys.example.test:8443
+    ca_file: /etc/hcp/ca.pem
+    credential_dir: /var/lib/hcp/attester/keyserver-credential
+    client_cert: /etc/hcp/https-client/https-client.pem
+    client_key: /etc/hcp/https-client/https-client.key
+    name: node9/backup-key
+    data_b64: "{{ backup_key_b64 }}"
 """
 
 RETURN = r"""
@@ -105,6 +115,10 @@ deleted:
   description: Whether an item was (or would be) deleted.
   returned: when O(state=absent)
   type: bool
+attested:
+  description: Whether the host's key-server credential from O(credential_dir) was presented (else O(client_cert)).
+  returned: success
+  type: bool
 status_code:
   description: The HTTP status of a refused request (403 ACL or certificate, 404, 507 store full, ...).
   returned: failure
@@ -119,7 +133,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.client import KeyServerClient, ensure_item
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
-    SERVICE_CLIENT_ARGUMENT_SPEC,
+    KEYSERVER_ARGUMENT_SPEC,
     argument_spec,
     fail_on_hcp_error,
     mask_secret,
@@ -130,7 +144,7 @@ from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(
-            SERVICE_CLIENT_ARGUMENT_SPEC,
+            KEYSERVER_ARGUMENT_SPEC,
             name=dict(type="str", required=True),
             state=dict(type="str", default="present", choices=["present", "absent"]),
             data=dict(type="str", no_log=True),
@@ -154,9 +168,10 @@ def main():
     if data:
         mask_secret(module, data)
     try:
-        client = KeyServerClient(*service_client_args(params))
+        client = KeyServerClient(*service_client_args(params), credential_dir=params["credential_dir"])
         result = ensure_item(client, params["name"], state=params["state"], data=data, exportable=params["exportable"],
                              measurements=params["measurements"], check_mode=module.check_mode)
+        result["attested"] = client.using_credential
     except HcpError as exc:
         fail_on_hcp_error(module, exc, name=params["name"])
     module.exit_json(**result)

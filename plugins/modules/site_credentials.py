@@ -7,14 +7,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: site_credentials
-short_description: Create a site's seed credentials (enrollment and service-client CAs, signer, TLS certificates)
+short_description: Create a site's seed credentials (enrollment, service-client and key-server credential CAs, signer, TLS)
 version_added: 0.1.0
 description:
   - Creates, in O(path), each seed credential a site needs that is not there yet, so a fresh site needs no
     hand-made keys or certificates. Existing files are never replaced (except client certificates the
     service-client CA did not issue), so running it again changes nothing.
   - The enrollment CA (C(ca.key), C(ca.pem); RSA-3072, because Heimdal's PKINIT cannot verify ECDSA-signed
-    certificates), the service-client CA (C(svc-ca.key), C(svc-ca.pem); ECDSA P-256), the asset signer
+    certificates), the service-client CA (C(svc-ca.key), C(svc-ca.pem); ECDSA P-256), the key-server credential CA
+    (C(kscred-ca.key), C(kscred-ca.pem); ECDSA P-256), the asset signer
     (C(signer.key), C(signer.pub.pem); ECDSA P-256), the server TLS certificate
     (C(server.key), C(server.pem) with the CA chain) for O(server_names), one extra server certificate per
     O(server_certs) label (C(server-LABEL.key), C(server-LABEL.pem)), and one TLS client certificate per
@@ -22,7 +23,9 @@ description:
   - Client certificates are service identities (the orchestrator, the enrollment service, the attestation
     servers' erepl clients) and come from the service-client CA only; the enrollment CA issues every host and
     user certificate, so services trust only the service-client CA for their callers (docs/ARCHITECTURE.md,
-    "Service identities"). A client certificate present but not issued by the service-client CA (made by an
+    "Service identities"). The key-server credential CA issues nothing here - the attestation servers hold it and
+    issue minutes-long key-server credentials to hosts whose quote matched; only the key-server trusts it
+    (C(docs/keyserver.md), part 2). A client certificate present but not issued by the service-client CA (made by an
     older release with the enrollment CA) is re-issued with a new key and listed in RV(reissued).
   - Private keys are written atomically with mode V(0600) in a V(0700) directory; certificates and public keys
     V(0644). O(owner) and O(group) are applied to the directory and every file.
@@ -95,7 +98,7 @@ EXAMPLES = r"""
 RETURN = r"""
 paths:
   description: Path of every credential file by label (C(ca_key), C(ca_cert), C(svc_ca_key), C(svc_ca_cert),
-    C(signer_key), C(signer_pub),
+    C(kscred_ca_key), C(kscred_ca_cert), C(signer_key), C(signer_pub),
     C(server_key), C(server_cert), C(server_LABEL_key), C(server_LABEL_cert), C(client_NAME_key),
     C(client_NAME_cert)).
   returned: always
@@ -118,6 +121,11 @@ ca_cert:
 svc_ca_cert:
   description: The service-client CA certificate (PEM; public), which services trust for their callers. Empty in
     check mode before the first run.
+  returned: always
+  type: str
+keyserver_credential_ca_cert:
+  description: The key-server credential CA certificate (PEM; public), which the key-server trusts (besides the
+    enrollment CA) for its callers. Empty in check mode before the first run.
   returned: always
   type: str
 signer_public_key:
@@ -180,7 +188,8 @@ def main():
             changed = module.set_owner_if_different(target, params["owner"], changed)
             changed = module.set_group_if_different(target, params["group"], changed)
     module.exit_json(changed=changed, paths=paths, created=created, reissued=reissued, ca_cert=_read_text(paths["ca_cert"]),
-                     svc_ca_cert=_read_text(paths["svc_ca_cert"]), signer_public_key=_read_text(paths["signer_pub"]))
+                     svc_ca_cert=_read_text(paths["svc_ca_cert"]), keyserver_credential_ca_cert=_read_text(paths["kscred_ca_cert"]),
+                     signer_public_key=_read_text(paths["signer_pub"]))
 
 
 if __name__ == "__main__":

@@ -197,10 +197,10 @@ def test_bootstrap_idempotent(tmp_path):
     directory = str(tmp_path / "site")
     first = pki.bootstrap_site_credentials(directory, "lab", ["enroll.example.com"], ["orchestrator"],
                                            now=NOW, ca_kind="rsa-2048")
-    assert set(first["created"]) == {"ca_key", "ca_cert", "svc_ca_key", "svc_ca_cert", "signer_key", "signer_pub", "server_key",
-                                     "server_cert", "client_orchestrator_key", "client_orchestrator_cert"}
+    assert set(first["created"]) == {"ca_key", "ca_cert", "svc_ca_key", "svc_ca_cert", "kscred_ca_key", "kscred_ca_cert", "signer_key",
+                                     "signer_pub", "server_key", "server_cert", "client_orchestrator_key", "client_orchestrator_cert"}
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
-    for label in ("ca_key", "svc_ca_key", "signer_key", "server_key", "client_orchestrator_key"):
+    for label in ("ca_key", "svc_ca_key", "kscred_ca_key", "signer_key", "server_key", "client_orchestrator_key"):
         assert stat.S_IMODE(os.stat(first["paths"][label]).st_mode) == 0o600
     assert "PRIVATE KEY" not in repr(first)
     with open(first["paths"]["server_cert"], "rb") as handle:

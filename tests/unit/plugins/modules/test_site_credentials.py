@@ -4,6 +4,7 @@
 """hcp.core.site_credentials on real files: check mode, creation, idempotence, modes, no secrets out."""
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 
@@ -20,7 +21,7 @@ def test_bootstrap_check_mode_idempotence(tmp_path, run_module):
     out = run_module(site_credentials, dict(args, _ansible_check_mode=True))
     assert out["changed"] and "client_orchestrator_key" in out["created"] and not os.path.exists(path)
     out = run_module(site_credentials, args, raw=True)
-    assert out["rc"] == 0 and out["changed"] and len(out["created"]) == 10 and out["reissued"] == []
+    assert out["rc"] == 0 and out["changed"] and len(out["created"]) == 12 and out["reissued"] == []
     assert "PRIVATE KEY" not in out["raw"] and "BEGIN CERTIFICATE" in out["ca_cert"] and "BEGIN CERTIFICATE" in out["svc_ca_cert"]
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(out["paths"]["ca_key"]).st_mode) == 0o600
@@ -54,7 +55,7 @@ def test_extra_server_certs(tmp_path, run_module):
     assert out["changed"] and {"server_attest-a1_key", "server_attest-a1_cert"} <= set(out["created"])
     assert not os.path.exists(path)
     out = run_module(site_credentials, args, raw=True)
-    assert out["rc"] == 0 and len(out["created"]) == 10 and "PRIVATE KEY" not in out["raw"]
+    assert out["rc"] == 0 and len(out["created"]) == 12 and "PRIVATE KEY" not in out["raw"]
     assert out["paths"]["server_attest-a1_key"] == os.path.join(path, "server-attest-a1.key")
     assert stat.S_IMODE(os.stat(out["paths"]["server_attest-a1_key"]).st_mode) == 0o600
     with open(out["paths"]["server_attest-a1_cert"], "rb") as handle:
@@ -111,3 +112,62 @@ def test_client_certificates_come_from_the_service_ca_and_old_ones_are_reissued(
     again = run_module(site_credentials, args)
     assert not again["changed"] and again["created"] == [] and again["reissued"] == []
     assert run_module(site_credentials, dict(args, _ansible_check_mode=True))["reissued"] == []
+
+
+def _pem_file(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_keyserver_credential_ca_is_a_third_ca_of_its_own(tmp_path, run_module):
+    """The key-server credential CA (docs/keyserver.md, part 2): created once (check mode first),
+    0600 key, a CA distinct from the enrollment and service-client CAs, returned publicly. A
+    credential it issues (as the attestation server does) is a key-server client certificate
+    only for a verifier given it as credential anchor (attested); the enrollment CA alone does
+    not accept it, and the service-client verifier refuses it."""
+    path = str(tmp_path / "pki")
+    args = {"path": path, "site": "lab", "server_names": ["enroll.example.test"], "client_names": ["orchestrator"]}
+    checked = run_module(site_credentials, dict(args, _ansible_check_mode=True))
+    assert {"kscred_ca_key", "kscred_ca_cert"} <= set(checked["created"]) and checked["keyserver_credential_ca_cert"] == ""
+    out = run_module(site_credentials, args, raw=True)
+    assert out["paths"]["kscred_ca_key"] == os.path.join(path, "kscred-ca.key")
+    assert stat.S_IMODE(os.stat(out["paths"]["kscred_ca_key"]).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(out["paths"]["kscred_ca_cert"]).st_mode) == 0o644
+    assert "PRIVATE KEY" not in out["raw"] and out["keyserver_credential_ca_cert"] == _pem_file(out["paths"]["kscred_ca_cert"]).decode()
+    kscred, enroll_ca, svc_ca = (_leaf(out["paths"][label])[0] for label in ("kscred_ca_cert", "ca_cert", "svc_ca_cert"))
+    assert kscred.subject.rfc4514_string() == "CN=lab key-server credential CA"
+    keys = [pki.public_key_pem(c.public_key()) for c in (kscred, enroll_ca, svc_ca)]
+    assert len(set(keys)) == 3  # three CAs, no key reused
+    # issue a credential as attestation/server.py does (pki.Issuer.from_pem of the two files)
+    issuer = pki.Issuer.from_pem(_pem_file(out["paths"]["kscred_ca_key"]), _pem_file(out["paths"]["kscred_ca_cert"]))
+    host_key = pki.new_private_key()
+    credential = issuer.issue(host_key.public_key(), "https-client", "node1.example.test", lifetime=datetime.timedelta(minutes=10),
+                              keyserver_binding={"profile": "vm", "measurement": None})
+    identity = pki.verify_keyserver_client(credential, [enroll_ca], credential_anchors=[kscred])
+    assert identity["attested"] and identity["cn"] == "node1.example.test"
+    with pytest.raises(pki.CertificateVerifyError):
+        pki.verify_keyserver_client(credential, [enroll_ca])
+    with pytest.raises(pki.CertificateVerifyError):
+        pki.verify_service_client(credential, [svc_ca])
+    # idempotent: the next run (and its check mode) keeps the CA
+    before = _pem_file(out["paths"]["kscred_ca_key"])
+    for check in (True, False):
+        again = run_module(site_credentials, dict(args, _ansible_check_mode=check))
+        assert not again["changed"] and again["created"] == []
+    assert _pem_file(out["paths"]["kscred_ca_key"]) == before
+
+
+def test_a_site_of_an_older_release_gains_only_the_keyserver_credential_ca(tmp_path, run_module):
+    """A site bootstrapped before the credential CA existed: the next run adds kscred-ca.key/.pem
+    and changes no other file."""
+    path = str(tmp_path / "pki")
+    args = {"path": path, "site": "lab", "server_names": ["enroll.example.test"], "client_names": ["orchestrator"]}
+    first = run_module(site_credentials, args)
+    for label in ("kscred_ca_key", "kscred_ca_cert"):
+        os.unlink(first["paths"][label])
+    before = dict((p, _pem_file(p)) for label, p in first["paths"].items() if not label.startswith("kscred_"))
+    checked = run_module(site_credentials, dict(args, _ansible_check_mode=True))
+    assert checked["changed"] and checked["created"] == ["kscred_ca_cert", "kscred_ca_key"] and checked["reissued"] == []
+    out = run_module(site_credentials, args)
+    assert out["changed"] and sorted(out["created"]) == ["kscred_ca_cert", "kscred_ca_key"] and out["reissued"] == []
+    assert dict((p, _pem_file(p)) for p in before) == before
