@@ -81,7 +81,7 @@ options:
         certificate, answering its auth-challenge with the certificate's key (proof of possession), and store it as
         O(name). The key-server's ACL decides; a non-exportable key-server item is released only to a host whose
         certificate's measurement it names, and cannot be stored here with O(exportable=true).
-      - The item is retrieved at every run (also in check mode: a retrieve changes nothing on the key-server) and
+      - The item is retrieved at every run, also in check mode (a retrieve changes nothing on the key-server), and
         written only when it differs. Its data is never returned nor logged.
     type: dict
     suboptions:
@@ -109,7 +109,6 @@ options:
         description: Its private key (the attested C(https-client.key) by default; with O(from_keyserver.client_cert)
           set and no key, the key is read from that file).
         type: path
-        no_log: false
       timeout:
         description: Seconds per request.
         type: int

@@ -9,6 +9,7 @@ configuration renders (Ansible's own engine) with the role's paths, the own cred
 extra members. The deployment itself runs in molecule/keyserver."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -144,3 +145,15 @@ def test_service_configuration():
     assert copy["no_log"] is True and copy["ansible.builtin.copy"]["mode"] == "0640"
     assert _render(templar, copy["loop"]) == ["/etc/hcp/https-server/https-server.key", "/etc/hcp/https-client/https-client.key"]
     assert _render(_templar(), "{{ keyserver_client_ca_path }}") == "/usr/local/share/ca-certificates/hcp-localhost.crt"
+
+
+@pytest.mark.parametrize("extra", ["", "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n\n"])
+def test_client_ca_bundle_is_one_pem_certificate_per_block(extra):
+    """nginx and the app read the bundle: the attested CA, then keyserver_extra_client_ca, each
+    ending with a real newline (a backslash-n left by the template broke nginx's PEM parser)."""
+    site_ca = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    task = [task for task in _tasks() if task["name"] == "Install the client CA bundle"][0]
+    templar = _templar(keyserver_extra_client_ca=extra, __keyserver_site_ca={"content": base64.b64encode(site_ca).decode()})
+    bundle = _render(templar, task["ansible.builtin.copy"]["content"])
+    assert bundle == site_ca.decode() + extra.strip() + ("\n" if extra else "")
+    assert "\\n" not in bundle
