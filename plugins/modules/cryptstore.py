@@ -14,8 +14,9 @@ description:
     AES-256-GCM under a master key sealed to the host's TPM (an hcp.core envelope to its EK). The store opens only on
     that TPM; on another one (TPM replaced) the module fails, says so and changes nothing. Format and threat model in
     C(docs/cryptstore.md).
-  - O(state=present) stores O(data), O(data_b64) or the bytes of O(src) as item O(name) (created or replaced only when
-    it differs), or, without data, reads the existing item into O(dest) and/or the result (O(return_content)).
+  - O(state=present) stores O(data), O(data_b64), the bytes of O(src) or the key-server item O(from_keyserver) as item
+    O(name) (created or replaced only when it differs), or, without data, reads the existing item into O(dest) and/or
+    the result (O(return_content)).
   - O(state=absent) deletes item O(name).
   - O(state=exported) seals exportable items to ANOTHER host's TPM (its EK public key O(ekpub)) as a bundle written to
     O(bundle_path). Nothing leaves the host in clear, and only that TPM can open the bundle.
@@ -63,7 +64,7 @@ options:
     choices: [key, x509, binary-blob, other]
     default: other
   data:
-    description: The item's data as text. At most one of O(data), O(data_b64) and O(src).
+    description: The item's data as text. At most one of O(data), O(data_b64), O(src) and O(from_keyserver).
     type: str
   data_b64:
     description: The item's data in base64 (for binary data).
@@ -74,6 +75,44 @@ options:
       - Read without following symbolic links; the directories on its path must belong to root or the user running
         the module and not be writable by everyone (as for O(ekpub_path) and O(bundle_path)).
     type: path
+  from_keyserver:
+    description:
+      - Retrieve the item's data from the key-server (C(docs/keyserver.md)) with this host's key-server client
+        certificate, answering its auth-challenge with the certificate's key (proof of possession), and store it as
+        O(name). The key-server's ACL decides; a non-exportable key-server item is released only to a host whose
+        certificate's measurement it names, and cannot be stored here with O(exportable=true).
+      - The item is retrieved at every run, also in check mode (a retrieve changes nothing on the key-server), and
+        written only when it differs. Its data is never returned nor logged.
+    type: dict
+    suboptions:
+      url:
+        description: The key-server's URL (V(https://) only).
+        type: str
+        required: true
+      name:
+        description: The key-server resource name, V(<domain>/<name>).
+        type: str
+        required: true
+      version:
+        description: The item version to retrieve; the latest when omitted.
+        type: int
+      ca_file:
+        description: CA bundle verifying the key-server's TLS certificate (the site CA); the system trust store when
+          omitted.
+        type: path
+      client_cert:
+        description: The host's key-server client certificate (PEM), issued by the site's enrollment CA with the
+          key-server client purpose.
+        type: path
+        default: /etc/hcp/https-client/https-client.pem
+      client_key:
+        description: Its private key (the attested C(https-client.key) by default; with O(from_keyserver.client_cert)
+          set and no key, the key is read from that file).
+        type: path
+      timeout:
+        description: Seconds per request.
+        type: int
+        default: 30
   exportable:
     description:
       - Whether the item may be exported (O(state=exported)). Set when the item is stored; imported items get this
@@ -122,6 +161,15 @@ EXAMPLES = r"""
     src: /run/hcp/disk.key
     exportable: true
 
+- name: Fetch the VHD key from the key-server with this host's attested certificate (seed 003, scenario 1)
+  hcp.core.cryptstore:
+    name: vhd-key
+    type: key
+    from_keyserver:
+      url: https://keys.example.test:8448
+      name: datica-test/vhd-key
+      ca_file: /usr/local/share/ca-certificates/hcp-site.crt
+
 - name: Read it back into a variable (the task's output is hidden)
   hcp.core.cryptstore:
     name: disk-key
@@ -155,6 +203,11 @@ item:
   returned: O(state=present), and O(state=absent) when the item existed
   type: dict
   sample: {"name": "disk-key", "type": "key", "exportable": true, "created": 1764670000, "updated": 1764670000, "size": 64}
+keyserver:
+  description: With O(from_keyserver), the key-server item's metadata (never its data).
+  returned: O(state=present) with O(from_keyserver)
+  type: dict
+  sample: {"name": "datica-test/vhd-key", "item_version": 2, "created": "2026-12-02T13:00:00Z", "exportable": true}
 action:
   description: What happened to the item (V(created), V(updated), V(unchanged), V(deleted), V(absent), V(read)).
   returned: O(state=present) and O(state=absent)
@@ -203,6 +256,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hcp.core.plugins.module_utils import fileutil
 from ansible_collections.hcp.core.plugins.module_utils.cryptstore import bundle as bundle_mod
+from ansible_collections.hcp.core.plugins.module_utils.cryptstore import keyserver_source
 from ansible_collections.hcp.core.plugins.module_utils.cryptstore.store import MAX_ITEM_BYTES, CryptStore, store_exists, validate_item
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.module_helpers import (
@@ -230,8 +284,13 @@ def _read(module, path, what, limit):
     return data
 
 
-def _data(module):
+def _data(module, result):
     params = module.params
+    if params["from_keyserver"] is not None:
+        data, meta = keyserver_source.fetch(params["from_keyserver"], exportable=params["exportable"])
+        mask_secret(module, data)
+        result["keyserver"] = meta
+        return data
     if params["data"] is not None:
         return params["data"].encode("utf-8")
     if params["data_b64"] is not None:
@@ -248,7 +307,7 @@ def _data(module):
 
 def _present(module, tpm, result):
     params = module.params
-    data = _data(module)
+    data = _data(module, result)
     name = params["name"]
     if data is None:
         if not params["return_content"] and not params["dest"]:
@@ -355,6 +414,15 @@ def main():
             type=dict(type="str", default="other", choices=["key", "x509", "binary-blob", "other"]),
             data=dict(type="str", no_log=True),
             data_b64=dict(type="str", no_log=True),
+            from_keyserver=dict(type="dict", options=dict(
+                url=dict(type="str", required=True),
+                name=dict(type="str", required=True),
+                version=dict(type="int"),
+                ca_file=dict(type="path"),
+                client_cert=dict(type="path", default=keyserver_source.DEFAULT_CLIENT_CERT),
+                client_key=dict(type="path", no_log=False),
+                timeout=dict(type="int", default=30),
+            )),
             src=dict(type="path"),
             exportable=dict(type="bool", default=False),
             dest=dict(type="path"),
@@ -365,7 +433,7 @@ def main():
             bundle=dict(type="str"),
             force=dict(type="bool", default=False),
         ),
-        mutually_exclusive=[("data", "data_b64", "src"), ("bundle", "bundle_path")],
+        mutually_exclusive=[("data", "data_b64", "src", "from_keyserver"), ("bundle", "bundle_path")],
         required_if=[("state", "present", ("name",)), ("state", "absent", ("name",))],
         supports_check_mode=True,
     )

@@ -1,9 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: hcp.core contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Property-based fuzzing of every HTTP API (enrollment, attestation, policy, control tower)
-through Flask's test client, with the real apps over real state (git DB and the enrollment
-writer daemon behind its socket, ticket keys, policy file, control tower store).
+"""Property-based fuzzing of every HTTP API (enrollment, attestation, policy, control tower,
+key-server) through Flask's test client, with the real apps over real state (git DB and the
+enrollment writer daemon behind its socket, ticket keys, policy file, control tower store, the
+key-server's store sealed to a real swtpm).
 
 Inputs: malformed, oversized, deeply nested, wrong-typed and unicode-odd JSON bodies, form
 fields and query strings; wrong content types; missing, failed, garbage, unauthorised and
@@ -32,7 +33,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb, read_head
-from ansible_collections.hcp.core.plugins.module_utils.web import attest_app, control_tower_app, enroll_app, policy_app
+from ansible_collections.hcp.core.plugins.module_utils.web import attest_app, control_tower_app, enroll_app, keyserver_app, policy_app
+from ansible_collections.hcp.core.tests.unit.keyserver_helpers import KeyServerSite, tree_digest
 
 # The whole file stays well under a minute: few examples each, no per-example deadline, the
 # same examples every run. HCP_FUZZ_EXAMPLES=N (random examples) for a longer hunt.
@@ -410,3 +412,70 @@ def test_fuzz_control_tower_api(tower, identity, site, route, body, content_type
         # nothing is registered: only an operator's status or no-op delete of a well-formed name
         assert identity == "authorized" and method in ("get", "delete"), (identity, method, path)
         assert response.get_json().get("deleted") in (None, False)
+
+
+# -- key-server --------------------------------------------------------------------------------
+
+KEYSERVER_FIELDS = ["protocol", "action", "name", "prefix", "data", "exportable", "measurements", "dry_run", "item_version",
+                    "credentials"]
+KEYSERVER_ROUTES = [("post", "/v1/request"), ("post", "/v1/request"), ("post", "/v1/request"), ("get", "/v1/request"),
+                    ("put", "/v1/request"), ("get", "/healthcheck"), ("post", "/v1/request/"), ("post", "/v1/nope")]
+KEYSERVER_VALUES = st.sampled_from([1, "store", "retrieve", "delete", "list", "datica-test/storage-disk-key", "datica-test/",
+                                    "keyserver/tls", "datica-test/../x", "eA==", {"session": "S" * 120},
+                                    {"challenge": "C" * 120, "signature": "eA=="}, ["pcrs-sha256:" + "0" * 64]])
+
+
+def keyserver_bodies():
+    """Bodies in the wire format's shape (every field name, values plausible or odd), and the generic ones."""
+    shaped = st.dictionaries(st.sampled_from(KEYSERVER_FIELDS), st.one_of(KEYSERVER_VALUES, JSON_VALUES),
+                             max_size=len(KEYSERVER_FIELDS)).map(lambda d: encoded(json.dumps(d)))
+    return st.one_of(shaped, shaped, bodies(KEYSERVER_FIELDS))
+
+
+@pytest.fixture(scope="module")
+def keyserver(swtpm, tmp_path_factory):
+    """The key-server app over its store (master key sealed to the swtpm) with one stored item, and
+    its callers as nginx passes them: a key-server client (authorized, but without a proof of
+    possession no call can succeed), a certificate of the site CA without the key-server purpose,
+    one of another CA (let through by a shared front end), none, garbage, smuggled headers."""
+    site = KeyServerSite(swtpm, tmp_path_factory.mktemp("fuzz-keyserver"))
+    site.store.store("datica-test/storage-disk-key", b"fuzz-keyserver-item")
+    app = keyserver_app.create_app(site.config, store=site.store)
+
+    def cert(name):
+        return quote(first_cert(site.cred(name)[0]))
+
+    ids = {
+        "authorized": ({"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": cert("deploy")}, {}),
+        "same_ca_other_name": ({"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": cert("plain")}, {}),
+        "none": ({}, {}),
+        "verify_failed": ({"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": cert("foreign")}, {}),
+        "verify_none": ({"SSL_CLIENT_VERIFY": "NONE", "SSL_CLIENT_CERT": cert("deploy")}, {}),
+        "garbage_cert": ({"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": "-----BEGIN%20CERTIFICATE-----%0AAAAA%0A"}, {}),
+        "undecodable_cert": ({"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": "%ff%fe%00"}, {}),
+        "smuggled_headers": ({}, {"SSL-Client-Verify": "SUCCESS", "SSL-Client-Cert": cert("deploy"), "X-SSL-Client-Verify": "SUCCESS",
+                                  "X-Client-Cert": cert("deploy")}),
+    }
+    return {"client": app.test_client(), "site": site, "ids": ids}
+
+
+@FUZZ
+@given(route=st.sampled_from(KEYSERVER_ROUTES), identity=IDENTITIES, body=keyserver_bodies(), content_type=CONTENT_TYPES)
+def test_fuzz_keyserver_api(keyserver, route, identity, body, content_type):
+    """Never a 5xx; a refusal is a small JSON answer (``error``, or the auth-challenge for a
+    verified key-server client); nothing succeeds without a proof of possession; the store and the
+    answered-challenge records are unchanged."""
+    method, path = route
+    environ, headers = keyserver["ids"][identity]
+    site = keyserver["site"]
+    before = tree_digest(site.store_path)
+    response = request(keyserver["client"], method, path, environ, headers, body=body, content_type=content_type)
+    assert tree_digest(site.store_path) == before
+    if response.status_code == 401:
+        # only a verified key-server client is asked to prove possession of its key
+        assert identity == "authorized" and response.get_json()["status"] == "auth-challenge", (identity, response.data[:300])
+        assert len(response.data) <= MAX_ERROR_BYTES
+        return
+    check_answer(response)
+    if 200 <= response.status_code < 300:
+        assert path == "/healthcheck", (identity, path, response.data[:300])
