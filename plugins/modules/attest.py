@@ -30,12 +30,29 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     details: Attests and unseals ordinary assets to compare them, but never unseals one-time assets, never
-      extends PCR 11 and writes nothing.
+      extends PCR 11, asks for no key-server credential and writes nothing.
 options:
   install:
     description: Install the assets; V(false) attests only.
     type: bool
     default: true
+  keyserver_credential_dir:
+    description:
+      - Absolute directory where this run asks the attestation server for a key-server credential and keeps it
+        (C(docs/keyserver.md), part 2) - the same as the attester's C(keyserver_credential_dir), so a playbook run
+        holds a fresh credential without waiting for C(hcp-attester.timer).
+      - The module makes a fresh key, sends its public key with the evidence, checks the certificate the server
+        returns inside the answer encrypted to this TPM (it certifies that key, has the key-server client purpose
+        and is valid now) and writes C(keyserver-credential.key) and C(keyserver-credential.pem) there, each V(0600)
+        and atomic. The directory is created V(0700); an existing one must be a directory (not a link) of the user
+        running the module that nobody else may read or write.
+      - A credential lives minutes (C(attestation_server_keyserver_credential_minutes)). Key-server clients present
+        it with C(credential_dir) (lookup hcp.core.keyserver, module hcp.core.keyserver_item).
+      - Renewing the credential is not a change (C(changed) reports the assets only). When the server issues
+        none (it holds no key-server credential CA), RV(keyserver_credential) is V(null), the files are left
+        alone and the module warns.
+      - Not in check mode.
+    type: path
   root:
     description: Prefix of every destination path (tests, images).
     type: path
@@ -116,11 +133,22 @@ pcr_extended:
   description: Whether PCR 11 was extended after unsealing one-time assets.
   returned: always
   type: bool
+keyserver_credential:
+  description:
+    - The key-server credential this run received, without its key - C(not_after) (epoch seconds), the
+      C(measurement) the quote proved (V(null) when the host's profile has no golden PCR values) and the C(profile)
+      label bound into it, and the C(path) of its certificate; V(null) when the server issued none.
+  returned: when O(keyserver_credential_dir) is set, not in check mode
+  type: dict
+  sample: {"not_after": 1796215200, "measurement": "pcrs-sha256:9f2c...", "profile": "vm",
+           "path": "/var/lib/hcp/attester/keyserver-credential/keyserver-credential.pem"}
 post_hook_error:
   description: Always null for the module (hooks are an attester feature).
   returned: always
   type: str
 """
+
+import os
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -145,23 +173,31 @@ def main():
             root=dict(type="path", default="/"),
             rules=dict(type="dict", default={}),
             site=dict(type="str"),
+            keyserver_credential_dir=dict(type="path"),
         ),
         required_one_of=[("signer_public", "signer_public_file")],
         mutually_exclusive=[("signer_public", "signer_public_file")],
         supports_check_mode=True,
     )
     params = module.params
+    credential_dir = params["keyserver_credential_dir"]
+    if credential_dir is not None and not os.path.isabs(credential_dir):
+        module.fail_json(msg="keyserver_credential_dir must be an absolute path")
     try:
         signer = attest_client.load_signer_public(params["signer_public"], params["signer_public_file"])
         with Tpm(params["tcti"]) as tpm:
             result = attester.run(tpm, params["servers"], signer, ca_file=params["ca_file"], timeout=params["timeout"],
                                   root=params["root"], rules=params["rules"], install=params["install"],
                                   check_mode=module.check_mode, site=params["site"],
-                                  state_dir=params["state_dir"] or attest_client.default_state_dir())
+                                  state_dir=params["state_dir"] or attest_client.default_state_dir(),
+                                  keyserver_credential_dir=credential_dir)
     except HcpError as exc:
         fail_on_hcp_error(module, exc)
     except OSError as exc:
         module.fail_json(msg="cannot install the assets: %s" % (exc.strerror or exc))
+    if credential_dir is not None and not module.check_mode and result.get("keyserver_credential") is None:
+        module.warn("the attestation server issued no key-server credential (it holds no key-server credential CA); "
+                    "nothing was written in %s" % credential_dir)
     module.exit_json(**result)
 
 
