@@ -176,7 +176,11 @@ def _render_role_config(role, template):
         variables.update(yaml.safe_load(handle))
     env = jinja2.Environment()
     env.filters["to_nice_json"] = lambda value, sort_keys=True: json.dumps(value, sort_keys=sort_keys, indent=4)
-    env.filters["bool"] = bool
+    # Ansible's bool filter ("False" is false) and its lazy templating of variables that are templates
+    env.filters["bool"] = lambda value: value if isinstance(value, bool) else str(value).strip().lower() in ("true", "yes", "on", "1")
+    for name, value in list(variables.items()):
+        if isinstance(value, str) and "{{" in value:
+            variables[name] = env.from_string(value).render(variables)
     with open(os.path.join(ROOT, "roles", role, "templates", template)) as handle:
         return json.loads(env.from_string(handle.read()).render(variables))
 

@@ -129,6 +129,7 @@ def test_expired_service_certificate_is_refused(service):
         pass  # refused in the handshake
     else:
         assert answer.status_code == 403
+
     def verified(creds):  # what a front end that let the certificate through would pass on
         with open(creds[0], "r", encoding="ascii") as handle:
             return {"SSL_CLIENT_VERIFY": "SUCCESS", "SSL_CLIENT_CERT": quote(handle.read())}
