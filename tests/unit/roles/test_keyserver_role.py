@@ -108,7 +108,9 @@ def _argument_checks(**overrides):
 def test_argument_checks():
     assert all(_argument_checks())
     assert all(_argument_checks(keyserver_tcti="mssim:host=localhost,port=2321"))
-    assert all(_argument_checks(keyserver_config_extra={"release_policy": "/etc/hcp/keyserver/release.json"}))
+    assert all(_argument_checks(keyserver_config_extra={"credential_max_minutes": 30}))
+    cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    assert all(_argument_checks(keyserver_credential_ca=cert, keyserver_release_policy={"version": 1}))
 
 
 @pytest.mark.parametrize("overrides", [
@@ -119,6 +121,12 @@ def test_argument_checks():
     {"keyserver_tcti": ""},
     {"keyserver_config_extra": {"store": "/tmp/other"}},  # would replace the role's own members
     {"keyserver_config_extra": {"own_credentials": []}},
+    # the credential CA and the release policy are the role's own members (files it installs)
+    {"keyserver_config_extra": {"release_policy": "/etc/hcp/keyserver/release.json"}},
+    {"keyserver_config_extra": {"credential_ca": "/tmp/any-ca.pem"}},
+    {"keyserver_credential_ca": "not a certificate"},
+    # a release policy releases by measurement to credential holders only: without the credential CA, refused
+    {"keyserver_release_policy": {"version": 1}},
     {"keyserver_own_credentials": ["relative/key.pem"]},
     {"keyserver_extra_client_ca": "not a certificate"},
     {"keyserver_acl": ["not", "a", "mapping"]},
@@ -131,7 +139,9 @@ def test_service_configuration():
     with open(os.path.join(ROLE, "templates", "keyserver.json.j2"), "r", encoding="utf-8") as handle:
         source = handle.read()
     templar = _templar(keyserver_own_credentials=["/etc/hcp/https-client/https-client.key"],
-                       keyserver_config_extra={"release_policy": "/etc/hcp/keyserver/release.json"},
+                       keyserver_credential_ca="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                       keyserver_release_policy={"version": 1},
+                       keyserver_config_extra={"credential_max_minutes": 30},
                        keyserver_tcti=" " + TCTI + "\n")
     config = json.loads(templar.template(trust_as_template(source)))
     assert config == {
@@ -139,7 +149,8 @@ def test_service_configuration():
         "acl": "/etc/hcp/keyserver/acl.json", "audit_log": "/var/lib/hcp/keyserver/audit.jsonl",
         "own_credentials": ["/etc/hcp/keyserver/own/0.pem", "/etc/hcp/keyserver/own/1.pem"],
         "challenge_ttl": 60, "session_ttl": 300, "max_item_bytes": 1048576, "keep_versions": 16, "max_content_length": 2097152,
-        "release_policy": "/etc/hcp/keyserver/release.json"}
+        "release_policy": "/etc/hcp/keyserver/release.json", "credential_ca": "/etc/hcp/keyserver/credential-ca.pem",
+        "credential_max_minutes": 30}
     # the app's copies are made from the TLS key first, then the extra files, in that order
     copy = [task for task in _tasks() if task["name"] == "Give the app copies of its own credentials"][0]
     assert copy["no_log"] is True and copy["ansible.builtin.copy"]["mode"] == "0640"
@@ -157,3 +168,21 @@ def test_client_ca_bundle_is_one_pem_certificate_per_block(extra):
     bundle = _render(templar, task["ansible.builtin.copy"]["content"])
     assert bundle == site_ca.decode() + extra.strip() + ("\n" if extra else "")
     assert "\\n" not in bundle
+
+
+def test_credential_ca_only_in_the_front_end_bundle():
+    """The key-server credential CA's certificates pass nginx (its bundle) but the app's client_ca
+    leaves it out: the app takes them as credentials only (credential_ca), never as host
+    certificates, whose measurement would otherwise count (docs/keyserver.md, part 2)."""
+    site_ca = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    cred_ca = "-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n"
+    templar = _templar(keyserver_credential_ca=cred_ca, __keyserver_site_ca={"content": base64.b64encode(site_ca).decode()})
+    tasks = dict((task["name"], task) for task in _tasks())
+    app_bundle = _render(templar, tasks["Install the client CA bundle"]["ansible.builtin.copy"]["content"])
+    front = tasks["Install the front end's client CA bundle"]["ansible.builtin.copy"]
+    assert "CCCC" not in app_bundle
+    assert _render(templar, front["content"]) == site_ca.decode() + cred_ca
+    assert _render(templar, front["dest"]) == "/etc/hcp/keyserver/front-ca.pem"
+    hosting = tasks["Host the key-server"]["vars"]
+    assert _render(templar, hosting["webapi_client_ca_path"]) == "/etc/hcp/keyserver/front-ca.pem"
+    assert _render(templar, tasks["Install the key-server credential CA"]["ansible.builtin.copy"]["content"]) == cred_ca
