@@ -113,6 +113,13 @@ options:
         description: Seconds per request.
         type: int
         default: 30
+      credential_dir:
+        description:
+          - The directory where the host's attestation leaves its short-lived key-server credential
+            (P(hcp.core.attestation_client#role) option C(attestation_client_keyserver_credential_dir); docs/keyserver.md,
+            part 2). A valid credential there is used instead of O(from_keyserver.client_cert): it names the measurement the
+            host's quote proved, which items bound to measurements and the release policy need.
+        type: path
   exportable:
     description:
       - Whether the item may be exported (O(state=exported)). Set when the item is stored; imported items get this
@@ -422,6 +429,7 @@ def main():
                 client_cert=dict(type="path", default=keyserver_source.DEFAULT_CLIENT_CERT),
                 client_key=dict(type="path", no_log=False),
                 timeout=dict(type="int", default=30),
+                credential_dir=dict(type="path"),
             )),
             src=dict(type="path"),
             exportable=dict(type="bool", default=False),
