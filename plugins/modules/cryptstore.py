@@ -117,7 +117,7 @@ options:
         description:
           - The directory where the host's attestation leaves its short-lived key-server credential
             (P(hcp.core.attestation_client#role) option C(attestation_client_keyserver_credential_dir); docs/keyserver.md,
-            part 2). A valid credential there is used instead of O(from_keyserver.client_cert): it names the measurement the
+            part 2). A valid credential there is used instead of O(from_keyserver.client_cert), since it names the measurement the
             host's quote proved, which items bound to measurements and the release policy need.
         type: path
   exportable:
