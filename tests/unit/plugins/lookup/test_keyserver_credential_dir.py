@@ -36,21 +36,6 @@ def _lookup(*terms, variables=None, **options):
     return lookup_loader.get("hcp.core.keyserver").run(list(terms), variables=variables, **options)
 
 
-def _host_cert(site):
-    """node9's certificate from the enrollment (host) CA naming the same measurement and profile
-    as its credential would: what the host holds without attesting."""
-    key = pki.new_private_key()
-    cert = site.ks.issuer.issue(key.public_key(), "https-client", "node9.example.test",
-                                keyserver_binding={"profile": "vm", "measurement": site.measurement})
-    cert_path, key_path = str(site.tmp / "node9.pem"), str(site.tmp / "node9.key")
-    with open(cert_path, "wb") as handle:
-        handle.write(pki.certificate_pem(cert))
-    with open(key_path, "wb") as handle:
-        handle.write(pki.private_key_pem(key))
-    os.chmod(key_path, 0o600)
-    return cert_path, key_path
-
-
 def test_the_lookup_presents_the_attested_credential(site):
     site.attest()
     options = {"url": site.ks.url, "ca_file": site.ks.ca_file}
@@ -59,7 +44,7 @@ def test_the_lookup_presents_the_attested_credential(site):
     last = site.ks.audit()[-1]
     assert last["attested"] is True and last["caller"] == "node9.example.test" and last["decision"] == "allow"
     # preferred over client_cert while it is valid
-    cert, key = _host_cert(site)
+    cert, key = site.host_certificate()
     assert _lookup(RELEASED, credential_dir=site.credential_dir, client_cert=cert, client_key=key, cache=False,
                    **options) == ["disk-key-from-the-store"]
     assert site.ks.audit()[-1]["attested"] is True
@@ -80,7 +65,7 @@ def test_what_is_not_an_attested_credential_releases_nothing(site):
     measurement-keyed secret. A credential whose files others may read, or whose key is not the
     certificate's, is not used (the lookup falls back to client_cert, refused; or has nothing)."""
     options = {"url": site.ks.url, "ca_file": site.ks.ca_file, "cache": False}
-    cert, key = _host_cert(site)
+    cert, key = site.host_certificate()
     with pytest.raises(AnsibleLookupError, match="only to hosts holding a key-server credential"):
         _lookup(RELEASED, client_cert=cert, client_key=key, **options)
     with pytest.raises(AnsibleLookupError, match="needs a client certificate .*credential_dir"):

@@ -13,7 +13,6 @@ import copy
 
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import measurement_of
 from ansible_collections.hcp.core.plugins.modules import keyserver_item
 from ansible_collections.hcp.core.tests.unit import keyserver_helpers
@@ -60,11 +59,7 @@ def test_store_and_delete_with_the_attested_credential(site, run_module):
 
 
 def test_the_host_certificate_is_not_the_credential(site, run_module):
-    key = pki.new_private_key()
-    cert = site.ks.issuer.issue(key.public_key(), "https-client", "node9.example.test",
-                                keyserver_binding={"profile": "vm", "measurement": site.measurement})
-    cert_path = keyserver_helpers.write(site.tmp / "node9.pem", pki.certificate_pem(cert), 0o644)
-    key_path = keyserver_helpers.write(site.tmp / "node9.key", pki.private_key_pem(key))
+    cert_path, key_path = site.host_certificate()
     # no credential in credential_dir yet (never attested): the module uses client_cert, refused by the ACL
     out = run_module(keyserver_item, _args(site, credential_dir=site.credential_dir, client_cert=cert_path,
                                            client_key=key_path, data=SECRET), raw=True)

@@ -9,11 +9,8 @@ enrollment-CA certificate naming the same measurement gets nothing (the key-serv
 measurement from credentials only)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from ansible_collections.hcp.core.plugins.module_utils import pki
 from ansible_collections.hcp.core.plugins.module_utils.cryptstore import keyserver_source
 from ansible_collections.hcp.core.plugins.module_utils.cryptstore.errors import CryptStoreError
 from ansible_collections.hcp.core.plugins.module_utils.keyserver.client import KeyServerClientError
@@ -31,22 +28,9 @@ def site(fresh_swtpm, tmp_path, monkeypatch):
     value.close()
 
 
-def _host_cert(site):
-    key = pki.new_private_key()
-    cert = site.ks.issuer.issue(key.public_key(), "https-client", "node9.example.test",
-                                keyserver_binding={"profile": "vm", "measurement": site.measurement})
-    cert_path, key_path = str(site.tmp / "node9.pem"), str(site.tmp / "node9.key")
-    with open(cert_path, "wb") as handle:
-        handle.write(pki.certificate_pem(cert))
-    with open(key_path, "wb") as handle:
-        handle.write(pki.private_key_pem(key))
-    os.chmod(key_path, 0o600)
-    return cert_path, key_path
-
-
 def test_the_source_presents_the_attested_credential(site):
     site.attest()
-    cert, key = _host_cert(site)
+    cert, key = site.host_certificate()
     source = {"url": site.ks.url, "name": RELEASED, "ca_file": site.ks.ca_file, "client_cert": cert, "client_key": key}
     data, meta = keyserver_source.fetch(dict(source, credential_dir=site.credential_dir))
     assert data == b"disk-key-from-the-store" and meta["name"] == RELEASED

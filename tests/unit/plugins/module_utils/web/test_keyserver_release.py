@@ -148,6 +148,15 @@ class ReleaseSite(object):
                                         ca_file=self.ks.ca_file, unseal=False,
                                         keyserver_credential_dir=credential_dir or self.credential_dir)
 
+    def host_certificate(self):
+        """(cert path, key path) of a node9 certificate from the enrollment (host) CA naming the same
+        measurement and profile as its credential would: what the host holds without attesting."""
+        key = pki.new_private_key()
+        cert = self.ks.issuer.issue(key.public_key(), "https-client", "node9.example.test",
+                                    keyserver_binding={"profile": "vm", "measurement": self.measurement})
+        return (write(self.tmp / "node9.pem", pki.certificate_pem(cert), 0o644),
+                write(self.tmp / "node9.key", pki.private_key_pem(key)))
+
     def client(self, **options):
         return KeyServerClient(self.ks.url, ca_file=self.ks.ca_file, credential_dir=self.credential_dir, timeout=30, **options)
 
