@@ -57,7 +57,7 @@ attestation for {{ stale_after }} s.</p>
 <table id="hosts-{{ state }}" class="hosts">
 <thead><tr><th>host</th><th>last success</th><th>last result</th><th>reason</th><th>server</th><th>EK</th></tr></thead>
 <tbody>
-{% for h in groups[state] %}<tr class="{{ state }}" data-host="{{ h.host }}">
+{% for h in groups[state] %}<tr class="{{ state }}">
 <td class="host">{{ h.host }}</td><td class="age">{{ h.success_age }}</td><td class="result">{{ h.last_result }}</td>
 <td class="reason">{{ h.reason or "" }}</td><td class="server">{{ h.server }}</td><td><code>{{ h.ekpubhash[:16] }}</code></td></tr>
 {% endfor %}</tbody>
