@@ -36,7 +36,8 @@ UNATTRIBUTED = frozenset(["bad_request", "bad_ticket", "expired_ticket", "replay
 
 
 def _bounded_int(config, key, default, maximum):
-    value = config.get(key, default)
+    value = config.get(key)
+    value = default if value is None else value
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise ServiceConfigError("%s must be an integer in 1..%d" % (key, maximum))
     return value
