@@ -110,9 +110,9 @@ def merge(documents, now, stale_after=DEFAULT_STALE_AFTER):
         for host, entry in entries.items():
             if not isinstance(entry, dict):
                 continue
-            seen = hosts.setdefault(str(host), {"host": str(host), "last_success": None, "last_attempt": None,
-                                                 "last_result": None, "reason": None, "server": name,
-                                                 "ekpubhash": str(entry.get("ekpubhash") or "")})
+            fresh = {"host": str(host), "last_success": None, "last_attempt": None, "last_result": None, "reason": None,
+                     "server": name, "ekpubhash": str(entry.get("ekpubhash") or "")}
+            seen = hosts.setdefault(str(host), fresh)
             success, attempt = _number(entry.get("last_success")), _number(entry.get("last_attempt"))
             if success is not None and (seen["last_success"] is None or success > seen["last_success"]):
                 seen["last_success"] = success

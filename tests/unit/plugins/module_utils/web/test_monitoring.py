@@ -234,8 +234,9 @@ def test_request_counters_of_the_other_services(tmp_path, cas):
 def test_status_page_escapes_everything():
     """The attack: a host name and a failure reason carrying markup; the page holds them as text."""
     doc = {"server": {"name": "<i>a1</i>", "healthy": False, "snapshot_age_seconds": 5000, "replication_failures": 3},
-           "hosts": {"<script>alert(1)</script>": {"ekpubhash": "ab" * 32, "last_success": None, "last_attempt": 10.0,
-                                                  "last_result": "pcr_policy", "reason": "<img src=x onerror=alert(2)>"}}}
+           "hosts": {"<script>alert(1)</script>": {
+               "ekpubhash": "ab" * 32, "last_success": None, "last_attempt": 10.0, "last_result": "pcr_policy",
+               "reason": "<img src=x onerror=alert(2)>"}}}
     page = status_page.render([doc], now=100.0)
     assert "<script>alert" not in page and "<img src" not in page and "<i>a1" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
