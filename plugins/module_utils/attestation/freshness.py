@@ -75,6 +75,8 @@ class FreshnessStore(object):
         self._lock = threading.Lock()
         self._conn = None
         self._pid = None
+        self._seen = set()
+        self.write_errors = 0
 
     def _db(self):
         """This process's connection (a forked worker opens its own), under the lock."""
@@ -97,6 +99,8 @@ class FreshnessStore(object):
         return conn
 
     def _write(self, ekpubhash, hostname, result, reason, now, success, require_known):
+        if success:
+            return self._write_success(ekpubhash, hostname, now)
         with self._lock:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
@@ -119,6 +123,28 @@ class FreshnessStore(object):
             except sqlite3.Error:
                 conn.execute("ROLLBACK")
                 raise
+        return True
+
+    def _write_success(self, ekpubhash, hostname, now):
+        """The hot path (every attestation): one UPSERT in autocommit; the eviction check only
+        for an EK this process has not written yet (its set of EKs is as bounded as the table)."""
+        with self._lock:
+            conn = self._db()
+            conn.execute("INSERT INTO hosts VALUES (?, ?, ?, ?, 'ok', NULL) ON CONFLICT(ekpubhash) DO UPDATE SET "
+                         "hostname = excluded.hostname, last_success = excluded.last_success, "
+                         "last_attempt = excluded.last_attempt, last_result = 'ok', reason = NULL",
+                         (ekpubhash, hostname, now, now))
+            if ekpubhash not in self._seen:
+                if len(self._seen) >= self.max_hosts:
+                    self._seen.clear()
+                self._seen.add(ekpubhash)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._evict(conn)
+                    conn.execute("COMMIT")
+                except sqlite3.Error:
+                    conn.execute("ROLLBACK")
+                    raise
         return True
 
     def _evict(self, conn):
@@ -148,7 +174,7 @@ class FreshnessStore(object):
             return self._write(*args)
         except (sqlite3.Error, FreshnessError, OSError):
             with self._lock:
-                self.write_errors = getattr(self, "write_errors", 0) + 1
+                self.write_errors += 1
             return False
 
     def hosts(self):
