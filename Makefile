@@ -29,7 +29,7 @@ export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
 export PIP_NO_INPUT := 1
 
 .PHONY: help setup host-packages venv docker lab-image wheelhouse install get-pip \
-	lint sanity units changelog-lint docs-lint build install-check molecule \
+	lint sanity units changelog-lint docs-lint alert-rules build install-check molecule \
 	check test demo bench lab-base lab-up lab-down clean distclean
 
 help: ## list the targets
@@ -75,6 +75,9 @@ units: install get-pip ## ansible-test units in the stage; under CI a skipped te
 	cd $(COLL) && ansible-test units $(AT_ENV) --python $(TESTPY) --color no
 	@$(BIN)/python tools/check-skips.py $(COLL)/tests/output/junit
 
+alert-rules: ## promtool check rules + promtool test rules on monitoring/prometheus (seconds)
+	@tools/alert-rules.sh
+
 changelog-lint: ## antsibull-changelog lint
 	antsibull-changelog lint
 
@@ -91,12 +94,12 @@ install-check: build ## install the tarball offline into a temp dir, render its 
 molecule: install ## molecule test -s NAME for every molecule/NAME/
 	@tools/molecule-all.sh
 
-check: ## the inner loop: lint, sanity, units, changelog-lint (no lab, no molecule), with a summary
-	@tools/test-all.sh host-packages venv install lint+sanity+changelog-lint+units
+check: ## the inner loop: lint, sanity, units, changelog-lint, alert-rules (no lab, no molecule), with a summary
+	@tools/test-all.sh host-packages venv install lint+sanity+changelog-lint,alert-rules+units
 
 test: ## the whole suite (what CI runs): setup, then every gate, with a summary
 	@tools/test-all.sh host-packages docker venv+lab-base wheelhouse lab-image install \
-		units,sanity,lint,changelog-lint,docs-lint,install-check+molecule
+		units,sanity,lint,changelog-lint,alert-rules,docs-lint,install-check+molecule
 
 # ---- lab --------------------------------------------------------------------------
 lab-up: setup install ## start the lab containers (playbooks/lab.yml)

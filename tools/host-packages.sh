@@ -14,7 +14,10 @@ PACKAGES=(
   nginx-light uwsgi-core uwsgi-plugin-python3
   openssh-server
   libkrb5-dev
+  prometheus chromium
 )
+# prometheus: for promtool only (make alert-rules); its server stays off. chromium: the headless
+# browser of the status page test (tests/unit/plugins/module_utils/web/test_status_page_browser.py).
 # libkrb5-dev: build dependency of the gssapi wheel (requirements.txt; PyPI has no Linux wheel, its
 # build runs krb5-config). It installs next to Heimdal without removing anything.
 # Not krb5-user (MIT kinit/klist): it Conflicts with heimdal-clients, and installing it would
@@ -44,5 +47,9 @@ fi
 # openssh-server is here for sshd (tests start their own on loopback): the system ssh service stays off.
 if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
   systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+fi
+# prometheus is here for promtool only: the system Prometheus server stays off.
+if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi
 log "host packages installed"

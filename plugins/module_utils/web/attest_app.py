@@ -37,6 +37,7 @@ from ansible_collections.hcp.core.plugins.module_utils.attestation.replica impor
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInputError
 from ansible_collections.hcp.core.plugins.module_utils.tpm import ek_trust
+from ansible_collections.hcp.core.plugins.module_utils.web import attest_monitoring
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     LazyApplication,
     create_app_base,
@@ -293,6 +294,7 @@ def create_app(config=None, attestor=None):
     state_path = config.get("arepl_state") or (os.path.join(os.path.dirname(os.path.abspath(db_link)), "state.json")
                                                if db_link else None)
     max_age = float(config.get("max_snapshot_age", DEFAULT_MAX_SNAPSHOT_AGE))
+    monitor = attest_monitoring.install(app, config, attestor, state_path)
 
     def snapshot():
         """Head and age of the snapshot served (age from arepl's state; None if unknown)."""
@@ -344,9 +346,11 @@ def create_app(config=None, attestor=None):
         except HcpError as exc:
             metrics.observe(_result_of(exc), time.monotonic() - started)
             status = protocol.classify(exc)
+            monitor.failure(_result_of(exc), str(exc) if status < 500 or status == 503 else "internal error")
             app.logger.warning("attestation refused (%d): %s", status, exc)
             return json_error(status, str(exc) if status < 500 or status == 503 else "internal error")
         metrics.observe("ok", time.monotonic() - started)
+        monitor.success(result)
         return flask.jsonify(result)
 
     def health():
@@ -363,7 +367,7 @@ def create_app(config=None, attestor=None):
 
     @app.get("/metrics")
     def prometheus():
-        return flask.Response(metrics.render(snapshot()), mimetype="text/plain; version=0.0.4")
+        return flask.Response(metrics.render(snapshot()) + monitor.render(flask.request.environ), mimetype="text/plain; version=0.0.4")
 
     app.config["HCP_METRICS"] = metrics
     return app

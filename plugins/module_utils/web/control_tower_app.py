@@ -33,6 +33,7 @@ from ansible_collections.hcp.core.plugins.module_utils.unseal.control_tower impo
     ControlTowerError,
 )
 from ansible_collections.hcp.core.plugins.module_utils.web import wsgi as common
+from ansible_collections.hcp.core.plugins.module_utils.web import metrics
 
 CONFIG_ENV = "HCP_CONTROL_TOWER_CONFIG"
 DEFAULT_MAX_CONTENT_LENGTH = 128 * 1024
@@ -61,6 +62,7 @@ def create_app(config=None):
     app = common.create_app_base("hcp-control-tower", {
         "max_content_length": config.get("max_content_length", DEFAULT_MAX_CONTENT_LENGTH)})
     tower = ControlTower(config["store"])
+    metrics.install(app, "control-tower", config)
     flask = common.flask
 
     def operator():

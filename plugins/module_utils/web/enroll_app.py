@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - checked by create_app_base
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.service import EnrollmentService, ServiceError, classify
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
 from ansible_collections.hcp.core.plugins.module_utils.jsonutil import JsonInputError
+from ansible_collections.hcp.core.plugins.module_utils.web import metrics
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     client_identity,
     LazyApplication,
@@ -42,6 +43,7 @@ def create_app(config=None):
     enrollment CA) is refused."""
     config = config if config is not None else load_config(CONFIG_ENV, required=True)
     app = create_app_base("hcp-enroll", config)
+    metrics.install(app, "enroll", config)
     app.config["HCP_CONFIG"] = config
     service = EnrollmentService(config)
     require_cert = config.get("require_client_cert", True)

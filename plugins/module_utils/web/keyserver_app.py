@@ -55,6 +55,7 @@ from ansible_collections.hcp.core.plugins.module_utils.keyserver.names import (
     validate_name,
     validate_prefix,
 )
+from ansible_collections.hcp.core.plugins.module_utils.web import metrics
 from ansible_collections.hcp.core.plugins.module_utils.web.wsgi import (
     VERIFY_SUCCESS,
     LazyApplication,
@@ -181,6 +182,7 @@ def create_app(config=None, store=None, clock=None):
     authenticator = ks_auth.Authenticator(store.auth_key, os.path.join(store.auth_dir, "used"), **options)
     audit = AuditLog(config.get("audit_log"))
     app = create_app_base("hcp-keyserver", {"max_content_length": max_body})
+    metrics.install(app, "keyserver", config)
 
     def answer(http_status, status, **fields):
         body = {"protocol": PROTOCOL, "status": status}

@@ -23,6 +23,7 @@ from ansible_collections.hcp.core.plugins.module_utils.auditlog import AuditLog
 from ansible_collections.hcp.core.plugins.module_utils.policy.client import LocalPolicy, PolicyUnavailableError
 from ansible_collections.hcp.core.plugins.module_utils.policy.engine import MAX_JSON_BYTES, MAX_JSON_DEPTH, PolicyError
 from ansible_collections.hcp.core.plugins.module_utils.web import wsgi as common
+from ansible_collections.hcp.core.plugins.module_utils.web import metrics
 
 CONFIG_ENV = "HCP_POLICY_CONFIG"
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -98,6 +99,7 @@ def create_app(config=None):
     store = LocalPolicy(config["policy_file"], limits={"max_data_bytes": max_body})
     audit = AuditLog(config.get("audit_log"))
     app = common.create_app_base("hcp-policy", {"max_content_length": max_body})
+    metrics.install(app, "policy", config)
     flask = common.flask
 
     def record(hookname, request_uid, decision, rule, reason):
