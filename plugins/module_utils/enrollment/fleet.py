@@ -66,7 +66,7 @@ def parse_duration(value):
     if isinstance(value, int):
         seconds = value
     else:
-        match = _DURATION_RE.fullmatch(str(value).strip()) if isinstance(value, str) else None
+        match = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
         if not match:
             raise FleetError("a duration must be a number of seconds or <n>[s|m|h|d|w], not %r" % (str(value)[:40],))
         seconds = int(match.group(1)) * _UNITS[match.group(2)]
@@ -316,7 +316,7 @@ def reconcile_plan(entries, inventory, max_removals=DEFAULT_MAX_REMOVALS, scope=
         else:
             remove.append({"hostname": entry["hostname"], "ekpubhash": entry["ekpubhash"]})
     if len(remove) > max_removals:
-        raise ReconcileCapError("%d enrolled hosts are not in the inventory, more than enroll_reconcile_max_removals=%d: "
+        raise ReconcileCapError("%d enrolled hosts are not in the inventory, more than max_removals=%d: "
                                 "nothing removed. They are: %s" % (len(remove), max_removals,
                                                                    ", ".join(e["hostname"] for e in remove[:50])
                                                                    + (" ..." if len(remove) > 50 else "")))
