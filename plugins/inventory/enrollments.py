@@ -48,6 +48,7 @@ options:
       - Base URL of the enrollment service (V(https://) only), queried with GET /v1/query with the
         service-client certificate O(client_cert). Exactly one of O(db_path) and O(url) is required.
     type: str
+    required: false
   attestation_status:
     description:
       - Attestation status documents (C(hcp.core.attest.status) v1), each a local file path or an V(https://)
