@@ -34,6 +34,7 @@ all:
     other:
       hosts:
         old3.example.test: {}
+    retired: {}
 """
 OLD = ["old1.example.test", "old2.example.test", "old3.example.test"]
 
@@ -109,7 +110,7 @@ def test_reconcile_playbook(site):
 
 
 def test_reconcile_refuses_an_empty_inventory_group(site):
-    code, out = _reconcile(site, "-e", "enroll_hosts=nosuchgroup", "-e", "enroll_reconcile_max_removals=100")
+    code, out = _reconcile(site, "-e", "enroll_hosts=retired", "-e", "enroll_reconcile_max_removals=100")
     assert code != 0 and "refusing to unenroll every enrolled host" in out, out
     assert len(_hosts(site["db"])) == 5
 
