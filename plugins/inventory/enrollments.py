@@ -27,7 +27,7 @@ description:
     C(age) in seconds). Never an asset, a sealed envelope, a key or a secret's name."
   - The configuration file's name must end with C(enrollments.yml) or C(enrollments.yaml).
 author: HCP maintainers (@hcp-core)
-version_added: 0.2.0
+version_added: 0.1.0
 extends_documentation_fragment:
   - constructed
   - inventory_cache

@@ -17,7 +17,7 @@ description:
     be removed, the module fails and removes nothing (in check mode too), naming the hosts.
   - An empty O(hostnames) is refused (it would unenroll every host).
 author: HCP maintainers (@hcp-core)
-version_added: 0.2.0
+version_added: 0.1.0
 attributes:
   check_mode:
     details: Returns the entries that would be removed (RV(remove)) without calling a writing API.
