@@ -113,8 +113,8 @@ def check_profile_fields(fields):
     fields = tuple(PROFILE_FIELDS_DEFAULT if fields is None else fields)
     refused = [f for f in fields if f not in PROFILE_FIELDS_ALLOWED]
     if refused:
-        raise FleetError("profile fields %s may not be exported (allowed: %s)" % (", ".join(map(str, refused)),
-                                                                               ", ".join(PROFILE_FIELDS_ALLOWED)))
+        raise FleetError("profile fields %s may not be exported (allowed: %s)"
+                         % (", ".join(map(str, refused)), ", ".join(PROFILE_FIELDS_ALLOWED)))
     return fields
 
 

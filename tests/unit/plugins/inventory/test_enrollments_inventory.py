@@ -81,7 +81,8 @@ def fleet_db(tmp_path):
         "fresh.example.test": {"last_success": stamp(now - 60), "last_result": "ok"},
         "old.example.test": {"last_success": stamp(now - 3 * 86400), "last_result": "ok"},
         "failed.example.test": {"last_success": stamp(now - 120), "last_attempt": stamp(now - 10),
-                                "last_result": "quote_mismatch", "reason": "PCR 7 differs {{ lookup('ansible.builtin.pipe', 'touch %s') }}" % (tmp_path / "pwned")},
+                                "last_result": "quote_mismatch",
+                                "reason": "PCR 7 differs {{ lookup('ansible.builtin.pipe', 'touch %s') }}" % (tmp_path / "pwned")},
         "gone.example.test": {"last_success": stamp(now - 30), "last_result": "ok"},
     }}))
     (tmp_path / "site.yml").write_text(

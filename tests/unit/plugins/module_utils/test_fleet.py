@@ -112,8 +112,8 @@ def test_classify_groups():
                                 "reason": "PCR 7"},
         "gone.example.test": {"last_success": NOW - 10, "last_result": "ok"},
     }))])
-    hosts = fleet.classify(entries, status, NOW, 3600, reference=["fresh.example.test", "OLD.example.test", "failed.example.test",
-                                                                   "never.example.test", "not-enrolled.example.test"])
+    reference = ["fresh.example.test", "OLD.example.test", "failed.example.test", "never.example.test", "not-enrolled.example.test"]
+    hosts = fleet.classify(entries, status, NOW, 3600, reference=reference)
     groups = dict((h, v["groups"]) for h, v in hosts.items())
     assert groups == {"fresh.example.test": ["attested"], "old.example.test": ["stale"], "failed.example.test": ["failed"],
                       "never.example.test": ["stale"], "gone.example.test": ["attested", "unenrolled_in_inventory"]}
