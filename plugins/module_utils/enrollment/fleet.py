@@ -338,8 +338,9 @@ def reconcile(client, inventory, max_removals=DEFAULT_MAX_REMOVALS, scope=None, 
             client.delete(victim["ekpubhash"])
         except HcpError as exc:
             if getattr(exc, "status", None) != 404:  # already gone: someone else removed it
-                raise FleetError("unenrolling %s (%s) failed after %d removals: %s"
-                                 % (victim["hostname"], victim["ekpubhash"], len(result["removed"]), exc)) from exc
+                raise FleetError("unenrolling %s (%s) failed after %d removals (%s): %s"
+                                 % (victim["hostname"], victim["ekpubhash"], len(result["removed"]),
+                                    ", ".join(e["hostname"] for e in result["removed"]) or "none", exc)) from exc
             continue
         result["removed"].append(victim)
     result["changed"] = bool(result["removed"])

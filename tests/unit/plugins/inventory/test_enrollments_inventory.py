@@ -7,6 +7,7 @@ signing), on the enrollment API over TLS with a client certificate, with attesta
 a reference inventory, the cache, and the secrets of the entries kept out of the output."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from ansible_collections.hcp.core.plugins.module_utils.enrollment import fleet
 from ansible_collections.hcp.core.plugins.module_utils.enrollment import pipeline as enroll
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import ek_public_from_key, ek_public_pem
+from ansible_collections.hcp.core.tests.unit.helpers import serve_wsgi
 
 DB_SECRET = b"hcp-inventory-db-pw-7e1f00d5"
 PROFILE = {"assets": ["hostname", "rootfs-key", "secrets", "reenroll-hint"], "secrets": ["db-password"], "reenroll": {"days": 7}}
@@ -175,7 +177,16 @@ def test_api_source_over_mtls(enroll_server, tmp_path):
     for host in ("api1.example.test", "api2.example.test"):
         ek = ek_public_pem(ek_public_from_key(ec.generate_private_key(ec.SECP256R1()).public_key()))
         client.add(ek, host, {"assets": ["hostname"], "reenroll": {"days": 3}})
-    options = dict(url=enroll_server["url"], ca_file=paths["ca_cert"], reference_hosts=["api1.example.test"])
+    status = json.dumps({"format": "hcp.core.attest.status", "version": 1, "hosts": {
+        "api1.example.test": {"last_success": fleet.format_time(time.time() - 5), "last_result": "ok"}}}).encode()
+
+    def status_app(environ, start_response):  # an attestation server's status document, client certificate required
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(status)))])
+        return [status]
+    stack = contextlib.ExitStack()
+    status_url = stack.enter_context(serve_wsgi(status_app, paths["server_cert"], paths["server_key"], client_ca=paths["svc_ca_cert"]))
+    options = dict(url=enroll_server["url"], ca_file=paths["ca_cert"], reference_hosts=["api1.example.test"],
+                   attestation_status=[status_url + "/v1/status"])
     source = _write(tmp_path / "api.enrollments.yml", client_cert=paths["client_orchestrator_cert"],
                     client_key=paths["client_orchestrator_key"], **options)
     code, out, err = _ansible("ansible-inventory", "-i", source, "--list", cwd=tmp_path)
@@ -183,9 +194,11 @@ def test_api_source_over_mtls(enroll_server, tmp_path):
     listing = _plain(json.loads(out))
     assert listing["unenrolled_in_inventory"]["hosts"] == ["api2.example.test"]
     assert listing["_meta"]["hostvars"]["api1.example.test"]["hcp_enrollment"]["profile"]["reenroll"] == {"days": 3}
+    assert listing["attested"]["hosts"] == ["api1.example.test"] and listing["stale"]["hosts"] == ["api2.example.test"]
     # without the client certificate the TLS server refuses the connection: the source fails, no host
     source = _write(tmp_path / "nocert.enrollments.yml", **options)
     code, out, err = _ansible("ansible-inventory", "-i", source, "--list", cwd=tmp_path)
+    stack.close()
     assert code != 0 and "cannot reach the enrollment service" in err
 
 
