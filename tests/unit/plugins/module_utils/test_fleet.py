@@ -141,3 +141,24 @@ def test_profile_fields_whitelist():
     assert fleet.check_profile_fields(None) == fleet.PROFILE_FIELDS_DEFAULT
     with pytest.raises(fleet.FleetError, match="secrets"):
         fleet.check_profile_fields(["assets", "secrets"])
+
+
+def test_the_attestation_servers_status_document_is_what_the_reader_reads(tmp_path):
+    """The producer (attestation/freshness.py, docs/monitoring.md) and the reader (this module)
+    of ``hcp.core.attest.status`` v1 agree: a document made by the server's own code parses,
+    merges and classifies."""
+    from ansible_collections.hcp.core.plugins.module_utils.attestation import freshness
+
+    store = freshness.FreshnessStore(str(tmp_path))
+    good, bad = "a" * 64, "b" * 64
+    assert store.success(good, "node1.example.test", now=1000.0)
+    assert store.success(bad, "node2.example.test", now=900.0)
+    assert store.failure(bad, "pcr_policy", "PCR 7 differs", now=1100.0)
+    doc = json.dumps(freshness.status_document(store, {"name": "attest-1"}, now=1200.0))
+    status = fleet.merge_status([fleet.parse_status(doc)])
+    assert status["node1.example.test"]["last_success"] == 1000.0
+    assert status["node1.example.test"]["last_result"] == "ok"
+    assert status["node2.example.test"]["last_success"] == 900.0
+    assert status["node2.example.test"]["last_attempt"] == 1100.0
+    assert status["node2.example.test"]["last_result"] == "pcr_policy"
+    assert status["node2.example.test"]["reason"] == "PCR 7 differs"
