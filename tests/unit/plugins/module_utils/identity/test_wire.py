@@ -164,7 +164,7 @@ def test_too_many_connections_answer_503(tmp_path):
     srv = wire.serve(str(tmp_path / "b.sock"), _handler, max_connections=2, idle_timeout=5)
     holders = []
     try:
-        for _ in range(2):
+        for _idx in range(2):
             sock = socket.socket(socket.AF_UNIX)
             sock.connect(srv.path)
             holders.append(sock)
@@ -183,7 +183,7 @@ def test_too_many_connections_answer_503(tmp_path):
 
 def test_fuzz_random_frames_never_kill_the_server(server):
     rng = random.Random(19)
-    for _ in range(300):
+    for _round in range(300):
         kind = rng.randrange(4)
         if kind == 0:
             data = os.urandom(rng.randrange(1, 200))
