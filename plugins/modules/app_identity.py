@@ -34,7 +34,7 @@ options:
   name:
     description:
       - The application's name, the last segment of its identity C(spiffe://<site>/<host>/<name>).
-      - Letters, digits, C(_) and C(-), starting with a letter or digit, at most 64 characters (no dot).
+      - Lower-case letters, digits, C(_) and C(-), starting with a letter or digit, at most 63 characters (no dot).
     type: str
     required: true
   unit:

@@ -29,11 +29,11 @@ def write(status):
 
 
 def public_fingerprint(client):
-    return hashlib.sha256(json.dumps(client.export_public_key(KEY), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(client.export_public_key(KEY)).hexdigest()
 
 
 def main():
-    status = {"app": ME, "pid": os.getpid(), "signed": 0, "verified": 0, "errors": 0, "last_error": None,
+    status = {"app": ME, "pid": os.getpid(), "identity": None, "signed": 0, "verified": 0, "errors": 0, "last_error": None,
               "isolation": {}, "public_key_at_start": None, "public_key_now": None, "last_ok": None}
     client = Client()
     while True:  # until the orchestrator adapter has proven this process
@@ -44,6 +44,7 @@ def main():
                 if exc.status != 409:  # 409: it exists (made by a previous run: keys survive restarts)
                     raise
             status["public_key_at_start"] = public_fingerprint(client)
+            status["identity"] = client.spiffe_id
             break
         except IdentityError as exc:
             status["errors"] += 1
@@ -55,7 +56,7 @@ def main():
         status["isolation"]["use_other"] = "allowed"
     except IdentityError as exc:
         status["isolation"]["use_other"] = exc.status
-    status["isolation"]["list"] = sorted(client.list_keys())
+    status["isolation"]["list"] = sorted(key["name"] for key in client.list_keys())
     count = 0
     while True:
         count += 1

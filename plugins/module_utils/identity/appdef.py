@@ -31,8 +31,9 @@ MAX_DEFINITION_BYTES = 4096
 # How many definitions the adapter reads from the directory (bounded work per poll).
 MAX_DEFINITIONS = 1024
 
-# No dot: a name is a SPIFFE path segment and a file name ("." and ".." never, no extension games).
-APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# A SPIFFE path segment and a file name: lower case (the identity provider's rule, provider.APP_RE),
+# and no dot here ("." and ".." never, no extension games).
+APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # systemd unit names (systemd.unit(5)) of services, without "\" escapes and without templates' bare "@".
 UNIT_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:@-]{0,240}\.service")
 # Debian's default NAME_REGEX (adduser.conf) for system users, bounded as useradd does (32).

@@ -62,7 +62,8 @@ MAX_ATTESTATION_BYTES = 64 * 1024
 MAX_SYSTEMCTL_OUTPUT = 4 * 1024 * 1024
 MAX_CGROUP_BYTES = 64 * 1024
 ROOT_KEY_FILE = "root-key.sealed"
-HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?")
+# the identity provider's rule for the host segment (provider.HOST_RE)
+HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _CONFIG_KEYS = {
     # key: (required, type check, description)
     "format": (True, lambda v: v == CONFIG_FORMAT, "the string %s" % CONFIG_FORMAT),
@@ -262,22 +263,18 @@ class Adapter(object):
 
     def _add_and_prove(self, app, definition, pid, uid, gid):
         unit = definition["unit"]
-        self._signed_call("add_client", {"definition": {
-            "app": app, "host": self.config["host"], "selectors": {"uid": uid, "unit": unit}}})
-        self._signed_call("prove_client", {"proof": {
-            "app": app, "pid": pid, "uid": uid, "gid": gid, "unit": unit,
-            "host_attestation": attestation_result(self.config["attestation_result_file"])}})
+        self._signed_call("add_client", {"app": app, "host": self.config["host"], "selectors": {"uid": uid, "unit": unit}})
+        self._signed_call("prove_client", {"app": app, "pid": pid, "uid": uid, "gid": gid, "unit": unit,
+                                           "host_attestation": attestation_result(self.config["attestation_result_file"])})
         self.proven[app] = (pid, uid, gid, unit)
         _log("proved %s (unit %s, pid %d, uid %d)" % (app, unit, pid, uid))
 
-    def _remove(self, app):
-        pid = self.proven.pop(app)[0]
-        try:
-            self._signed_call("remove_client", {"app": app, "pid": pid})
-        except IdentityError as exc:
-            if exc.status != 404:
-                raise
-        _log("removed %s (pid %d)" % (app, pid))
+    def _remove(self, app, whole=False):
+        """RemoveClient: the proven instance (its main process stopped or changed), or with ``whole``
+        the client itself (its definition is gone)."""
+        pid = self.proven.pop(app)[0] if app in self.proven else None
+        self._signed_call("remove_client", {"app": app} if whole or pid is None else {"app": app, "pid": pid})
+        _log("removed %s%s" % (app, "" if whole or pid is None else " (pid %d)" % pid))
 
     def poll(self):
         """One look: rotation, provider restart, definitions and units; AddClient/ProveClient for new
@@ -303,7 +300,7 @@ class Adapter(object):
         units = sorted(set(d["unit"] for d in definitions.values()))
         states = self.states(units) if units else {}
         for app in sorted(set(self.proven) - set(definitions)):
-            self._remove(app)
+            self._remove(app, whole=True)
         for app, definition in sorted(definitions.items()):
             try:
                 self._sync(app, definition, states.get(definition["unit"], ("unknown", 0)))
@@ -374,15 +371,25 @@ def serve(config, stop=None, side=None, states=systemd_states, check_cgroup=True
 
 
 def health(config):
-    """0 when the provider's and the security service's sockets answer a ping, else 1."""
+    """0 when the provider's sockets and the security service's admin socket answer a ping and
+    both trust relationships stand (the provider has pinned an orchestrator root, the security
+    service the provider's root and an intermediate), else 1 with the reason on stderr. Root only
+    (the admin sockets); the security service's client socket needs a token, so it is not pinged."""
     run = os.path.dirname(config["provider_admin_socket"])
+    checks = (("provider-admin.sock", ("orchestrator_root",)), ("provider.sock", ()),
+              ("secsvc-admin.sock", ("idp_root", "idp_intermediate")))
     failed = 0
-    for name in ("provider-admin.sock", "provider.sock", "secsvc.sock"):
+    for name, needed in checks:
         try:
-            wire.call(os.path.join(run, name), "ping", {}, timeout=config["timeout"])
+            answer = wire.call(os.path.join(run, name), "ping", {}, timeout=config["timeout"])
         except IdentityError as exc:
             sys.stderr.write("%s: %s\n" % (name, exc))
             failed = 1
+            continue
+        for key in needed:
+            if not answer.get(key):
+                sys.stderr.write("%s: no %s yet (trust not established)\n" % (name, key))
+                failed = 1
     return failed
 
 

@@ -62,7 +62,7 @@ def test_absent_removes_once(tmp_path, run_module):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("name", "../etc/passwd"), ("name", "bill.ing"), ("name", "billing\n"), ("name", ""), ("name", "a" * 65),
+    ("name", "../etc/passwd"), ("name", "bill.ing"), ("name", "billing\n"), ("name", ""), ("name", "a" * 64), ("name", "Billing"),
     ("name", "-billing"), ("unit", "billing.socket"), ("unit", "billing.service\n"), ("unit", "@.service"),
     ("unit", "../x.service"), ("unit", "bil ling.service"), ("user", "root\n"), ("user", "Billing"), ("user", "0"),
 ])

@@ -101,9 +101,11 @@ def test_proves_a_running_unit_once_and_removes_it_when_it_stops(setup):
     adapter.poll()
     assert provider.names() == ["add_client", "prove_client"]
     add, prove = provider.calls[0][1], provider.calls[1][1]
-    assert add["definition"] == {"app": "billing", "host": "node1", "selectors": {"uid": 0, "unit": "billing.service"}}
-    assert prove["proof"]["pid"] == child.pid and prove["proof"]["uid"] == os.getuid() and prove["proof"]["gid"] == os.getgid()
-    assert prove["proof"]["host_attestation"] == {"result": "success", "time": "2026-12-02T10:00:00Z", "generation": 7}
+    assert dict((k, add[k]) for k in ("app", "host", "selectors")) == {
+        "app": "billing", "host": "node1", "selectors": {"uid": 0, "unit": "billing.service"}}
+    assert prove["pid"] == child.pid and prove["uid"] == os.getuid() and prove["gid"] == os.getgid()
+    assert prove["unit"] == "billing.service"
+    assert prove["host_attestation"] == {"result": "success", "time": "2026-12-02T10:00:00Z", "generation": 7}
     assert add["aud"] == AUDIENCE and add["op"] == "add_client"
     adapter.poll()
     assert provider.names() == ["add_client", "prove_client"]  # once per main process
@@ -112,7 +114,7 @@ def test_proves_a_running_unit_once_and_removes_it_when_it_stops(setup):
     states["billing.service"] = ("active", new.pid)
     adapter.poll()
     assert provider.names()[2:] == ["remove_client", "add_client", "prove_client"]
-    assert provider.calls[2][1]["pid"] == child.pid and provider.calls[4][1]["proof"]["pid"] == new.pid
+    assert provider.calls[2][1]["pid"] == child.pid and provider.calls[4][1]["pid"] == new.pid
     # stopped: removed once
     states["billing.service"] = ("inactive", 0)
     adapter.poll()
@@ -124,6 +126,7 @@ def test_proves_a_running_unit_once_and_removes_it_when_it_stops(setup):
     os.unlink(str(apps / "billing.json"))
     adapter.poll()
     assert provider.names()[6:] == ["add_client", "prove_client", "remove_client"]
+    assert "pid" not in provider.calls[-1][1]  # the whole client goes with its definition
 
 
 def test_process_of_another_user_is_not_proven(setup):
@@ -138,7 +141,7 @@ def test_process_of_another_user_is_not_proven(setup):
     _define(apps, "billing", "billing.service", "nobody")
     adapter.poll()
     assert provider.names() == ["add_client", "prove_client"]
-    assert provider.calls[1][1]["proof"]["uid"] == 65534
+    assert provider.calls[1][1]["uid"] == 65534
 
 
 def test_provider_restart_and_rotation(setup):
@@ -198,7 +201,7 @@ def test_bad_definitions_are_skipped_and_reported_once(setup, capsys):
     adapter.poll()
     adapter.poll()
     assert provider.names() == ["add_client", "prove_client"]
-    assert provider.calls[0][1]["definition"]["app"] == "billing"
+    assert provider.calls[0][1]["app"] == "billing"
     err = capsys.readouterr().err
     assert err.count("definition refused") == 2
 
