@@ -493,3 +493,76 @@ def call(path, opcode, body=None, auth=b"", auth_type=AUTH_NONE, timeout=5.0):
     (status, error, detail). ``opcode``: its number or its OPCODES name."""
     with Connection(path, timeout=timeout) as conn:
         return conn.call(opcode, body, auth=auth, auth_type=auth_type)
+
+
+# -- daemon helpers shared by the identity components -------------------------------------------
+REQUIRED = object()
+MAX_CONFIG = 64 * 1024
+
+
+def load_config(path, fields):
+    """The validated configuration (a dict) of the JSON file ``path`` (at most 64 KiB, bounded
+    decoding). ``fields``: ``{name: (types, default)}`` with ``REQUIRED`` as the default of a
+    required key; unknown keys are refused; a key ending in ``_dir``, ``_path`` or ``socket``
+    must be an absolute path (or None when its default is None). IdentityError 500 ``bad-config``."""
+    def bad(detail):
+        return IdentityError(500, "bad-config", "%s: %s" % (path, detail))
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise IdentityError(500, "bad-config", "the configuration file must be given by an absolute path")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(MAX_CONFIG + 1)
+    except OSError as exc:
+        raise bad("cannot read it: %s" % (exc.strerror or exc)) from None
+    try:
+        data = jsonutil.loads(raw, "the configuration", max_bytes=MAX_CONFIG, max_depth=8)
+    except HcpError as exc:
+        raise bad(str(exc)) from None
+    if not isinstance(data, dict):
+        raise bad("the configuration must be a JSON object")
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise bad("unknown setting(s): %s" % ", ".join(unknown[:5]))
+    config = {}
+    for name, (types, default) in fields.items():
+        if name not in data:
+            if default is REQUIRED:
+                raise bad("%s is required" % name)
+            config[name] = default
+            continue
+        value = data[name]
+        if value is None and default is None:
+            config[name] = None
+            continue
+        allowed = types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise bad("%s has the wrong type" % name)
+        if (name.endswith("_dir") or name.endswith("_path") or name.endswith("socket")) and not os.path.isabs(value):
+            raise bad("%s must be an absolute path" % name)
+        config[name] = value
+    return config
+
+
+def run_daemon(servers, tick=None, interval=1.0, stop=None):
+    """Serve until SIGTERM/SIGINT (or ``stop``, a threading.Event, is set), calling ``tick()``
+    every ``interval`` seconds (its failures are logged, never fatal); then close every server."""
+    import signal
+    stop = stop or threading.Event()
+
+    def _stop(_signum, _frame):
+        stop.set()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop.wait(interval):
+            if tick is not None:
+                try:
+                    tick()
+                except Exception as exc:  # pylint: disable=broad-except  # a failing tick never ends the daemon
+                    _log("tick failed: %s: %s" % (type(exc).__name__, exc if isinstance(exc, HcpError) else ""))
+    finally:
+        for server in servers:
+            server.close()
+    return 0
