@@ -47,8 +47,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import uuid
 
 from ansible_collections.hcp.core.plugins.module_utils import jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError
@@ -139,7 +137,7 @@ def load_config(path):
 def parse_systemctl_show(text, units):
     """``{unit: (active_state, main_pid)}`` from ``systemctl show -p Id,ActiveState,MainPID U1 U2...``
     output (one block per unit, in the order asked, separated by an empty line)."""
-    blocks = [block for block in text.strip("\n").split("\n\n")] if text.strip() else []
+    blocks = text.strip("\n").split("\n\n") if text.strip() else []
     if len(blocks) != len(units):
         raise HcpError("systemctl show answered %d blocks for %d units" % (len(blocks), len(units)))
     states = {}
