@@ -329,14 +329,6 @@ class Adapter(object):
             return
         self._add_and_prove(app, definition, pid, uid, gid)
 
-    def remove_all(self):
-        """RemoveClient for every proven application (a clean stop)."""
-        for app in sorted(self.proven):
-            try:
-                self._remove(app)
-            except (IdentityError, OSError):
-                pass
-
 
 # --- CLI -------------------------------------------------------------------------------------
 
@@ -364,7 +356,8 @@ def serve(config, stop=None, side=None, states=systemd_states, check_cgroup=True
             adapter.provider_inode = None  # try the provider afresh next time
             _log("poll failed: %s" % exc)
         stop.wait(config["poll_interval"])
-    adapter.remove_all()
+    # No RemoveClient at a stop: the applications keep running and stay proven (the provider
+    # forgets exited processes itself); the next start proves them again.
     return adapter
 
 

@@ -262,7 +262,7 @@ def test_config_is_checked(tmp_path):
     assert orchestrator.main(["frobnicate", str(path)]) == 2
 
 
-def test_serve_stops_on_request_and_removes_its_clients(setup):
+def test_serve_stops_on_request_and_leaves_the_proofs(setup):
     config, provider, apps, spawn, _tmp = setup
     child = spawn()
     _define(apps, "billing", "billing.service", "root")
@@ -279,4 +279,5 @@ def test_serve_stops_on_request_and_removes_its_clients(setup):
     stop.set()
     thread.join(10)
     assert not thread.is_alive()
-    assert provider.names() == ["add_client", "prove_client", "remove_client"]
+    # the application keeps running: still proven (no RemoveClient when the adapter stops)
+    assert provider.names() == ["add_client", "prove_client"]
