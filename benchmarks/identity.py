@@ -173,11 +173,11 @@ def main():
         admin = daemons.config["provider"]["admin_socket"]
         trust.share(orchestrator, admin)
         audience = "spiffe://%s/%s/hcp-identity-provider" % (SITE, HOST)
-        trust.signed_call(orchestrator, admin, "add_client", {"app": "bench", "host": HOST,
-                                                               "selectors": {"uid": os.getuid(), "unit": "bench.service"}}, audience)
-        trust.signed_call(orchestrator, admin, "prove_client", {"app": "bench", "pid": os.getpid(), "uid": os.getuid(),
-                                                                 "gid": os.getgid(), "unit": "bench.service",
-                                                                 "host_attestation": {"result": "none"}}, audience)
+        definition = {"app": "bench", "host": HOST, "selectors": {"uid": os.getuid(), "unit": "bench.service"}}
+        proof = {"app": "bench", "pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid(), "unit": "bench.service",
+                 "host_attestation": {"result": "none"}}
+        trust.signed_call(orchestrator, admin, "add_client", definition, audience)
+        trust.signed_call(orchestrator, admin, "prove_client", proof, audience)
         while not wire.call(daemons.config["secsvc"]["admin_socket"], "ping").get("idp_intermediate"):
             time.sleep(0.05)
         provider_pid, secsvc_pid = daemons.procs["provider"].pid, daemons.procs["secsvc"].pid

@@ -45,8 +45,8 @@ class Site(object):
         return trust.signed_call(self.orchestrator, self.config["admin_socket"], op, payload, PROVIDER_NAME)
 
     def define(self, app="app1", uid=0, **selectors):
-        return self.signed("add_client", {"app": app, "host": "node1", "selectors": dict({"uid": uid, "unit": "%s.service" % app},
-                                                                                          **selectors)})
+        chosen = dict({"uid": uid, "unit": "%s.service" % app}, **selectors)
+        return self.signed("add_client", {"app": app, "host": "node1", "selectors": chosen})
 
     def prove(self, app="app1", pid=None, uid=0, result="ok", **extra):
         return self.signed("prove_client", dict({"app": app, "pid": pid or os.getpid(), "uid": uid, "gid": 0,
