@@ -358,7 +358,12 @@ class Provider(object):
         raise IdentityError(400, "unknown-opcode", "not an operation of the provider's admin socket")
 
     def handle_client(self, request):
-        if request.name == "ping":
+        if request.name == "ping":  # root's health check, or a proven instance; nobody else learns anything
+            if request.peer.uid != 0:
+                with self.lock:
+                    found = self.find_instance(request.peer)
+                if found is None or found[1]["uid"] != request.peer.uid:
+                    raise IdentityError(403, "not-proven", "this process is not a proven instance of any application")
             return {"component": "provider"}
         if request.name == "fetch_token":
             return self.fetch_token(request)
@@ -410,4 +415,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import socket
 import stat
 import struct
@@ -85,6 +84,9 @@ def test_a_process_claiming_another_applications_identity_gets_403(lab):
 
     # a descendant of beta's proven process that changed its uid: the peer uid does not match
     assert Child(fetch()).go()["raised"][:2] == [403, "not-proven"]
+    # not even a ping answers an unproven process (root's health check does)
+    assert Child(lambda: wire.call(lab.provider_socket(), "ping")).go()["raised"][:2] == [403, "not-proven"]
+    assert wire.call(lab.provider_socket(), "ping") == {"component": "provider"}
     # alpha is proven for one nobody process; another nobody process (not its descendant) claims it
     holder = Child(lambda: "held")
     lab.enroll("alpha", holder.pid, NOBODY, gid=NOBODY)
