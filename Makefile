@@ -120,6 +120,7 @@ bench: install ## benchmarks/ scripts: print figures (not a test)
 	$(BIN)/python benchmarks/attest_http.py
 	$(BIN)/python benchmarks/keyserver.py
 	$(BIN)/python benchmarks/kdc.py
+	$(BIN)/python benchmarks/identity.py
 
 lab-down: install ## remove the lab containers and network
 	ansible-playbook -i $(INVENTORY) playbooks/lab.yml -e lab_state=absent
