@@ -232,6 +232,7 @@ class KeyStore(object):
         load_material(key_type, material)
         directory = self._ns_dir(namespace)
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)  # whatever the umask was
         if len(os.listdir(directory)) >= MAX_KEYS_PER_NAMESPACE:
             raise IdentityError(409, "too-many-keys", "this identity holds %d keys already" % MAX_KEYS_PER_NAMESPACE)
         record = {"format": RECORD_FORMAT, "version": VERSION, "namespace": namespace, "name": name, "type": key_type,

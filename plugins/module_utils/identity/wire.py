@@ -28,9 +28,11 @@ reserved bytes, lengths beyond the bounds) is answered with its error and the co
 
 Reads are bounded in time as well as size: a server waits ``idle_timeout`` for the first byte
 of a request, then the whole frame must arrive within ``frame_timeout`` (a slow writer cannot
-hold a thread); at most ``max_connections`` connections are served at once (more are answered
-503 and closed). Written by hand because the standard library has no framed Unix-socket RPC and
-the well-kept ones (gRPC, Thrift) are not in this project's dependencies.
+hold a thread); at most ``max_connections`` connections are served at once, and at most
+``max_per_uid`` (a quarter of them) for one non-root peer uid (more are answered 503 ``busy``
+and closed), so one application cannot starve the others by holding idle connections.
+Written by hand because the standard library has no framed Unix-socket RPC and the well-kept
+ones (gRPC, Thrift) are not in this project's dependencies.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ class Server(object):
     """A listening Unix socket served by threads (see :func:`serve`)."""
 
     def __init__(self, path, handler, mode=0o660, group=None, max_body=MAX_BODY, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                 frame_timeout=DEFAULT_FRAME_TIMEOUT, max_connections=DEFAULT_MAX_CONNECTIONS, log=_log):
+                 frame_timeout=DEFAULT_FRAME_TIMEOUT, max_connections=DEFAULT_MAX_CONNECTIONS, max_per_uid=None, log=_log):
         if not os.path.isabs(path):
             raise IdentityError(500, "bad-config", "socket paths must be absolute: %r" % path)
         self.path = path
@@ -225,6 +227,8 @@ class Server(object):
         self.frame_timeout = frame_timeout
         self.log = log
         self._slots = threading.BoundedSemaphore(max_connections)
+        self.max_per_uid = max_per_uid or max(1, max_connections // 4)
+        self._per_uid = collections.Counter()
         self._closing = threading.Event()
         self._conns = set()
         self._conns_lock = threading.Lock()
@@ -266,14 +270,34 @@ class Server(object):
                     return
                 time.sleep(0.05)
                 continue
+            try:
+                peer = peer_credentials(conn)
+            except OSError:
+                conn.close()
+                continue
+            with self._conns_lock:
+                crowded = peer.uid != 0 and self._per_uid[peer.uid] >= self.max_per_uid
+                if not crowded:
+                    self._per_uid[peer.uid] += 1
+            if crowded:
+                self._refuse(conn)
+                continue
             if not self._slots.acquire(blocking=False):
+                self._release_uid(peer.uid)
                 self._refuse(conn)
                 continue
             try:
-                threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+                threading.Thread(target=self._serve_connection, args=(conn, peer), daemon=True).start()
             except RuntimeError:
                 self._slots.release()
+                self._release_uid(peer.uid)
                 self._refuse(conn)
+
+    def _release_uid(self, uid):
+        with self._conns_lock:
+            self._per_uid[uid] -= 1
+            if self._per_uid[uid] <= 0:
+                del self._per_uid[uid]
 
     @staticmethod
     def _refuse(conn):
@@ -285,11 +309,10 @@ class Server(object):
         finally:
             conn.close()
 
-    def _serve_connection(self, conn):
+    def _serve_connection(self, conn, peer):
         with self._conns_lock:
             self._conns.add(conn)
         try:
-            peer = peer_credentials(conn)
             while not self._closing.is_set():
                 try:
                     request = self._read_request(conn, peer)
@@ -312,6 +335,7 @@ class Server(object):
                 conn.close()
             except OSError:
                 pass
+            self._release_uid(peer.uid)
             self._slots.release()
 
     def _read_request(self, conn, peer):
@@ -393,7 +417,7 @@ def serve(path, handler, mode=0o660, group=None, **options):
     """Listen on the Unix socket ``path`` (mode ``mode``, group ``group``: a name or gid) and
     answer each request with ``handler(request)`` (a dict) in its own thread; ``handler``
     raises IdentityError for a refusal. Returns the running :class:`Server` (``close()``).
-    ``options``: max_body, idle_timeout, frame_timeout, max_connections, log."""
+    ``options``: max_body, idle_timeout, frame_timeout, max_connections, max_per_uid, log."""
     return Server(path, handler, mode=mode, group=group, **options)
 
 
@@ -456,10 +480,14 @@ class Connection(object):
         sock = self.sock
         try:
             sock.settimeout(self.timeout)
-            sock.sendall(frame)
-            first = sock.recv(HEADER_SIZE)
-        except (BrokenPipeError, ConnectionResetError):
-            raise _Closed() from None
+            try:
+                sock.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server may have answered before closing (503 busy, a frame error): read it
+            try:
+                first = sock.recv(HEADER_SIZE)
+            except (BrokenPipeError, ConnectionResetError):
+                first = b""
         except OSError as exc:
             self.close()
             raise IdentityError(0, "unreachable", "%s: %s" % (self.path, exc.strerror or type(exc).__name__)) from None

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import stat
 import struct
+import tempfile
 import time
 
 import pytest
 
 from ansible_collections.hcp.core.plugins.module_utils.identity import wire
 from ansible_collections.hcp.core.plugins.module_utils.identity.errors import IdentityError
+from ansible_collections.hcp.core.tests.unit.plugins.module_utils.identity.idhelpers import Child
 
 
 def _handler(request):
@@ -179,6 +182,30 @@ def test_too_many_connections_answer_503(tmp_path):
         for sock in holders:
             sock.close()
         srv.close()
+
+
+def test_one_uid_cannot_hold_every_connection(tmp_path):
+    run = tempfile.mkdtemp(prefix="hcpi-", dir="/tmp")
+    os.chmod(run, 0o711)
+    srv = wire.serve(os.path.join(run, "u.sock"), _handler, mode=0o666, max_connections=8, idle_timeout=5)
+
+    def hog():
+        held = []
+        for _idx in range(3):  # max_per_uid = 8 // 4 = 2: the third is refused
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(srv.path)
+            held.append(sock)
+        time.sleep(0.2)
+        held[-1].settimeout(3)
+        head = held[-1].recv(24)
+        return struct.unpack(">H", head[10:12])[0] if len(head) == 24 else None
+
+    try:
+        assert Child(hog).go()["value"] == 503
+        assert wire.call(srv.path, "ping")["pong"]  # another uid (root) is still served
+    finally:
+        srv.close()
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def test_fuzz_random_frames_never_kill_the_server(server):
