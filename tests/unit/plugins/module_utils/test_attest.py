@@ -334,3 +334,87 @@ def test_golden_pcrs_normalised():
     assert attest.golden_pcrs(files) == {"sha256": {"0": "00" * 32, "7": "ab" * 32}}
     assert attest.golden_pcrs({"clientprofile": b'{"attest": {"pcrs": {}}}'}) == {}
     assert attest.golden_pcrs({}) == {}
+
+
+def test_cached_ak_still_has_every_quote_checked(swtpm, site):
+    """The parsed AK is cached by its exact bytes (quote.AkCache) once an attestation completed;
+    a quote by that cached AK still has its signature, nonce and PCR digest checked (the attack:
+    replay a cached AK's old quote, or tamper with its TPMS_ATTEST), and a new AK is parsed and
+    accepted at once."""
+    server = _attestor(site)
+    with swtpm.open() as tpm:
+        ekpub = base64.b64encode(tpm.ek_public().marshal()).decode()
+        cert = base64.b64encode(tpm.ek_certificate_der()).decode()
+        with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
+            def request(started, nonce=None):
+                nonce = nonce or base64.b64decode(started["nonce"])
+                bundle = quote_mod.quote_with_ak(tpm, ak, ak_public, nonce, started["pcrs"]["sha256"])
+                return {"ticket": started["ticket"], "ekpub": ekpub, "ek_cert": cert, "quote": bundle}
+            first = request(server.initiate(site["hash"]))
+            assert server.complete(copy.deepcopy(first))["ekpubhash"] == site["hash"]
+            assert len(server.aks) == 1 and server.aks.get(base64.b64decode(first["quote"]["ak_public"]))
+            stale = request(server.initiate(site["hash"]))
+            stale["quote"] = first["quote"]  # the cached AK's quote over an old nonce
+            with pytest.raises(attest.QuoteRejectedError, match="nonce does not match"):
+                server.complete(stale)
+            tampered = request(server.initiate(site["hash"]))
+            raw = bytearray(base64.b64decode(tampered["quote"]["attest"]))
+            raw[-1] ^= 1
+            tampered["quote"]["attest"] = base64.b64encode(bytes(raw)).decode()
+            with pytest.raises(attest.QuoteRejectedError, match="signature does not verify"):
+                server.complete(tampered)
+            forged = request(server.initiate(site["hash"]))
+            forged["quote"]["pcrs"]["sha256"]["0"] = "11" * 32
+            with pytest.raises(attest.QuoteRejectedError, match="quoted PCR digest"):
+                server.complete(forged)
+            assert server.complete(request(server.initiate(site["hash"])))["ekpubhash"] == site["hash"]
+        # a new AK (next boot, or a client without the AK cache): parsed afresh and accepted
+        assert server.complete(_evidence(tpm, server.initiate(site["hash"])))["ekpubhash"] == site["hash"]
+    assert len(server.aks) == 2
+
+
+def test_golden_values_cache_follows_the_snapshot(new_swtpm, tmp_path):
+    """Golden PCR values are parsed once per (snapshot, head, entry): a re-enrollment that
+    changes them applies to the very next attestation (no stale golden values)."""
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    config = _config(new_swtpm)
+    with new_swtpm.open() as tpm:
+        pcr16 = tpm.read_pcrs("sha256", [16])[16]
+        ek_pem = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
+    h, _files = _enroll(db, config, new_swtpm, "golden2.example.test",
+                        dict(PROFILE, attest={"pcrs": {"sha256": {"16": pcr16.hex()}}}))
+    site = {"db": db, "key": os.urandom(32), "signer": config.signer.public_key_pem(), "cas": _vendor_cas(new_swtpm)}
+    transport = attest_client.attestor_transport(_attestor(site))
+    with new_swtpm.open() as tpm:
+        assert attest_client.attest(tpm, transport, site["signer"], unseal=False)["ekpubhash"] == h
+        profile = dict(PROFILE, attest={"pcrs": {"sha256": {"16": "ab" * 32}}})
+        _h, host, files, _s = enroll.build_entry(config, ek_pem, "golden2.example.test", profile, operation="reenroll")
+        enroll.store_entry(db, config, h, host, files, replace=True)
+        with pytest.raises(attest_client.AttestServerError, match="PCR policy not satisfied"):
+            attest_client.attest(tpm, transport, site["signer"], unseal=False)
+
+
+def test_ek_trust_verdict_cache_is_bounded_in_time(swtpm, site):
+    """A positive EK-certificate verdict is remembered per (EK, certificate bytes), only after a
+    completed attestation, and for at most EK_CERT_CACHE_TTL: past it the chain is checked again
+    (here: the vendor CA list it was checked against is gone, so the EK is refused)."""
+    server = _attestor(site)
+    with swtpm.open() as tpm:
+        now = time.time()
+        refused = _evidence(tpm, server.initiate(site["hash"], now=now))
+        refused["ek_cert"] = base64.b64encode(b"\x30" + tpm.ek_certificate_der()[1:-1]).decode()
+        with pytest.raises(attest.EkRejectedError):
+            server.complete(refused, now=now)
+        assert not server._ek_trusted  # pylint: disable=protected-access  # refusals are never remembered
+        assert server.complete(_evidence(tpm, server.initiate(site["hash"], now=now)), now=now)
+        assert len(server._ek_trusted) == 1  # pylint: disable=protected-access
+        # the trust configuration is fixed for an Attestor's life; change it under the cache to
+        # observe when the remembered verdict stops being used
+        server.ek_trust._anchors, server.ek_trust._intermediates = [], []  # pylint: disable=protected-access
+        server.ek_trust._cache.clear()  # pylint: disable=protected-access
+        soon = now + 10
+        assert server.complete(_evidence(tpm, server.initiate(site["hash"], now=soon)), now=soon)
+        later = now + attest.EK_CERT_CACHE_TTL + 1
+        with pytest.raises(attest.EkRejectedError, match="not trusted"):
+            server.complete(_evidence(tpm, server.initiate(site["hash"], now=later)), now=later)
