@@ -19,8 +19,10 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import functools
 import hashlib
 import hmac
+import operator
 import struct
 import threading
 
@@ -252,8 +254,23 @@ _U16, _U32, _MAGIC_TYPE = struct.Struct(">H"), struct.Struct(">I"), struct.Struc
 _CLOCK_FIRMWARE = 8 + 4 + 4 + 1 + 8  # TPMS_CLOCK_INFO (clock, resetCount, restartCount, safe) + firmwareVersion
 
 
+_IDX = tuple(str(i) for i in range(256 * 8))
+
+
+@functools.lru_cache(maxsize=256)
+def _bitmap_indices(bitmap):
+    """pcr_bitmap_indices(bitmap) as a tuple, cached (a fleet quotes a handful of selections)."""
+    return tuple(pcr_bitmap_indices(bitmap))
+
+
 def parse_attest(raw):
-    """(extraData, [(bank, index)], pcrDigest) of a TPMS_ATTEST quote.
+    """(extraData, [(bank, index)], pcrDigest) of a TPMS_ATTEST quote (see _parse_attest)."""
+    extra, groups, digest = _parse_attest(raw)
+    return extra, [(bank, idx) for bank, indices in groups for idx in indices], digest
+
+
+def _parse_attest(raw):
+    """(extraData, [(bank, (index, ...))] per TPMS_PCR_SELECTION, pcrDigest) of a TPMS_ATTEST quote.
 
     One pass of ``struct.unpack_from`` over a memoryview (the attestation server's hot path):
     magic, type, qualifiedSigner, extraData, clockInfo (``safe`` must be a TPMI_YES_NO),
@@ -288,7 +305,7 @@ def parse_attest(raw):
                 raise QuoteVerificationError("quote selects an unsupported PCR bank 0x%x" % alg)
             if len(bitmap) != size:
                 raise IndexError("truncated")
-            selected.extend((bank, idx) for idx in pcr_bitmap_indices(bitmap))
+            selected.append((bank, _bitmap_indices(bitmap)))
         size = _U16.unpack_from(view, pos)[0]
         digest = bytes(view[pos + 2:pos + 2 + size])
         pos += 2 + size
@@ -358,6 +375,64 @@ class AkCache(object):
                 self._data.popitem(last=False)
 
 
+def _proven(quoted, supplied, pcr_digest):
+    """{bank: {index: hex}} of the quoted PCRs, whose values in ``supplied`` must hash (SHA-256,
+    in selection order) to the signed ``pcr_digest``: the reference walk, one value at a time."""
+    concat = hashlib.sha256()
+    proven = {}
+    for bank, idx in quoted:
+        try:
+            text = supplied[bank][str(idx)]
+            value = bytes.fromhex(text)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise QuoteVerificationError("quote covers %s PCR %d but its value is missing or not hex" % (bank, idx))
+        if len(value) != _DIGEST_SIZES[bank]:
+            raise QuoteVerificationError("%s PCR %d value has the wrong length" % (bank, idx))
+        concat.update(value)
+        proven.setdefault(bank, {})[str(idx)] = value.hex()
+    # the TPM hashes the PCR values with the signing scheme's hash (checked above: SHA-256)
+    if not hmac.compare_digest(concat.digest(), pcr_digest):
+        raise QuoteVerificationError("PCR values do not match the quoted PCR digest")
+    return proven
+
+
+@functools.lru_cache(maxsize=256)
+def _getter(indices):
+    """(operator.itemgetter of the index keys, the keys): one C call fetches a bank's values."""
+    keys = tuple(_IDX[i] for i in indices)
+    return (operator.itemgetter(*keys) if len(keys) > 1 else (lambda values: (values[keys[0]],))), keys
+
+
+def _proven_fast(groups, supplied, pcr_digest):
+    """What _proven() returns, in one bytes.fromhex over all values, when every value is
+    canonical (lowercase hex of the bank's digest size: what quote_with_ak() writes); None
+    otherwise (missing, non-canonical or malformed values: _proven() then decides, with its
+    exact refusal). A digest mismatch is refused here as there."""
+    texts = []
+    proven = {}
+    for bank, indices in groups:
+        getter, keys = _getter(indices)
+        try:
+            values = getter(supplied[bank])
+        except (KeyError, TypeError, IndexError):
+            return None
+        if set(map(type, values)) != {str} or set(map(len, values)) != {2 * _DIGEST_SIZES[bank]}:
+            return None
+        texts.extend(values)
+        proven.setdefault(bank, {}).update(zip(keys, values))
+    joined = "".join(texts)
+    try:
+        raw = bytes.fromhex(joined)
+    except ValueError:
+        return None
+    if raw.hex() != joined:  # not canonical (upper case, blanks): the reference walk decides
+        return None
+    # the TPM hashes the PCR values with the signing scheme's hash (checked above: SHA-256)
+    if not hmac.compare_digest(hashlib.sha256(raw).digest(), pcr_digest):
+        raise QuoteVerificationError("PCR values do not match the quoted PCR digest")
+    return proven
+
+
 def verify_quote(bundle, nonce, ak_public=None, ak_cache=None, proof=None):
     """Verify a quote bundle against the expected ``nonce``.
 
@@ -386,25 +461,13 @@ def verify_quote(bundle, nonce, ak_public=None, ak_cache=None, proof=None):
     except InvalidSignature:
         raise QuoteVerificationError("quote signature does not verify with the AK")
     # only signed data from here on: selection and digest come from TPMS_ATTEST
-    extra, quoted, pcr_digest = parse_attest(attest_raw)
+    extra, groups, pcr_digest = _parse_attest(attest_raw)
     if not hmac.compare_digest(extra, bytes(nonce)):
         raise QuoteVerificationError("quote nonce does not match (stale or replayed quote)")
-    if not quoted:
+    if not any(indices for _bank, indices in groups):
         raise QuoteVerificationError("quote covers no PCRs")
     supplied = bundle.get("pcrs") or {}
-    concat = hashlib.sha256()
-    proven = {}
-    for bank, idx in quoted:
-        try:
-            text = supplied[bank][str(idx)]
-            value = bytes.fromhex(text)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise QuoteVerificationError("quote covers %s PCR %d but its value is missing or not hex" % (bank, idx))
-        if len(value) != _DIGEST_SIZES[bank]:
-            raise QuoteVerificationError("%s PCR %d value has the wrong length" % (bank, idx))
-        concat.update(value)
-        proven.setdefault(bank, {})[str(idx)] = value.hex()
-    # the TPM hashes the PCR values with the signing scheme's hash (checked above: SHA-256)
-    if not hmac.compare_digest(concat.digest(), pcr_digest):
-        raise QuoteVerificationError("PCR values do not match the quoted PCR digest")
+    proven = _proven_fast([g for g in groups if g[1]], supplied, pcr_digest)
+    if proven is None:
+        proven = _proven([(bank, idx) for bank, indices in groups for idx in indices], supplied, pcr_digest)
     return {"ak_name": ak_name.hex(), "pcrs": proven}
