@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import threading
 import time
 
@@ -132,12 +133,23 @@ def write_ticket_key_file(path):
 
 # -- replay protection ----------------------------------------------------------------------
 
+USED_TICKETS_FORMAT = "hcp.core.used-tickets"
+USED_TICKETS_VERSION = 1
+USED_TICKETS_MARKER = "FORMAT"
+TICKET_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
 class UsedTickets(object):
     """Tickets already presented to ``complete``, remembered for ``max_age`` (+ clock skew).
 
-    In memory (bounded by ``max_entries``) and, when ``directory`` is set, as one empty
-    file per ticket created with O_CREAT|O_EXCL: replicas sharing that directory refuse a
-    ticket any of them has seen (without it, replicas need sticky routing by ekpubhash)."""
+    In memory (bounded by ``max_entries``) and, when ``directory`` is set, in the used-ticket
+    store shared by replicas and worker processes (docs/attestation-deploy.md, format
+    ``hcp.core.used-tickets`` v1): one empty file per used ticket, named by its 32-hex ticket id
+    and created with O_CREAT|O_EXCL (the one atomic test-and-set every local file system and
+    NFSv3+ offer), its mtime the time of use; a ``FORMAT`` file names the format and version.
+    Replicas sharing that directory refuse a ticket any of them has seen (without it, replicas
+    need sticky routing by ekpubhash). A directory of another format or version is refused
+    (fail closed) rather than half understood."""
 
     def __init__(self, max_age, directory=None, max_entries=DEFAULT_MAX_USED):
         self.window = max_age + MAX_CLOCK_SKEW
@@ -148,6 +160,33 @@ class UsedTickets(object):
         self._count = 0
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._check_format(directory)
+
+    @staticmethod
+    def _check_format(directory):
+        """Create the FORMAT marker of an empty (or pre-v1, unmarked) store, or check it."""
+        marker = os.path.join(directory, USED_TICKETS_MARKER)
+        expected = "%s %d\n" % (USED_TICKETS_FORMAT, USED_TICKETS_VERSION)
+        try:
+            fd = os.open(marker + ".%d.tmp" % os.getpid(), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, expected.encode("ascii"))
+            finally:
+                os.close(fd)
+            try:
+                os.link(marker + ".%d.tmp" % os.getpid(), marker)  # atomic, never replaces another replica's
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(marker + ".%d.tmp" % os.getpid())
+            fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as handle:
+                found = handle.read(256).decode("ascii", "replace")
+        except OSError as exc:
+            raise AttestError("cannot use the used-ticket directory %s: %s" % (directory, exc.strerror or exc)) from None
+        if found != expected:
+            raise AttestError("the used-ticket directory %s holds another format (%r; this server writes %s v%d)"
+                              % (directory, found.strip()[:80], USED_TICKETS_FORMAT, USED_TICKETS_VERSION))
 
     def __len__(self):
         return len(self._seen)
@@ -190,6 +229,8 @@ class UsedTickets(object):
         now = time.time() if now is None else now
         removed = 0
         for entry in os.scandir(self.directory):
+            if not TICKET_ID_RE.fullmatch(entry.name):
+                continue  # the FORMAT marker, a replica's temporary file: not a used ticket
             try:
                 if entry.stat().st_mtime < now - self.window:
                     os.unlink(entry.path)

@@ -117,8 +117,26 @@ def test_replayed_ticket_and_complete_are_rejected(swtpm, site, tmp_path):
         with pytest.raises(attest.ReplayError):
             server.complete(fresh_quote)
     # without a shared directory a second replica only has its memory: documented (sticky routing)
-    assert len(os.listdir(used)) == 1
+    assert attest.USED_TICKETS_MARKER in os.listdir(used) and len(os.listdir(used)) == 2
     assert server.used.purge_directory(now=time.time() + 10 ** 6) == 1
+    assert os.listdir(used) == [attest.USED_TICKETS_MARKER]  # the format marker is never purged
+
+
+def test_used_ticket_store_format_is_checked(tmp_path):
+    """The shared used-ticket directory names its format (FORMAT: hcp.core.used-tickets 1); a
+    directory of another format or version is refused at start, never half understood."""
+    used = tmp_path / "used"
+    attest.UsedTickets(60, str(used))
+    assert (used / "FORMAT").read_text() == "hcp.core.used-tickets 1\n"
+    attest.UsedTickets(60, str(used))  # a second replica on the same store
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / ("ab" * 16)).write_bytes(b"")  # a store written before the marker: adopted
+    attest.UsedTickets(60, str(legacy))
+    assert (legacy / "FORMAT").read_text() == "hcp.core.used-tickets 1\n"
+    (used / "FORMAT").write_text("hcp.core.used-tickets 2\n")
+    with pytest.raises(attest.AttestError, match="another format"):
+        attest.UsedTickets(60, str(used))
 
 
 def test_stale_forged_and_foreign_tickets(swtpm, site):
