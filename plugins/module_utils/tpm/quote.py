@@ -95,6 +95,26 @@ def ak_template():
     return template
 
 
+def create_ak(tpm):
+    """(TPM2B_PRIVATE, TPM2B_PUBLIC) of a new AK (ak_template()) under the EK: the private part
+    is wrapped by the TPM (only this TPM, under this EK, can load it)."""
+    require_tpm2_pytss()
+    try:
+        with tpm.ek_session() as session:
+            priv, pub, _cd, _ch, _tk = tpm.ectx.create(tpm.ek(), TPM2B_SENSITIVE_CREATE(), ak_template(), session1=session)
+    except TSS2_Exception as exc:
+        raise TpmError("TPM failed to create the attestation key: %s (rc 0x%x)" % (exc, tss_rc(exc)))
+    return priv, pub
+
+
+def load_ak(tpm, priv, pub):
+    """ESYS_TR of the AK (``priv``, ``pub`` from create_ak()) loaded under the EK; TSS2_Exception
+    propagates (e.g. an stClear AK after a TPM reset: the caller creates a new one)."""
+    require_tpm2_pytss()
+    with tpm.ek_session() as session:
+        return tpm.ectx.load(tpm.ek(), priv, pub, session1=session)
+
+
 @contextlib.contextmanager
 def ephemeral_ak(tpm):
     """Create and load a fresh AK (ak_template()) under the EK; yields (handle, TPM2B_PUBLIC).
@@ -102,16 +122,12 @@ def ephemeral_ak(tpm):
     The AK stays loaded inside the block (the attestation client needs it for
     ActivateCredential after the server's answer) and is flushed on exit."""
     require_tpm2_pytss()
-    ek = tpm.ek()
+    tpm.ek()
     ak = None
     try:
+        priv, pub = create_ak(tpm)
         try:
-            with tpm.ek_session() as session:
-                priv, pub, _cd, _ch, _tk = tpm.ectx.create(
-                    ek, TPM2B_SENSITIVE_CREATE(), ak_template(), session1=session
-                )
-            with tpm.ek_session() as session:
-                ak = tpm.ectx.load(ek, priv, pub, session1=session)
+            ak = load_ak(tpm, priv, pub)
         except TSS2_Exception as exc:
             raise TpmError("TPM failed to create the attestation key: %s (rc 0x%x)" % (exc, tss_rc(exc)))
         yield ak, pub
@@ -316,6 +332,18 @@ def _parse_attest(raw):
     if pos != end:
         raise QuoteVerificationError("malformed TPMS_ATTEST: %d trailing bytes" % (end - pos))
     return extra, selected, digest
+
+
+def attest_counters(raw):
+    """(resetCount, restartCount) of a TPMS_ATTEST's clockInfo: they change on every TPM Reset and
+    Restart (Startup(CLEAR)), which the client's AK cache uses as an invalidation signal."""
+    view = memoryview(raw)
+    try:
+        pos = 8 + _U16.unpack_from(view, 6)[0]
+        pos += 2 + _U16.unpack_from(view, pos)[0]
+        return struct.unpack_from(">II", view, pos + 8)
+    except struct.error:
+        raise QuoteVerificationError("malformed TPMS_ATTEST: truncated") from None
 
 
 _SIG_HEAD = struct.Struct(">HH")

@@ -436,3 +436,55 @@ def test_ek_trust_verdict_cache_is_bounded_in_time(swtpm, site):
         later = now + attest.EK_CERT_CACHE_TTL + 1
         with pytest.raises(attest.EkRejectedError, match="not trusted"):
             server.complete(_evidence(tpm, server.initiate(site["hash"], now=later)), now=later)
+
+
+def test_ak_of_this_boot_is_cached_and_invalidated(swtpm, site, tmp_path, monkeypatch):
+    """The client keeps its AK for the boot (attest_client.AkCache) and makes a new one when the
+    boot id changes, when the TPM was restarted (its quotes show other reset/restart counters) or
+    when the TPM refuses the cached blob; the server sees which AK signed (its AK cache is keyed
+    by the AK's bytes)."""
+    boot = tmp_path / "boot_id"
+    boot.write_text("11111111-2222-3333-4444-555555555555\n")
+    monkeypatch.setattr(attest_client, "BOOT_ID_PATH", str(boot))
+    monkeypatch.setattr(attest_client, "_AK_MEMORY", {})
+    state = tmp_path / "state"
+    server = _attestor(site)
+    transport = attest_client.attestor_transport(server)
+
+    def attest_once():
+        with swtpm.open() as tpm:
+            result = attest_client.attest(tpm, transport, site["signer"], unseal=False, state_dir=str(state))
+        assert result["ekpubhash"] == site["hash"]
+
+    attest_once()
+    attest_once()
+    assert len(server.aks) == 1  # the same AK twice
+    cached = json.loads((state / "ak.json").read_text())
+    assert cached["format"] == "hcp.core.attest-ak" and oct((state / "ak.json").stat().st_mode & 0o777) == "0o600"
+    attest_client._AK_MEMORY.clear()  # pylint: disable=protected-access  # a new process: the file serves
+    attest_once()
+    assert len(server.aks) == 1
+    boot.write_text("99999999-2222-3333-4444-555555555555\n")  # reboot
+    attest_once()
+    assert len(server.aks) == 2
+    swtpm.restart()  # a TPM restart without a reboot: the cached AK serves once, its quote shows it
+    attest_once()
+    assert len(server.aks) == 2
+    attest_once()
+    assert len(server.aks) == 3
+    attest_once()
+    assert len(server.aks) == 3
+    # a damaged (or planted) blob: the TPM refuses it, the client creates an AK and goes on
+    cached = json.loads((state / "ak.json").read_text())
+    private = bytearray(base64.b64decode(cached["private"]))
+    private[-1] ^= 1
+    cached["private"] = base64.b64encode(bytes(private)).decode()
+    (state / "ak.json").write_text(json.dumps(cached))
+    attest_client._AK_MEMORY.clear()  # pylint: disable=protected-access
+    attest_once()
+    assert len(server.aks) == 4
+    # without a boot id, no caching at all
+    monkeypatch.setattr(attest_client, "BOOT_ID_PATH", str(tmp_path / "absent"))
+    attest_once()
+    attest_once()
+    assert len(server.aks) == 6
