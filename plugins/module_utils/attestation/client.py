@@ -356,7 +356,8 @@ def fetch(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, cli
     for index, one in enumerate(servers):
         try:
             transport = one if callable(one) else http_transport(one, ca_file, timeout, client_cert)
-            payload, response = run_protocol(tpm, transport, extra, state_dir=state_dir)
+            # check mode writes nothing: not even this boot's AK
+            payload, response = run_protocol(tpm, transport, extra, state_dir=None if check_only else state_dir)
             files, manifest = verify_payload(payload, signer_public)
             generation = manifest_generation(manifest)
             if memory is not None:

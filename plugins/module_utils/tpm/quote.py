@@ -444,14 +444,17 @@ def _proven_fast(groups, supplied, pcr_digest):
             values = getter(supplied[bank])
         except (KeyError, TypeError, IndexError):
             return None
-        if set(map(type, values)) != {str} or set(map(len, values)) != {2 * _DIGEST_SIZES[bank]}:
+        try:
+            if set(map(len, values)) != {2 * _DIGEST_SIZES[bank]}:
+                return None
+        except TypeError:  # a value without a length
             return None
         texts.extend(values)
         proven.setdefault(bank, {}).update(zip(keys, values))
-    joined = "".join(texts)
     try:
-        raw = bytes.fromhex(joined)
-    except ValueError:
+        joined = "".join(texts)  # TypeError unless every value is a string
+        raw = bytes.fromhex(joined)  # ValueError unless hex digits (and blanks)
+    except (TypeError, ValueError):
         return None
     if raw.hex() != joined:  # not canonical (upper case, blanks): the reference walk decides
         return None
