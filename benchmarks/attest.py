@@ -14,12 +14,19 @@
     server, no TLS; concurrent clients posting recorded evidence): the Python web stack's
     share; the production stack (nginx TLS -> uwsgi workers) is measured by benchmarks/attest_http.py.
 
+Also printed (issue 20): ``initiate`` + ``complete`` against the same run's crypto floor (a bare
+ECDSA P-256 verify with the key object ready, MakeCredential over cryptography, AES-GCM of the
+payload); the quote check against a bare ECDSA verify of the same TPMS_ATTEST; MakeCredential over
+cryptography against tpm2-pytss' type layer; and where the client's time goes (every ESAPI call
+timed: TPM round trips, and the rest).
+
 Run: make bench   (or .venv/bin/python benchmarks/attest.py [N] with hcp.core on the path)
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import importlib.util
 import json
 import os
@@ -46,7 +53,8 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EnrollmentDb  # noqa: E402
 from ansible_collections.hcp.core.plugins.module_utils.web.attest_app import create_app  # noqa: E402
 from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 PROFILE = {"assets": ["hostname", "rootfs-key", "https-server", "issuer-ca"]}
@@ -145,27 +153,77 @@ def run(swtpm, workdir, count):
         # server complete
         server.complete(json.loads(json.dumps(requests[0])))  # warm the EK-certificate cache
         timings = []
+        cpu0 = time.process_time()
         for request in requests[1:]:
             t0 = time.perf_counter()
             server.complete(request)
             timings.append(time.perf_counter() - t0)
+        cpu_complete = (time.process_time() - cpu0) / len(timings)
         per_call = statistics.median(timings)
 
-        # the crypto floor on the same payload
+        # initiate alone
+        init_timings = []
+        for _i in range(max(200, count)):
+            t0 = time.perf_counter()
+            server.initiate(h)
+            init_timings.append(time.perf_counter() - t0)
+        per_initiate = statistics.median(init_timings)
+
+        # the crypto floor on the same payload: bare ECDSA verify (key object ready), MakeCredential
+        # over cryptography (EK parsed), AES-GCM of the payload
         entry = db.get(h)
         payload = json.dumps({"files": dict((n, base64.b64encode(d).decode()) for n, d in entry.items())}).encode()
         public = tpm.ek_public()
+        target = envelope.credential_target(public.marshal())
         bundle = requests[1]["quote"]
-        floor_timings = []
+        ak_name, ak_key = quote_mod.parse_ak_public(base64.b64decode(bundle["ak_public"]))
+        attest_raw = base64.b64decode(bundle["attest"])
+        der = quote_mod.parse_signature(base64.b64decode(bundle["signature"]))
+        ecdsa = ec.ECDSA(hashes.SHA256())
         ticket_nonce = base64.b64decode(server.open_ticket(requests[1]["ticket"])["nonce"])
-        for _i in range(max(200, count)):
+        warm = quote_mod.AkCache()
+        warm.remember(base64.b64decode(bundle["ak_public"]), (ak_name, ak_key))
+        figures = collections.defaultdict(list)
+        for _i in range(max(300, count)):
             t0 = time.perf_counter()
-            proven = quote_mod.verify_quote(bundle, ticket_nonce)
+            ak_key.verify(der, attest_raw, ecdsa)
+            t1 = time.perf_counter()
             key = os.urandom(32)
-            envelope.make_credential_to_ek(public, key, bytes.fromhex(proven["ak_name"]))
+            envelope.make_credential_fast(target, key, ak_name)
+            t2 = time.perf_counter()
             AESGCM(key).encrypt(os.urandom(12), payload, b"")
-            floor_timings.append(time.perf_counter() - t0)
-        floor = statistics.median(floor_timings)
+            t3 = time.perf_counter()
+            quote_mod.verify_quote(bundle, ticket_nonce, ak_cache=warm)
+            t4 = time.perf_counter()
+            quote_mod.verify_quote(bundle, ticket_nonce)
+            t5 = time.perf_counter()
+            envelope.make_credential_reference(public, key, ak_name)
+            t6 = time.perf_counter()
+            figures["floor"].append(t3 - t0)
+            figures["bare"].append(t1 - t0)
+            figures["mc"].append(t2 - t1)
+            figures["verify_warm"].append(t4 - t3)
+            figures["verify_cold"].append(t5 - t4)
+            figures["mc_pytss"].append(t6 - t5)
+        med = dict((k, statistics.median(v)) for k, v in figures.items())
+        floor = med["floor"]
+        # CPU time (this process only: steadier than wall time on a shared machine)
+        rounds = max(300, count)
+        cpu0 = time.process_time()
+        for _i in range(rounds):
+            ak_key.verify(der, attest_raw, ecdsa)
+            key = os.urandom(32)
+            envelope.make_credential_fast(target, key, ak_name)
+            AESGCM(key).encrypt(os.urandom(12), payload, b"")
+        cpu_floor = (time.process_time() - cpu0) / rounds
+        cpu0 = time.process_time()
+        for _i in range(rounds):
+            ak_key.verify(der, attest_raw, ecdsa)
+        cpu_bare = (time.process_time() - cpu0) / rounds
+        cpu0 = time.process_time()
+        for _i in range(rounds):
+            quote_mod.verify_quote(bundle, ticket_nonce, ak_cache=warm)
+        cpu_verify = (time.process_time() - cpu0) / rounds
 
         # the git snapshot read alone
         git_timings = []
@@ -177,25 +235,85 @@ def run(swtpm, workdir, count):
 
         rate_http, failures = http_rate(server, http_requests)
 
-        # end-to-end client with swtpm
+        # end-to-end client with swtpm, every ESAPI call timed
         e2e = []
         transport = attest_client.attestor_transport(server)
+        timed = _TimedEsapi(tpm)
         for _i in range(10):
+            timed.reset()
             t0 = time.perf_counter()
             attest_client.attest(tpm, transport, signer)
             e2e.append((time.perf_counter() - t0) * 1000)
+            timed.runs.append((e2e[-1], timed.snapshot()))
+        timed.restore()
 
     print("attestation (protocol v1), %d recorded quotes, entry of %d files (%d bytes), one core" % (
         count, len(entry), len(payload)))
     print("  quote on swtpm (recording):          %8.1f ms each" % quote_ms)
     print("  server complete:                     %8.0f /s  (median %.0f us, p95 %.0f us)" % (
         1 / per_call, per_call * 1e6, sorted(timings)[int(len(timings) * 0.95) - 1] * 1e6))
+    print("  server initiate:                     %8.0f us median" % (per_initiate * 1e6))
     print("  uncached git snapshot read (2 git processes; cached per head): %.0f us" % (git_read * 1e6))
-    print("  crypto floor (quote verify + MakeCredential + AES-GCM): %.0f /s (%.0f us)" % (1 / floor, floor * 1e6))
-    print("  ratio complete / floor:              %8.1f x" % (per_call / floor))
+    print("  crypto floor (bare ECDSA verify %.0f us + MakeCredential %.0f us + AES-GCM): %.0f /s (%.0f us)" % (
+        med["bare"] * 1e6, med["mc"] * 1e6, 1 / floor, floor * 1e6))
+    print("  ratio complete / floor:              %8.2f x" % (per_call / floor))
+    print("  ratio (initiate + complete) / floor: %8.2f x" % ((per_call + per_initiate) / floor))
+    print("  CPU time: complete %.0f us, floor %.0f us, ratio %.2f x; quote verify %.0f us / bare verify %.0f us = %.2f x" % (
+        cpu_complete * 1e6, cpu_floor * 1e6, cpu_complete / cpu_floor, cpu_verify * 1e6, cpu_bare * 1e6,
+        cpu_verify / cpu_bare))
+    print("  quote verify, AK cached:             %8.0f us = %.2f x bare ECDSA verify (AK parsed: %.0f us = %.2f x)" % (
+        med["verify_warm"] * 1e6, med["verify_warm"] / med["bare"], med["verify_cold"] * 1e6,
+        med["verify_cold"] / med["bare"]))
+    print("  MakeCredential over cryptography:    %8.0f us (tpm2-pytss make_credential: %.0f us, %.1f x)" % (
+        med["mc"] * 1e6, med["mc_pytss"] * 1e6, med["mc_pytss"] / med["mc"]))
     print("  complete over HTTP (werkzeug threaded, 4 client threads in the same process): %.0f /s%s" % (
         rate_http, " (%d failures)" % len(failures) if failures else ""))
     print("  client end to end with swtpm:        %8.1f ms median (p max %.1f ms)" % (statistics.median(e2e), max(e2e)))
+    timed.report()
+
+
+class _TimedEsapi(object):
+    """Times every ESAPI call of ``tpm`` (each one TPM round trip or more, on swtpm a TCP exchange)."""
+
+    def __init__(self, tpm):
+        self.tpm = tpm
+        self.real = tpm.ectx
+        self.calls = collections.defaultdict(lambda: [0, 0.0])
+        self.runs = []
+        tpm.ectx = self
+
+    def __getattr__(self, name):
+        attr = getattr(self.real, name)
+        if not callable(attr):
+            return attr
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                slot = self.calls[name]
+                slot[0] += 1
+                slot[1] += time.perf_counter() - t0
+        return timed
+
+    def reset(self):
+        self.calls = collections.defaultdict(lambda: [0, 0.0])
+
+    def snapshot(self):
+        return dict((k, tuple(v)) for k, v in self.calls.items())
+
+    def restore(self):
+        self.tpm.ectx = self.real
+
+    def report(self):
+        elapsed, run = sorted(self.runs, key=lambda r: r[0])[len(self.runs) // 2]
+        total = sum(n for n, _t in run.values())
+        spent = sum(t for _n, t in run.values()) * 1000
+        print("  client: %d ESAPI calls, %.1f ms in them, %.1f ms elsewhere (the median run, %.1f ms); by command:" % (
+            total, spent, elapsed - spent, elapsed))
+        for name, (n, t) in sorted(run.items(), key=lambda kv: -kv[1][1]):
+            print("    %-24s %3d calls %7.2f ms" % (name, n, t * 1000))
 
 
 if __name__ == "__main__":

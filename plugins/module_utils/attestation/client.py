@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -40,6 +41,7 @@ from ansible_collections.hcp.core.plugins.module_utils.web.client import HttpsJs
 
 try:
     from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.types import TPM2B_PRIVATE, TPM2B_PUBLIC
 except ImportError:  # pragma: no cover
     TSS2_Exception = None
 
@@ -120,9 +122,150 @@ def _b64(data):
     return base64.b64encode(data).decode("ascii")
 
 
-def run_protocol(tpm, transport, extra=None):
+# --- the attestation key of this boot ------------------------------------------------------------
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+AK_CACHE_FORMAT = "hcp.core.attest-ak"
+AK_CACHE_VERSION = 1
+AK_CACHE_FILE = "ak.json"
+MAX_AK_CACHE_BYTES = 16 * 1024
+_AK_MEMORY = {}
+
+
+def boot_id():
+    """This boot's id (the kernel's random boot_id), or None when unreadable (no AK caching then)."""
+    try:
+        with open(BOOT_ID_PATH, "r", encoding="ascii") as handle:
+            text = handle.read(128).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+class AkCache(object):
+    """The AK of this boot, so an attestation loads it instead of creating one (TPM2_Create of an
+    ECC key is the client's costliest TPM command, with its EK authorisation).
+
+    Why this is sound: the AK's private part is wrapped by the TPM under the EK: only this TPM can
+    load it, and only as the restricted, fixedTPM signing key its public area says (the TPM checks
+    the blob's integrity on load, so a planted file yields a refused load, never another key). The
+    server checks the AK's attributes and a fresh nonce in every quote, and every attestation
+    proves again that this AK lives next to this EK (ActivateCredential of a credential made for
+    the AK's name). Reusing it within a boot reveals nothing new (the EK is sent every time).
+    Invalidation: the entry is for one (EK, boot id) -- a reboot has a new
+    /proc/sys/kernel/random/boot_id, another EK another key -- and it records the TPM's
+    resetCount/restartCount from the signed clockInfo of its first quote: a quote showing others
+    (a TPM reset or restart without a reboot) drops it, so the next attestation creates a new AK.
+    A load the TPM refuses drops it too. In memory per process, and in ``state_dir``/ak.json
+    (format ``hcp.core.attest-ak`` v1, 0600, written atomically; anything unreadable or foreign
+    is ignored: a cache miss)."""
+
+    def __init__(self, state_dir=None):
+        self.path = os.path.join(os.path.abspath(state_dir), AK_CACHE_FILE) if state_dir else None
+        self.state_dir = state_dir
+
+    @staticmethod
+    def _key(tpm, ekhash, boot):
+        # not the TCTI: the EK names the TPM (a restarted simulator listens elsewhere, same TPM)
+        del tpm
+        return hashlib.sha256(json.dumps([ekhash, boot]).encode("utf-8")).hexdigest()
+
+    def get(self, tpm, ekhash, boot):
+        """{private, public, counters} (bytes, bytes, [reset, restart]) or None."""
+        key = self._key(tpm, ekhash, boot)
+        entry = _AK_MEMORY.get(key)
+        if entry is None and self.path:
+            entry = self._read(key)
+        return entry
+
+    def _read(self, key):
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                data = handle.read(MAX_AK_CACHE_BYTES + 1)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077 \
+                    or len(data) > MAX_AK_CACHE_BYTES:
+                return None
+            doc = jsonutil.loads(data)
+            if doc.get("format") != AK_CACHE_FORMAT or doc.get("version") != AK_CACHE_VERSION or doc.get("key") != key:
+                return None
+            counters = doc["counters"]
+            if not isinstance(counters, list) or len(counters) != 2 or not all(
+                    isinstance(c, int) and not isinstance(c, bool) for c in counters):
+                return None
+            return {"private": base64.b64decode(doc["private"], validate=True),
+                    "public": base64.b64decode(doc["public"], validate=True), "counters": counters}
+        except (OSError, jsonutil.JsonInputError, KeyError, TypeError, ValueError, AttributeError, binascii.Error):
+            return None
+
+    def put(self, tpm, ekhash, boot, entry):
+        key = self._key(tpm, ekhash, boot)
+        _AK_MEMORY.clear()  # one TPM per host: keep the one entry in use
+        _AK_MEMORY[key] = entry
+        if self.path:
+            doc = {"format": AK_CACHE_FORMAT, "version": AK_CACHE_VERSION, "key": key,
+                   "private": _b64(entry["private"]), "public": _b64(entry["public"]), "counters": entry["counters"]}
+            try:
+                GenerationMemory(self.state_dir)._check_directory()  # pylint: disable=protected-access
+                atomic_write(self.path, (json.dumps(doc, sort_keys=True) + "\n").encode("ascii"), 0o600)
+            except (OSError, AttestClientError):
+                pass  # a cache: the next attestation creates an AK again
+
+    def drop(self, tpm, ekhash, boot):
+        _AK_MEMORY.pop(self._key(tpm, ekhash, boot), None)
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+@contextlib.contextmanager
+def attestation_ak(tpm, ekhash, state_dir=None):
+    """(AK handle, TPM2B_PUBLIC, check(attest bytes)) of this boot's AK (AkCache), loaded under the
+    EK for the block and flushed after it; created when there is none (or the TPM refuses the
+    cached one). ``check``: call with the first quote's TPMS_ATTEST (records or checks the TPM's
+    reset/restart counters)."""
+    cache = AkCache(state_dir)
+    boot = boot_id()
+    entry = cache.get(tpm, ekhash, boot) if boot else None
+    ak = public = None
+    try:
+        if entry is not None:
+            try:
+                public = TPM2B_PUBLIC.unmarshal(entry["public"])[0]
+                quote_mod.parse_ak_public(entry["public"])  # what the server would accept
+                ak = quote_mod.load_ak(tpm, TPM2B_PRIVATE.unmarshal(entry["private"])[0], public)
+            except Exception:  # pylint: disable=broad-except  # any refusal (TPM, unmarshal, attributes) is a miss
+                cache.drop(tpm, ekhash, boot)
+                entry = None
+        if entry is None:
+            priv, public = quote_mod.create_ak(tpm)
+            try:
+                ak = quote_mod.load_ak(tpm, priv, public)
+            except TSS2_Exception as exc:
+                raise TpmError("TPM failed to load the attestation key: %s (rc 0x%x)" % (exc, tss_rc(exc)))
+
+        def check(attest_raw):
+            counters = list(quote_mod.attest_counters(attest_raw))
+            if entry is None:
+                if boot:
+                    cache.put(tpm, ekhash, boot, {"private": priv.marshal(), "public": public.marshal(), "counters": counters})
+            elif entry["counters"] != counters:
+                cache.drop(tpm, ekhash, boot)  # the TPM was reset or restarted since: a new AK next time
+        yield ak, public, check
+    finally:
+        tpm.flush(ak)
+
+
+def run_protocol(tpm, transport, extra=None, state_dir=None):
     """Both round trips; returns (payload dict, response header dict). ``extra``: added to the
-    complete request (e.g. {"eventlog": ...})."""
+    complete request (e.g. {"eventlog": ...}). The AK is this boot's (attestation_ak(); also kept
+    in ``state_dir`` when given); the EK authorisations share one policy session."""
     ekhash = tpm.ekpubhash()
     started = _post(transport, "/v1/initiate", {"ekpubhash": ekhash})
     try:
@@ -137,8 +280,9 @@ def run_protocol(tpm, transport, extra=None):
         request["ek_cert"] = _b64(cert)
     if extra:
         request.update(extra)
-    with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
+    with tpm.keep_ek_session(), attestation_ak(tpm, ekhash, state_dir) as (ak, ak_public, check_ak):
         request["quote"] = quote_mod.quote_with_ak(tpm, ak, ak_public, nonce, selection["sha256"], "sha256")
+        check_ak(base64.b64decode(request["quote"]["attest"]))
         response = _post(transport, "/v1/complete", request)
         ak_name = quote_mod.parse_ak_public(ak_public.marshal())[0]
         if response.get("format") != protocol.RESPONSE_FORMAT or response.get("version") != protocol.PROTOCOL_VERSION:
@@ -212,7 +356,8 @@ def fetch(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, cli
     for index, one in enumerate(servers):
         try:
             transport = one if callable(one) else http_transport(one, ca_file, timeout, client_cert)
-            payload, response = run_protocol(tpm, transport, extra)
+            # check mode writes nothing: not even this boot's AK
+            payload, response = run_protocol(tpm, transport, extra, state_dir=None if check_only else state_dir)
             files, manifest = verify_payload(payload, signer_public)
             generation = manifest_generation(manifest)
             if memory is not None:
@@ -441,9 +586,11 @@ def attest(tpm, server, signer_public, ca_file=None, timeout=DEFAULT_TIMEOUT, un
     if keyserver_credential_dir and not check_only:
         key = pki.new_private_key("ec-p256")
         extra = dict(extra or {}, keyserver_key=pki.public_key_pem(key).decode("ascii"))
-    fetched = fetch(tpm, server, signer_public, ca_file, timeout, client_cert, extra, state_dir=state_dir, check_only=check_only)
-    credential = fetched.pop("keyserver_credential", None)
-    assets, skipped, extended = open_assets(tpm, fetched["manifest"], fetched["files"], unseal, extend_pcr, one_time)
+    with tpm.keep_ek_session():  # one EK policy session for the AK, ActivateCredential and every unseal
+        fetched = fetch(tpm, server, signer_public, ca_file, timeout, client_cert, extra, state_dir=state_dir,
+                        check_only=check_only)
+        credential = fetched.pop("keyserver_credential", None)
+        assets, skipped, extended = open_assets(tpm, fetched["manifest"], fetched["files"], unseal, extend_pcr, one_time)
     result = dict(fetched, assets=assets, skipped=skipped, pcr_extended=extended)
     if key is not None:
         result["keyserver_credential"] = None

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import threading
 import time
 
@@ -59,7 +60,7 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ekpub import load_ek_public
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.manifest import MANIFEST_FORMAT, verify_entry
 from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import DEFAULT_MODE as DEFAULT_EK_TRUST
-from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import EkTrust, EkTrustConfigError
+from ansible_collections.hcp.core.plugins.module_utils.tpm.ek_trust import EkTrust, EkTrustConfigError, load_certificate
 from ansible_collections.hcp.core.plugins.module_utils.enrollment.db import EKPUBHASH_RE
 from ansible_collections.hcp.core.plugins.module_utils.errors import (
     HcpError,
@@ -132,12 +133,23 @@ def write_ticket_key_file(path):
 
 # -- replay protection ----------------------------------------------------------------------
 
+USED_TICKETS_FORMAT = "hcp.core.used-tickets"
+USED_TICKETS_VERSION = 1
+USED_TICKETS_MARKER = "FORMAT"
+TICKET_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
 class UsedTickets(object):
     """Tickets already presented to ``complete``, remembered for ``max_age`` (+ clock skew).
 
-    In memory (bounded by ``max_entries``) and, when ``directory`` is set, as one empty
-    file per ticket created with O_CREAT|O_EXCL: replicas sharing that directory refuse a
-    ticket any of them has seen (without it, replicas need sticky routing by ekpubhash)."""
+    In memory (bounded by ``max_entries``) and, when ``directory`` is set, in the used-ticket
+    store shared by replicas and worker processes (docs/attestation-deploy.md, format
+    ``hcp.core.used-tickets`` v1): one empty file per used ticket, named by its 32-hex ticket id
+    and created with O_CREAT|O_EXCL (the one atomic test-and-set every local file system and
+    NFSv3+ offer), its mtime the time of use; a ``FORMAT`` file names the format and version.
+    Replicas sharing that directory refuse a ticket any of them has seen (without it, replicas
+    need sticky routing by ekpubhash). A directory of another format or version is refused
+    (fail closed) rather than half understood."""
 
     def __init__(self, max_age, directory=None, max_entries=DEFAULT_MAX_USED):
         self.window = max_age + MAX_CLOCK_SKEW
@@ -148,6 +160,33 @@ class UsedTickets(object):
         self._count = 0
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._check_format(directory)
+
+    @staticmethod
+    def _check_format(directory):
+        """Create the FORMAT marker of an empty (or pre-v1, unmarked) store, or check it."""
+        marker = os.path.join(directory, USED_TICKETS_MARKER)
+        expected = "%s %d\n" % (USED_TICKETS_FORMAT, USED_TICKETS_VERSION)
+        try:
+            fd = os.open(marker + ".%d.tmp" % os.getpid(), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, expected.encode("ascii"))
+            finally:
+                os.close(fd)
+            try:
+                os.link(marker + ".%d.tmp" % os.getpid(), marker)  # atomic, never replaces another replica's
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(marker + ".%d.tmp" % os.getpid())
+            fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as handle:
+                found = handle.read(256).decode("ascii", "replace")
+        except OSError as exc:
+            raise AttestError("cannot use the used-ticket directory %s: %s" % (directory, exc.strerror or exc)) from None
+        if found != expected:
+            raise AttestError("the used-ticket directory %s holds another format (%r; this server writes %s v%d)"
+                              % (directory, found.strip()[:80], USED_TICKETS_FORMAT, USED_TICKETS_VERSION))
 
     def __len__(self):
         return len(self._seen)
@@ -190,6 +229,8 @@ class UsedTickets(object):
         now = time.time() if now is None else now
         removed = 0
         for entry in os.scandir(self.directory):
+            if not TICKET_ID_RE.fullmatch(entry.name):
+                continue  # the FORMAT marker, a replica's temporary file: not a used ticket
             try:
                 if entry.stat().st_mtime < now - self.window:
                     os.unlink(entry.path)
@@ -324,7 +365,12 @@ class Attestor(object):
         self.entries = EntryCache(entry_cache_size, negative_cache_size)
         self._cache_size = max(1, entry_cache_size)
         self._prepared = {}
+        self._goldens = {}
         self._ek_parsed = collections.OrderedDict()
+        self._ek_trusted = collections.OrderedDict()
+        # parsed AK public keys by their exact bytes (sound: a pure function of the bytes, see
+        # quote.AkCache); remembered only once an attestation got through, like _ek_parsed
+        self.aks = quote_mod.AkCache(self._cache_size)
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -371,8 +417,8 @@ class Attestor(object):
 
     # -- round trip 2 ---------------------------------------------------------------------
     def _ek(self, request, ticket_hash, now):
-        """(TPM2B_PUBLIC, ekpubhash, marshalled, PEM) of the EK in the request after attribute,
-        hash and certificate checks."""
+        """((TPM2B_PUBLIC, ekpubhash, marshalled, PEM, envelope.CredentialTarget), certificate bytes
+        or None) of the EK in the request after attribute, hash and certificate checks."""
         ekpub = request.get("ekpub")
         if not isinstance(ekpub, str) or not ekpub or len(ekpub) > MAX_EK_CHARS:
             raise AttestRequestError("ekpub is missing or too long")
@@ -395,14 +441,57 @@ class Attestor(object):
                 public = load_ek_public(ekpub)
             except InvalidEkError as exc:
                 raise EkRejectedError(str(exc))
-            parsed = (public, compute_ekpubhash(public), public.marshal(), public.to_pem())
+            marshalled = public.marshal()
+            try:
+                target = envelope.credential_target(marshalled)
+            except HcpError as exc:
+                raise EkRejectedError(str(exc))
+            parsed = (public, compute_ekpubhash(public), marshalled, public.to_pem(), target)
         if not hmac.compare_digest(parsed[1], ticket_hash):
             raise EkRejectedError("the EK does not match the ticket's ekpubhash")
+        self._check_ek_trust(parsed[1], parsed[3], cert_data, now)
+        return parsed, cert_data
+
+    def _check_ek_trust(self, ekhash, pem, cert_data, now):
+        """EkRejectedError unless the EK ``ekhash`` (PEM ``pem``) with its certificate ``cert_data``
+        (bytes or None) is trusted (ek_trust.check_attestation), the verdict remembered per
+        (ekhash, certificate bytes): parsing the certificate and comparing its key cost more than
+        the quote's signature check.
+
+        Why the cache is sound: the verdict depends only on the EK, the certificate bytes, the
+        trust configuration and time. The key holds the first two (a re-enrolled host or a new
+        certificate is checked afresh); the configuration is fixed for an Attestor's life (the
+        service restarts when the vendor CAs, mode or allow list change); time is bounded: a
+        verdict lasts at most EK_CERT_CACHE_TTL and never past the certificate's notAfter (as
+        the chain cache of EkTrust). Only verdicts of completed attestations are remembered
+        (``_remember_ek_trust``), so unknown EKs cannot evict the fleet's."""
+        key = (ekhash, cert_data)
+        with self._lock:
+            until = self._ek_trusted.get(key)
+        if until is not None and until > now:
+            return
         try:
-            self.ek_trust.check_attestation(parsed[1], parsed[3], cert_data, now)
+            self.ek_trust.check_attestation(ekhash, pem, cert_data, now)
         except InvalidEkError as exc:
             raise EkRejectedError(str(exc))
-        return parsed
+
+    def _remember_ek_trust(self, ekhash, cert_data, now):
+        """Remember a positive EK trust verdict (see _check_ek_trust) until the TTL or notAfter,
+        counted from the check itself: a verdict in use is not extended (no sliding window)."""
+        with self._lock:
+            if self._ek_trusted.get((ekhash, cert_data), 0) > now:
+                return
+        until = now + EK_CERT_CACHE_TTL
+        if cert_data is not None:
+            cert = load_certificate(cert_data)
+            if cert is None:
+                return
+            until = min(until, cert.not_valid_after_utc.timestamp())
+        with self._lock:
+            self._ek_trusted[(ekhash, cert_data)] = until
+            self._ek_trusted.move_to_end((ekhash, cert_data))
+            while len(self._ek_trusted) > self._cache_size:
+                self._ek_trusted.popitem(last=False)
 
     def _remember_ek(self, ekpub, parsed):
         """Keep the parsed EK of an enrolled TPM (bounded, least recently used out)."""
@@ -451,11 +540,12 @@ class Attestor(object):
         nonce = _unb64(ticket["nonce"], "ticket nonce", exc=TicketInvalidError)
         # consumed before any other check of its content: a ticket gets exactly one try
         self.used.consume(hashlib.sha256(nonce).hexdigest()[:32], ticket["iat"], now)
-        parsed = self._ek(request, ticket["ekpubhash"], now)
-        public, ekhash, ek_marshalled, _pem = parsed
+        parsed, cert_data = self._ek(request, ticket["ekpubhash"], now)
+        _public, ekhash, ek_marshalled, _pem, target = parsed
         bundle = request.get("quote")
+        proof = {}
         try:
-            proven = quote_mod.verify_quote(bundle, nonce)
+            proven = quote_mod.verify_quote(bundle, nonce, ak_cache=self.aks, proof=proof)
         except QuoteVerificationError as exc:
             raise QuoteRejectedError(str(exc))
         for bank, indices in ticket["pcrs"].items():
@@ -472,7 +562,9 @@ class Attestor(object):
         if not hmac.compare_digest(files.get("ek.pub", b""), ek_marshalled):
             raise EkRejectedError("the enrolled EK differs from the presented one")
         self._remember_ek(request["ekpub"], parsed)
-        golden = golden_pcrs(files)
+        self.aks.remember(proof["ak_raw"], proof["ak"])
+        self._remember_ek_trust(ekhash, cert_data, now)
+        golden = self._golden(key, files)
         bad = []
         for bank, values in golden.items():
             for idx, value in sorted(values.items(), key=lambda kv: int(kv[0])):
@@ -489,7 +581,7 @@ class Attestor(object):
             # only here: the ticket, the EK, the quote and every golden PCR value verified
             credential = self._credential(credential_key, files, golden, proven, hostname, ekhash, now)
             payload = _canonical(dict(json.loads(payload), keyserver_credential=credential))
-        return self._response(public, ekhash, payload, hostname, proven["ak_name"], nonce, head)
+        return self._response(target, ekhash, payload, hostname, proven["ak_name"], nonce, head)
 
     def _credential_key(self, request):
         """The public key the request asks a key-server credential for (``keyserver_key``, PEM),
@@ -533,6 +625,18 @@ class Attestor(object):
                 "certificate": (pki.certificate_pem(cert) + self.credential_issuer.chain_pem()).decode("ascii"),
                 "not_after": int(cert.not_valid_after_utc.timestamp()), "measurement": measurement, "profile": label}
 
+    def _golden(self, key, files):
+        """golden_pcrs(files), once per (snapshot, head, entry): the snapshot is immutable per head
+        (a moved snapshot or re-enrolled host is another key). Read only, never mutated by callers."""
+        golden = self._goldens.get(key)
+        if golden is None:
+            golden = golden_pcrs(files)
+            with self._lock:
+                if len(self._goldens) >= self._cache_size:
+                    self._goldens.clear()
+                self._goldens[key] = golden
+        return golden
+
     def _payload(self, key, files, ekhash):
         """(payload bytes, hostname) of an entry: its signed files (manifest.json, manifest.sig and
         every file the manifest lists), checked against the asset signer when configured.
@@ -563,11 +667,11 @@ class Attestor(object):
         return payload, hostname
 
     @staticmethod
-    def _response(public, ekhash, payload, hostname, ak_name_hex, nonce, head):
+    def _response(target, ekhash, payload, hostname, ak_name_hex, nonce, head):
         """The response: ``payload`` under a fresh AES-256-GCM session key wrapped with
-        MakeCredential(EK, AK name)."""
+        MakeCredential(EK ``target``, AK name)."""
         session_key = os.urandom(32)
-        blob, secret = envelope.make_credential_to_ek(public, session_key, bytes.fromhex(ak_name_hex))
+        blob, secret = envelope.make_credential_fast(target, session_key, bytes.fromhex(ak_name_hex))
         iv = os.urandom(12)
         header = {"format": RESPONSE_FORMAT, "version": PROTOCOL_VERSION, "ekpubhash": ekhash,
                   "ak_name": ak_name_hex, "nonce": _b64(nonce), "snapshot": head,

@@ -181,6 +181,8 @@ class Tpm(object):
         self._ek_transient = False
         self._ek_public = None
         self._ek_cert = None
+        self._ek_keep = 0
+        self._ek_kept = []
         try:
             self._tcti_ctx = TCTILdr.parse(self.tcti)
             self.ectx = ESAPI(self._tcti_ctx)
@@ -235,13 +237,42 @@ class Tpm(object):
 
     @contextlib.contextmanager
     def ek_session(self):
-        """A fresh policy session satisfying the EK's PolicySecret(TPM_RH_ENDORSEMENT); flushed on exit."""
-        session = self.policy_session()
+        """A policy session satisfying the EK's PolicySecret(TPM_RH_ENDORSEMENT), for one command.
+
+        Fresh and flushed on exit, unless inside keep_ek_session(): there one session (with
+        continueSession) serves every EK use, PolicySecret re-run before each (the TPM resets a
+        policy session's state after it authorised a command), saving a start and a flush per
+        use. A use whose block raised flushes that session (its state is then unknown)."""
+        kept = self._ek_kept
+        session = kept.pop() if kept else None
+        fresh = session is None
+        if fresh:
+            session = self.policy_session()
+            if self._ek_keep:
+                self.ectx.trsess_set_attributes(session, TPMA_SESSION.CONTINUESESSION)
+        done = False
         try:
             self.ectx.policy_secret(ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
             yield session
+            done = True
         finally:
-            self.flush(session)
+            if done and self._ek_keep:
+                self._ek_kept.append(session)
+            else:
+                self.flush(session)
+
+    @contextlib.contextmanager
+    def keep_ek_session(self):
+        """Inside this block, ek_session() reuses one policy session (flushed at the end): an
+        attestation authorises the EK three times or more (AK load, ActivateCredential, unseals)."""
+        self._ek_keep += 1
+        try:
+            yield self
+        finally:
+            self._ek_keep -= 1
+            if not self._ek_keep:
+                while self._ek_kept:
+                    self.flush(self._ek_kept.pop())
 
     @contextlib.contextmanager
     def salted_session(self):

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import os
+import struct
 import warnings
 
 from ansible_collections.hcp.core.plugins.module_utils.tpm import policy as tpm_policy
@@ -34,6 +35,10 @@ from ansible_collections.hcp.core.plugins.module_utils.tpm.device import ekpubha
 
 try:
     from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 except ImportError:  # pragma: no cover
@@ -126,20 +131,173 @@ def well_known_name(digest):
     return b"\x00\x0b" + hashlib.sha256(public.publicArea.marshal()).digest()
 
 
-def make_credential_to_ek(ek_public, credential, object_name):
-    """TPM2_MakeCredential in software: wrap ``credential`` (bytes, at most 64) to the EK
-    ``ek_public`` (TPM2B_PUBLIC) for the object named ``object_name`` (bytes, nameAlg || digest).
+# -- TPM2_MakeCredential over cryptography (TPM 2.0 Part 1 §24, Part 2 §12.2.4) ------------------
+#
+# Written by hand over cryptography (RSA-OAEP, ECDH, AES-CFB) and hashlib/hmac (KDFa, KDFe, the
+# outer HMAC) because tpm2-pytss has no fast path: its utils.make_credential() goes through the
+# Python type layer (TPM2B_PUBLIC attribute access, _convert_to_python_native, marshalling of
+# TPM2B_DIGEST/TPM2B_ID_OBJECT) and cost about half of the attestation server's ``complete``;
+# this costs a quarter of it. The EK is parsed once from its marshalled TPM2B_PUBLIC with
+# ``struct`` (``credential_target``, cached per EK). Equivalence with the TPM is proven by tests
+# where a real swtpm's ActivateCredential accepts the blobs for RSA and ECC EKs
+# (tests/unit/plugins/module_utils/test_envelope.py); tpm2-pytss' make_credential remains
+# the reference in that test.
 
-    Only the TPM owning that EK, with an object of that name loaded (and its authorisation
-    satisfied), can recover ``credential`` with ActivateCredential. Returns
-    (credential_blob, encrypted_secret) as the bytes of TPM2B_ID_OBJECT / TPM2B_ENCRYPTED_SECRET
-    contents. Used for envelopes (well-known key name) and attestation (AK name)."""
+_ALG_RSA, _ALG_ECC, _ALG_NULL, _ALG_AES, _ALG_CFB = 0x0001, 0x0023, 0x0010, 0x0006, 0x0043
+_HASHES = {0x000B: ("sha256", 32), 0x000C: ("sha384", 48)}
+_CURVES = {0x0003: (32, "SECP256R1"), 0x0004: (48, "SECP384R1")}
+IDENTITY_LABEL = b"IDENTITY\0"
+
+
+class CredentialTarget(object):
+    """An EK public area parsed for software MakeCredential: the cryptography key, the name
+    algorithm and the EK's symmetric key size. Immutable, derived only from the marshalled
+    TPM2B_PUBLIC (hence safe to cache by those bytes)."""
+
+    __slots__ = ("kind", "key", "hash_name", "digest_size", "sym_bytes", "ecc_x", "curve_bytes", "marshalled")
+
+    def __init__(self, kind, key, hash_name, digest_size, sym_bytes, ecc_x=None, curve_bytes=0, marshalled=b""):
+        self.kind, self.key, self.hash_name, self.digest_size = kind, key, hash_name, digest_size
+        self.sym_bytes, self.ecc_x, self.curve_bytes, self.marshalled = sym_bytes, ecc_x, curve_bytes, marshalled
+
+
+def _parse_credential_target(raw):
+    """CredentialTarget of a marshalled TPM2B_PUBLIC (or TPMT_PUBLIC) storage key; ValueError
+    when it is not an RSA/ECC key with AES-CFB symmetric parameters and a SHA-256/384 name."""
+    view = memoryview(raw)
+    pos = 0
+    if len(raw) >= 2 and struct.unpack_from(">H", view, 0)[0] == len(raw) - 2:
+        pos = 2
+    kind, name_alg, _attrs, policy_len = struct.unpack_from(">HHIH", view, pos)
+    pos += 10 + policy_len
+    sym_alg, = struct.unpack_from(">H", view, pos)
+    pos += 2
+    if sym_alg != _ALG_AES:
+        raise ValueError("the EK's symmetric algorithm is not AES")
+    key_bits, mode = struct.unpack_from(">HH", view, pos)
+    pos += 4
+    if mode != _ALG_CFB or key_bits not in (128, 192, 256) or name_alg not in _HASHES:
+        raise ValueError("unsupported EK symmetric mode or name algorithm")
+    scheme, = struct.unpack_from(">H", view, pos)
+    pos += 2 if scheme == _ALG_NULL else 4
+    hash_name, digest_size = _HASHES[name_alg]
+    if kind == _ALG_RSA:
+        bits, exponent, n_len = struct.unpack_from(">HIH", view, pos)
+        pos += 8
+        modulus = bytes(view[pos:pos + n_len])
+        pos += n_len
+        if len(modulus) != n_len or n_len * 8 != bits or pos != len(raw):
+            raise ValueError("malformed RSA EK public")
+        key = rsa.RSAPublicNumbers(exponent or 65537, int.from_bytes(modulus, "big")).public_key()
+        return CredentialTarget("rsa", key, hash_name, digest_size, key_bits // 8, marshalled=bytes(raw))
+    if kind == _ALG_ECC:
+        curve_id, kdf = struct.unpack_from(">HH", view, pos)
+        pos += 4 if kdf == _ALG_NULL else 6
+        if curve_id not in _CURVES:
+            raise ValueError("unsupported EK curve")
+        size, curve_name = _CURVES[curve_id]
+        x_len, = struct.unpack_from(">H", view, pos)
+        x = bytes(view[pos + 2:pos + 2 + x_len])
+        pos += 2 + x_len
+        y_len, = struct.unpack_from(">H", view, pos)
+        y = bytes(view[pos + 2:pos + 2 + y_len])
+        pos += 2 + y_len
+        if len(x) != x_len or len(y) != y_len or pos != len(raw) or x_len > size or y_len > size:
+            raise ValueError("malformed ECC EK public")
+        key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                            getattr(ec, curve_name)()).public_key()
+        return CredentialTarget("ecc", key, hash_name, digest_size, key_bits // 8, x.rjust(size, b"\0"), size,
+                                marshalled=bytes(raw))
+    raise ValueError("the EK is neither RSA nor ECC")
+
+
+@functools.lru_cache(maxsize=4096)
+def credential_target(marshalled):
+    """The CredentialTarget of an EK (marshalled TPM2B_PUBLIC bytes). Cached: the target is a
+    pure function of those bytes (a re-enrolled host has another EK, hence other bytes), and
+    building the public key object costs as much as the MakeCredential itself."""
+    try:
+        return _parse_credential_target(bytes(marshalled))
+    except (ValueError, struct.error) as exc:
+        raise EnvelopeFormatError("the EK public cannot be used for MakeCredential: %s" % exc) from None
+
+
+def _kdfa(hash_name, digest_size, key, label, context, size):
+    """TPM KDFa (Part 1 §11.4.10.2, SP 800-108 counter mode HMAC): ``size`` bytes.
+    ``label`` without its terminating NUL (added here, as the TPM does)."""
+    fixed = label + b"\0" + context + struct.pack(">I", size * 8)
+    out = b"".join(hmac.digest(key, struct.pack(">I", i) + fixed, hash_name)
+                   for i in range(1, -(-size // digest_size) + 1))
+    return out[:size]
+
+
+def _kdfe(hash_name, digest_size, z, use, party_u, party_v, size):
+    """TPM KDFe (Part 1 §11.4.10.3, SP 800-56A concatenation KDF): ``size`` bytes."""
+    other = z + use + party_u + party_v
+    out = b"".join(hashlib.new(hash_name, struct.pack(">I", i) + other).digest()
+                   for i in range(1, -(-size // digest_size) + 1))
+    return out[:size]
+
+
+def _seed_for(target):
+    """(seed, encrypted secret): a fresh seed for the EK (Part 1 §24.4 / Annex B.10.3 / C.6.4)."""
+    if target.kind == "rsa":
+        seed = os.urandom(target.digest_size)
+        hash_alg = hashes.SHA256() if target.hash_name == "sha256" else hashes.SHA384()
+        return seed, target.key.encrypt(seed, padding.OAEP(padding.MGF1(hash_alg), hash_alg, IDENTITY_LABEL))
+    ephemeral = ec.generate_private_key(target.key.curve)
+    numbers = ephemeral.public_key().public_numbers()
+    ex = numbers.x.to_bytes(target.curve_bytes, "big")
+    ey = numbers.y.to_bytes(target.curve_bytes, "big")
+    z = ephemeral.exchange(ec.ECDH(), target.key)
+    seed = _kdfe(target.hash_name, target.digest_size, z, IDENTITY_LABEL, ex, target.ecc_x, target.digest_size)
+    return seed, struct.pack(">H", len(ex)) + ex + struct.pack(">H", len(ey)) + ey
+
+
+def make_credential_fast(target, credential, object_name):
+    """TPM2_MakeCredential(EK ``target`` (CredentialTarget), ``credential``, ``object_name``) in
+    software: (credential_blob, encrypted_secret), the contents of TPM2B_ID_OBJECT and
+    TPM2B_ENCRYPTED_SECRET. Part 1 §24: symKey = KDFa(nameAlg, seed, "STORAGE", name, "", symBits),
+    encIdentity = AES-CFB(symKey, IV 0, TPM2B(credential)), HMACkey = KDFa(nameAlg, seed,
+    "INTEGRITY", "", "", digest bits), outerHMAC = HMAC(HMACkey, encIdentity || name)."""
+    credential = bytes(credential)
+    object_name = bytes(object_name)
+    if len(credential) > target.digest_size:
+        raise EnvelopeFormatError("a credential is at most %d bytes" % target.digest_size)
+    seed, secret = _seed_for(target)
+    sym_key = _kdfa(target.hash_name, target.digest_size, seed, b"STORAGE", object_name, target.sym_bytes)
+    encryptor = Cipher(algorithms.AES(sym_key), CFB(b"\0" * 16)).encryptor()
+    enc_identity = encryptor.update(struct.pack(">H", len(credential)) + credential) + encryptor.finalize()
+    hmac_key = _kdfa(target.hash_name, target.digest_size, seed, b"INTEGRITY", b"", target.digest_size)
+    outer = hmac.digest(hmac_key, enc_identity + object_name, target.hash_name)
+    return struct.pack(">H", len(outer)) + outer + enc_identity, secret
+
+
+def make_credential_reference(ek_public, credential, object_name):
+    """tpm2-pytss' utils.make_credential (the reference implementation; tests compare with it)."""
     require_tpm2_pytss()
     with warnings.catch_warnings():
         # tpm2-pytss imports AES-CFB from its deprecated cryptography location.
         warnings.simplefilter("ignore")
         blob, secret = make_credential(ek_public, credential, TPM2B_NAME(bytes(object_name)))
     return bytes(blob), bytes(secret)
+
+
+def make_credential_to_ek(ek_public, credential, object_name):
+    """TPM2_MakeCredential in software: wrap ``credential`` (bytes, at most 64) to the EK
+    ``ek_public`` (TPM2B_PUBLIC, its marshalled bytes, or a CredentialTarget) for the object named
+    ``object_name`` (bytes, nameAlg || digest).
+
+    Only the TPM owning that EK, with an object of that name loaded (and its authorisation
+    satisfied), can recover ``credential`` with ActivateCredential. Returns
+    (credential_blob, encrypted_secret) as the bytes of TPM2B_ID_OBJECT / TPM2B_ENCRYPTED_SECRET
+    contents. Used for envelopes (well-known key name) and attestation (AK name)."""
+    if isinstance(ek_public, CredentialTarget):
+        target = ek_public
+    else:
+        target = credential_target(bytes(ek_public) if isinstance(ek_public, (bytes, bytearray, memoryview))
+                                   else ek_public.marshal())
+    return make_credential_fast(target, credential, object_name)
 
 
 def activate_credential(tpm, object_handle, credential_blob, encrypted_secret, object_session=None):

@@ -117,8 +117,26 @@ def test_replayed_ticket_and_complete_are_rejected(swtpm, site, tmp_path):
         with pytest.raises(attest.ReplayError):
             server.complete(fresh_quote)
     # without a shared directory a second replica only has its memory: documented (sticky routing)
-    assert len(os.listdir(used)) == 1
+    assert attest.USED_TICKETS_MARKER in os.listdir(used) and len(os.listdir(used)) == 2
     assert server.used.purge_directory(now=time.time() + 10 ** 6) == 1
+    assert os.listdir(used) == [attest.USED_TICKETS_MARKER]  # the format marker is never purged
+
+
+def test_used_ticket_store_format_is_checked(tmp_path):
+    """The shared used-ticket directory names its format (FORMAT: hcp.core.used-tickets 1); a
+    directory of another format or version is refused at start, never half understood."""
+    used = tmp_path / "used"
+    attest.UsedTickets(60, str(used))
+    assert (used / "FORMAT").read_text() == "hcp.core.used-tickets 1\n"
+    attest.UsedTickets(60, str(used))  # a second replica on the same store
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / ("ab" * 16)).write_bytes(b"")  # a store written before the marker: adopted
+    attest.UsedTickets(60, str(legacy))
+    assert (legacy / "FORMAT").read_text() == "hcp.core.used-tickets 1\n"
+    (used / "FORMAT").write_text("hcp.core.used-tickets 2\n")
+    with pytest.raises(attest.AttestError, match="another format"):
+        attest.UsedTickets(60, str(used))
 
 
 def test_stale_forged_and_foreign_tickets(swtpm, site):
@@ -334,3 +352,139 @@ def test_golden_pcrs_normalised():
     assert attest.golden_pcrs(files) == {"sha256": {"0": "00" * 32, "7": "ab" * 32}}
     assert attest.golden_pcrs({"clientprofile": b'{"attest": {"pcrs": {}}}'}) == {}
     assert attest.golden_pcrs({}) == {}
+
+
+def test_cached_ak_still_has_every_quote_checked(swtpm, site):
+    """The parsed AK is cached by its exact bytes (quote.AkCache) once an attestation completed;
+    a quote by that cached AK still has its signature, nonce and PCR digest checked (the attack:
+    replay a cached AK's old quote, or tamper with its TPMS_ATTEST), and a new AK is parsed and
+    accepted at once."""
+    server = _attestor(site)
+    with swtpm.open() as tpm:
+        ekpub = base64.b64encode(tpm.ek_public().marshal()).decode()
+        cert = base64.b64encode(tpm.ek_certificate_der()).decode()
+        with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
+            def request(started, nonce=None):
+                nonce = nonce or base64.b64decode(started["nonce"])
+                bundle = quote_mod.quote_with_ak(tpm, ak, ak_public, nonce, started["pcrs"]["sha256"])
+                return {"ticket": started["ticket"], "ekpub": ekpub, "ek_cert": cert, "quote": bundle}
+            first = request(server.initiate(site["hash"]))
+            assert server.complete(copy.deepcopy(first))["ekpubhash"] == site["hash"]
+            assert len(server.aks) == 1 and server.aks.get(base64.b64decode(first["quote"]["ak_public"]))
+            stale = request(server.initiate(site["hash"]))
+            stale["quote"] = first["quote"]  # the cached AK's quote over an old nonce
+            with pytest.raises(attest.QuoteRejectedError, match="nonce does not match"):
+                server.complete(stale)
+            tampered = request(server.initiate(site["hash"]))
+            raw = bytearray(base64.b64decode(tampered["quote"]["attest"]))
+            raw[-1] ^= 1
+            tampered["quote"]["attest"] = base64.b64encode(bytes(raw)).decode()
+            with pytest.raises(attest.QuoteRejectedError, match="signature does not verify"):
+                server.complete(tampered)
+            forged = request(server.initiate(site["hash"]))
+            forged["quote"]["pcrs"]["sha256"]["0"] = "11" * 32
+            with pytest.raises(attest.QuoteRejectedError, match="quoted PCR digest"):
+                server.complete(forged)
+            assert server.complete(request(server.initiate(site["hash"])))["ekpubhash"] == site["hash"]
+        # a new AK (next boot, or a client without the AK cache): parsed afresh and accepted
+        assert server.complete(_evidence(tpm, server.initiate(site["hash"])))["ekpubhash"] == site["hash"]
+    assert len(server.aks) == 2
+
+
+def test_golden_values_cache_follows_the_snapshot(new_swtpm, tmp_path):
+    """Golden PCR values are parsed once per (snapshot, head, entry): a re-enrollment that
+    changes them applies to the very next attestation (no stale golden values)."""
+    db = EnrollmentDb(str(tmp_path / "db"))
+    db.init()
+    config = _config(new_swtpm)
+    with new_swtpm.open() as tpm:
+        pcr16 = tpm.read_pcrs("sha256", [16])[16]
+        ek_pem = x509.load_der_x509_certificate(tpm.ek_certificate_der()).public_bytes(serialization.Encoding.PEM)
+    h, _files = _enroll(db, config, new_swtpm, "golden2.example.test",
+                        dict(PROFILE, attest={"pcrs": {"sha256": {"16": pcr16.hex()}}}))
+    site = {"db": db, "key": os.urandom(32), "signer": config.signer.public_key_pem(), "cas": _vendor_cas(new_swtpm)}
+    transport = attest_client.attestor_transport(_attestor(site))
+    with new_swtpm.open() as tpm:
+        assert attest_client.attest(tpm, transport, site["signer"], unseal=False)["ekpubhash"] == h
+        profile = dict(PROFILE, attest={"pcrs": {"sha256": {"16": "ab" * 32}}})
+        _h, host, files, _s = enroll.build_entry(config, ek_pem, "golden2.example.test", profile, operation="reenroll")
+        enroll.store_entry(db, config, h, host, files, replace=True)
+        with pytest.raises(attest_client.AttestServerError, match="PCR policy not satisfied"):
+            attest_client.attest(tpm, transport, site["signer"], unseal=False)
+
+
+def test_ek_trust_verdict_cache_is_bounded_in_time(swtpm, site):
+    """A positive EK-certificate verdict is remembered per (EK, certificate bytes), only after a
+    completed attestation, and for at most EK_CERT_CACHE_TTL: past it the chain is checked again
+    (here: the vendor CA list it was checked against is gone, so the EK is refused)."""
+    server = _attestor(site)
+    with swtpm.open() as tpm:
+        now = time.time()
+        refused = _evidence(tpm, server.initiate(site["hash"], now=now))
+        refused["ek_cert"] = base64.b64encode(b"\x30" + tpm.ek_certificate_der()[1:-1]).decode()
+        with pytest.raises(attest.EkRejectedError):
+            server.complete(refused, now=now)
+        assert not server._ek_trusted  # pylint: disable=protected-access  # refusals are never remembered
+        assert server.complete(_evidence(tpm, server.initiate(site["hash"], now=now)), now=now)
+        assert len(server._ek_trusted) == 1  # pylint: disable=protected-access
+        # the trust configuration is fixed for an Attestor's life; change it under the cache to
+        # observe when the remembered verdict stops being used
+        server.ek_trust._anchors, server.ek_trust._intermediates = [], []  # pylint: disable=protected-access
+        server.ek_trust._cache.clear()  # pylint: disable=protected-access
+        soon = now + 10
+        assert server.complete(_evidence(tpm, server.initiate(site["hash"], now=soon)), now=soon)
+        later = now + attest.EK_CERT_CACHE_TTL + 1
+        with pytest.raises(attest.EkRejectedError, match="not trusted"):
+            server.complete(_evidence(tpm, server.initiate(site["hash"], now=later)), now=later)
+
+
+def test_ak_of_this_boot_is_cached_and_invalidated(swtpm, site, tmp_path, monkeypatch):
+    """The client keeps its AK for the boot (attest_client.AkCache) and makes a new one when the
+    boot id changes, when the TPM was restarted (its quotes show other reset/restart counters) or
+    when the TPM refuses the cached blob; the server sees which AK signed (its AK cache is keyed
+    by the AK's bytes)."""
+    boot = tmp_path / "boot_id"
+    boot.write_text("11111111-2222-3333-4444-555555555555\n")
+    monkeypatch.setattr(attest_client, "BOOT_ID_PATH", str(boot))
+    monkeypatch.setattr(attest_client, "_AK_MEMORY", {})
+    state = tmp_path / "state"
+    server = _attestor(site)
+    transport = attest_client.attestor_transport(server)
+
+    def attest_once():
+        with swtpm.open() as tpm:
+            result = attest_client.attest(tpm, transport, site["signer"], unseal=False, state_dir=str(state))
+        assert result["ekpubhash"] == site["hash"]
+
+    attest_once()
+    attest_once()
+    assert len(server.aks) == 1  # the same AK twice
+    cached = json.loads((state / "ak.json").read_text())
+    assert cached["format"] == "hcp.core.attest-ak" and oct((state / "ak.json").stat().st_mode & 0o777) == "0o600"
+    attest_client._AK_MEMORY.clear()  # pylint: disable=protected-access  # a new process: the file serves
+    attest_once()
+    assert len(server.aks) == 1
+    boot.write_text("99999999-2222-3333-4444-555555555555\n")  # reboot
+    attest_once()
+    assert len(server.aks) == 2
+    swtpm.restart()  # a TPM restart without a reboot: the cached AK serves once, its quote shows it
+    attest_once()
+    assert len(server.aks) == 2
+    attest_once()
+    assert len(server.aks) == 3
+    attest_once()
+    assert len(server.aks) == 3
+    # a damaged (or planted) blob: the TPM refuses it, the client creates an AK and goes on
+    cached = json.loads((state / "ak.json").read_text())
+    private = bytearray(base64.b64decode(cached["private"]))
+    private[-1] ^= 1
+    cached["private"] = base64.b64encode(bytes(private)).decode()
+    (state / "ak.json").write_text(json.dumps(cached))
+    attest_client._AK_MEMORY.clear()  # pylint: disable=protected-access
+    attest_once()
+    assert len(server.aks) == 4
+    # without a boot id, no caching at all
+    monkeypatch.setattr(attest_client, "BOOT_ID_PATH", str(tmp_path / "absent"))
+    attest_once()
+    attest_once()
+    assert len(server.aks) == 6

@@ -155,9 +155,9 @@ def test_cheapest_checks_come_first(swtpm, counted_site, monkeypatch):
     verifies = []
     real_verify = quote_mod.verify_quote
 
-    def counting_verify(bundle, nonce, ak_public=None):
+    def counting_verify(bundle, nonce, ak_public=None, **kwargs):
         verifies.append(1)
-        return real_verify(bundle, nonce, ak_public)
+        return real_verify(bundle, nonce, ak_public, **kwargs)
 
     monkeypatch.setattr(attest.quote_mod, "verify_quote", counting_verify)
     server = _server(counted_site, max_ticket_age=60)

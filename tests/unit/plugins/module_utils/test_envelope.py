@@ -206,3 +206,69 @@ def test_ecc_p256_ek_roundtrip(swtpm):
     with swtpm.open() as rsa_tpm:  # the RSA EK cannot open it
         with pytest.raises(WrongTpmError):
             envelope.unseal(rsa_tpm, env)
+
+
+@pytest.mark.parametrize("ek_type", ["rsa", "ecc"])
+def test_fast_make_credential_is_accepted_by_the_tpm(swtpm, ek_type):
+    """MakeCredential over cryptography (envelope.make_credential_fast) is TPM2_MakeCredential:
+    a real swtpm's ActivateCredential recovers the credential for an RSA (L-1) and an ECC (L-2)
+    EK, with the AK of the attestation protocol as the activated object."""
+    import os
+
+    from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
+    from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
+
+    with Tpm(swtpm.tcti, ek_type=ek_type) as tpm:
+        target = envelope.credential_target(tpm.ek_public().marshal())
+        assert target.kind == ek_type
+        with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
+            name = quote_mod.parse_ak_public(ak_public.marshal())[0]
+            for size in (32, 16, 1):
+                credential = os.urandom(size)
+                blob, secret = envelope.make_credential_fast(target, credential, name)
+                assert envelope.activate_credential(tpm, ak, blob, secret) == credential
+            # the public entry point takes the TPM2B_PUBLIC, its bytes or the target alike
+            for form in (tpm.ek_public(), tpm.ek_public().marshal(), target):
+                credential = os.urandom(32)
+                assert envelope.activate_credential(tpm, ak, *envelope.make_credential_to_ek(form, credential, name)) \
+                    == credential
+
+
+@pytest.mark.parametrize("ek_type", ["rsa", "ecc"])
+def test_fast_make_credential_tampered_or_misdirected_is_refused(swtpm, ek_type):
+    """The attack: flip a bit anywhere in the blob (outer HMAC, encrypted identity) or the
+    encrypted seed, or make the credential for another object name: the TPM refuses to
+    release the credential (integrity or seed errors), never a wrong value."""
+    import os
+
+    from tpm2_pytss import TSS2_Exception
+
+    from ansible_collections.hcp.core.plugins.module_utils.tpm import quote as quote_mod
+    from ansible_collections.hcp.core.plugins.module_utils.tpm.device import Tpm
+
+    def flip(data, index):
+        data = bytearray(data)
+        data[index] ^= 0x01
+        return bytes(data)
+
+    with Tpm(swtpm.tcti, ek_type=ek_type) as tpm:
+        target = envelope.credential_target(tpm.ek_public().marshal())
+        with quote_mod.ephemeral_ak(tpm) as (ak, ak_public):
+            name = quote_mod.parse_ak_public(ak_public.marshal())[0]
+            credential = os.urandom(32)
+            blob, secret = envelope.make_credential_fast(target, credential, name)
+            other_name = name[:2] + bytes(32)
+            wrong_blob, wrong_secret = envelope.make_credential_fast(target, credential, other_name)
+            cases = [(flip(blob, 5), secret), (flip(blob, len(blob) - 1), secret), (flip(blob, 40), secret),
+                     (blob, flip(secret, len(secret) // 2)), (wrong_blob, wrong_secret)]
+            for bad_blob, bad_secret in cases:
+                with pytest.raises(TSS2_Exception):
+                    envelope.activate_credential(tpm, ak, bad_blob, bad_secret)
+            assert envelope.activate_credential(tpm, ak, blob, secret) == credential
+
+
+def test_credential_target_refuses_what_it_cannot_wrap_to():
+    """A malformed or non-storage EK public is a clear EnvelopeFormatError, not a crash."""
+    for raw in (b"", b"\x00\x04\x00\x01\x00\x0b", b"\x00\x01" * 40, bytes(300)):
+        with pytest.raises(EnvelopeFormatError):
+            envelope.credential_target(raw)

@@ -91,3 +91,44 @@ def test_rsa_or_storage_key_is_not_an_ak(swtpm, quoted):
         ek = tpm.ek_public()  # restricted decrypt RSA key
     with pytest.raises(QuoteVerificationError, match="AK must be an ECC"):
         quote_mod.verify_quote(dict(bundle, ak_public=base64.b64encode(ek.marshal()).decode()), nonce)
+
+
+def test_non_canonical_pcr_values_get_the_reference_walk(quoted):
+    """The one-pass check of canonical PCR values (lowercase hex) and the reference walk agree:
+    upper-case values are accepted and proven in lowercase, values of the wrong length, a value
+    moved between PCRs (same concatenation, other split) or a non-string are refused."""
+    nonce, bundle, current = quoted
+    upper = copy.deepcopy(bundle)
+    upper["pcrs"]["sha256"] = dict((k, v.upper()) for k, v in upper["pcrs"]["sha256"].items())
+    assert quote_mod.verify_quote(upper, nonce)["pcrs"]["sha256"] == {str(k): v.hex() for k, v in current.items()}
+    shifted = copy.deepcopy(bundle)
+    values = shifted["pcrs"]["sha256"]
+    values["0"], values["7"] = values["0"] + values["7"][:2], values["7"][2:]
+    with pytest.raises(QuoteVerificationError, match="wrong length"):
+        quote_mod.verify_quote(shifted, nonce)
+    for bad in (7, None, ["00"], "zz" * 32):
+        forged = copy.deepcopy(bundle)
+        forged["pcrs"]["sha256"]["11"] = bad
+        with pytest.raises(QuoteVerificationError, match="PCR 11 but its value is missing or not hex"):
+            quote_mod.verify_quote(forged, nonce)
+    forged = copy.deepcopy(bundle)
+    forged["pcrs"] = {"sha256": [1, 2]}
+    with pytest.raises(QuoteVerificationError, match="missing or not hex"):
+        quote_mod.verify_quote(forged, nonce)
+
+
+def test_truncated_or_padded_structures_are_refused(quoted):
+    """Every prefix of the signed TPMS_ATTEST and of the signature, and either with a byte added,
+    is a QuoteVerificationError from the parsers (never another exception)."""
+    _nonce, bundle, _current = quoted
+    attest_raw = base64.b64decode(bundle["attest"])
+    signature = base64.b64decode(bundle["signature"])
+    assert quote_mod.parse_attest(attest_raw)[1]
+    for cut in list(range(len(attest_raw))) + [-1]:
+        data = attest_raw[:cut] if cut >= 0 else attest_raw + b"\0"
+        with pytest.raises(QuoteVerificationError):
+            quote_mod.parse_attest(data)
+    for cut in list(range(len(signature))) + [-1]:
+        data = signature[:cut] if cut >= 0 else signature + b"\0"
+        with pytest.raises(QuoteVerificationError):
+            quote_mod.parse_signature(data)
