@@ -103,6 +103,8 @@ ATTEST_SITE = {"webapi_app": "attest_app", "webapi_auth": "none", "webapi_max_bo
 # the bench's one loopback client address would hit the role's 10r/s at once: the limit stays on
 # the path (the same nginx work per request) at a rate this client cannot reach
 BENCH_RATE_LIMIT = "1000000r/s"
+# nginx counts requests of one millisecond as a burst: 64 connections answered at once exceed 20
+BENCH_RATE_LIMIT_BURST = 100000
 DUE_SLACK = 0.05
 
 
@@ -293,7 +295,7 @@ class Stack(object):
         me = "root" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
         self.variables = dict(ATTEST_SITE, webapi_name="attest", webapi_port=self.port, webapi_listen_address="127.0.0.1",
                               webapi_server_name="localhost", webapi_tls_cert_path=cred["server_cert"],
-                              webapi_tls_key_path=cred["server_key"], webapi_rate_limit=BENCH_RATE_LIMIT,
+                              webapi_tls_key_path=cred["server_key"], webapi_rate_limit=BENCH_RATE_LIMIT, webapi_rate_limit_burst=BENCH_RATE_LIMIT_BURST,
                               webapi_user=me, webapi_group=me, webapi_venv=sys.prefix,
                               webapi_env={"HCP_ATTEST_CONFIG": config_path},
                               __webapi_nginx_log_dir=os.path.join(workdir, "logs"),
@@ -780,12 +782,16 @@ def run(args, workdir):
         record_us = (time.perf_counter() - t0) * 1e6 / len(warm)
         run_wrk(stack, workdir, warm, 8, 3)  # each worker: app load, entry + EK-certificate caches of the fleet
         offset = 0
+        cert_der = hosts[0].cert.public_bytes(serialization.Encoding.DER)
         for connections in args.levels:
             for repeat in range(args.repeat):
                 bodies = record(recorder, hosts, args.max_rate * args.duration, offset)
                 offset += len(bodies)
                 result = run_wrk(stack, workdir, bodies, connections, args.duration)
                 result["repeat"] = repeat
+                # the floor of this run: measured right after it (the stack idle), the load of the
+                # machine's other work being about the same
+                result["floor"] = crypto_floor(bodies[0], cert_der, payload, rounds=150)
                 results.append(result)
         open_loop = None
         if args.rate:
@@ -801,27 +807,28 @@ def run(args, workdir):
 
 def report(args, stack, health, setup_s, record_us, results, open_loop, floor, library, overrides):
     print("attestation (protocol v1) under load: wrk %s (keep-alive TLS) -> nginx (role webapi site, worker_processes "
-          "auto) -> uwsgi (%d processes x %d threads) -> attest_app; loopback, %d cores, all on one machine" % (
-              _wrk_version(), stack.processes, stack.threads, os.cpu_count() or 0))
+          "auto) -> uwsgi (%d processes x %d threads) -> attest_app; loopback, %d cores, all on one machine "
+          "(load average %.1f)" % (_wrk_version(), stack.processes, stack.threads, os.cpu_count() or 0, os.getloadavg()[0]))
     print("  fleet: %d software TPMs (RSA-2048 EK + vendor-CA EK certificate, ECC P-256 AK), ek_trust vendor_ca, "
           "used-ticket and metrics directories; site set up in %.1f s; %.0f us to record one body; snapshot %s" % (
               args.hosts, setup_s, record_us, (health.get("head") or "?")[:12]))
-    print("  differs from production: limit_req rate %s (role default 10r/s per address), paths in a temp dir, runs as %s%s%s" % (
-        BENCH_RATE_LIMIT, "root" if os.geteuid() == 0 else "the caller",
+    print("  differs from production: limit_req rate %s burst %d (role default 10r/s burst 20 per address), paths in a temp dir, runs as %s%s%s" % (
+        BENCH_RATE_LIMIT, BENCH_RATE_LIMIT_BURST, "root" if os.geteuid() == 0 else "the caller",
         "; NO used_ticket_dir / metrics_dir (--no-state-files)" if args.no_state_files else "",
         "; --set " + ", ".join("%s=%s" % kv for kv in sorted(overrides.items())) if overrides else ""))
     print("  crypto floor (one core, cryptography: EK+AK parse, cached EK cert check, MakeCredential, ECDSA verify, "
-          "AES-GCM): %.0f us = %.0f /s" % (floor * 1e6, 1 / floor))
+          "AES-GCM): %.0f us = %.0f /s at the end; each run's own in its row" % (floor * 1e6, 1 / floor))
     print("  the library's calls for those steps: %s = %.0f us" % (
         ", ".join("%s %.0f" % (k, v * 1e6) for k, v in library.items()), sum(library.values()) * 1e6))
     print("  closed loop (wrk, %d s per run; latency per request, initiate and complete mixed):" % args.duration)
-    columns = ("conns", "attest/s", "p50 ms", "p99 ms", "max ms", "server us/att", "nginx", "x floor", "wrk us/att",
-               "non-200 / errors")
-    print("  %5s %10s %9s %9s %9s %15s %8s %11s %11s  %s" % columns)
+    columns = ("conns", "attest/s", "p50 ms", "p99 ms", "max ms", "server us/att", "(nginx)", "floor us", "x floor",
+               "wrk us/att", "non-200 / errors")
+    print("  %5s %9s %8s %8s %8s %14s %8s %9s %8s %11s  %s" % columns)
     for r in results:
-        print("  %5d %10.0f %9.2f %9.2f %9.1f %15.0f %7.0f%% %10.2fx %11.0f  %s" % (
+        print("  %5d %9.0f %8.2f %8.2f %8.1f %14.0f %8.0f %9.0f %7.2fx %11.0f  %s" % (
             r["connections"], r["rate"], r["p50_us"] / 1e3, r["p99_us"] / 1e3, r["max_us"] / 1e3,
-            r["cpu_per_attestation"] * 1e6, r["nginx_share"] * 100, r["cpu_per_attestation"] / floor,
+            r["cpu_per_attestation"] * 1e6, r["cpu_per_attestation"] * r["nginx_share"] * 1e6, r["floor"] * 1e6,
+            r["cpu_per_attestation"] / r["floor"],
             r["client_cpu"] * 1e6 / max(1, r["ok_complete"]), _failures(r)))
         for text in r["samples"]:
             print("        e.g. %s" % text)
@@ -839,10 +846,10 @@ def report(args, stack, health, setup_s, record_us, results, open_loop, floor, l
         for text in o["samples"]:
             print("        e.g. %s" % text)
     if best:
-        cpu = min(r["cpu_per_attestation"] for r in results if r["ok_complete"])
-        print("  against issue 20's targets: throughput %.0f/s of 3,000 (%.2fx); server CPU %.1fx floor of <= 3x; "
-              "p99 at %d/s offered %s of <= 20 ms" % (
-                  best["rate"], best["rate"] / 3000, cpu / floor, args.rate,
+        ratios = sorted(r["cpu_per_attestation"] / r["floor"] for r in results if r["ok_complete"]) or [float("nan")]
+        print("  against issue 20's targets: throughput %.0f/s of 3,000 (%.3fx); server CPU %.1f-%.1fx its run's floor of "
+              "<= 3x; p99 at %d/s offered %s of <= 20 ms" % (
+                  best["rate"], best["rate"] / 3000, ratios[0], ratios[-1], args.rate,
                   ("%.1f ms" % (open_loop["p99"] * 1e3)) if open_loop else "not measured"))
 
 
