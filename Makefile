@@ -118,6 +118,7 @@ bench: install ## benchmarks/ scripts: print figures (not a test)
 	$(BIN)/python benchmarks/site_unseal.py
 	$(BIN)/python benchmarks/attest.py
 	$(BIN)/python benchmarks/attest_http.py
+	$(BIN)/python benchmarks/attest_load.py
 	$(BIN)/python benchmarks/keyserver.py
 	$(BIN)/python benchmarks/kdc.py
 	$(BIN)/python benchmarks/identity.py

@@ -11,13 +11,14 @@ PACKAGES=(
   swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
   docker.io debootstrap git rsync shellcheck
   heimdal-clients heimdal-kdc softhsm2 openssl systemd
-  nginx-light uwsgi-core uwsgi-plugin-python3
+  nginx-light uwsgi-core uwsgi-plugin-python3 wrk
   openssh-server
   libkrb5-dev
   prometheus chromium
 )
 # prometheus: for promtool only (make alert-rules); its server stays off. chromium: the headless
 # browser of the status page test (tests/unit/plugins/module_utils/web/test_status_page_browser.py).
+# wrk: the compiled load generator of benchmarks/attest_load.py (make bench; Debian 12 has 4.1.0).
 # libkrb5-dev: build dependency of the gssapi wheel (requirements.txt; PyPI has no Linux wheel, its
 # build runs krb5-config). It installs next to Heimdal without removing anything.
 # Not krb5-user (MIT kinit/klist): it Conflicts with heimdal-clients, and installing it would

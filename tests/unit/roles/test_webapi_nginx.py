@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import json
 import os
 import pathlib
 import pwd
@@ -292,3 +293,37 @@ def test_rendered_site_without_options_is_unchanged_in_substance(tls):
     site = render_site(webapi_name="crl", webapi_port=8443, webapi_auth="clientcert", webapi_client_ca="x",
                        webapi_client_crl="-----BEGIN X509 CRL-----", **_server_vars(tls))
     assert "ssl_crl /etc/hcp/webapi/crl/client.crl;" in site
+
+
+def _log_lines(server, count, wait):
+    """The entries of the site's access log once it holds ``count`` of them (or after ``wait`` s)."""
+    path = os.path.join(server.dir, "logs", "hcp-webapi-t-site.access.log")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(path, "r", encoding="utf-8") as handle:
+                lines = [line for line in handle.read().splitlines() if line]
+        except FileNotFoundError:
+            lines = []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_buffered_access_log_is_written_within_the_flush_period(tls, nginx_factory):
+    """The site's access log is buffered (webapi_access_log_buffer, one write per buffer instead of
+    per request) but no entry waits longer than webapi_access_log_flush: each request is logged, as
+    JSON, without nginx stopping or reloading. With an empty buffer size every entry is written at once."""
+    site = render_site(webapi_name="t-site", webapi_port=8443, **_server_vars(tls))
+    assert " buffer=64k flush=1s;" in site
+    server = nginx_factory(dict(_server_vars(tls), webapi_access_log_flush="1s"))
+    for _number in range(3):
+        assert request(server.port, "GET", "/healthcheck", ca=tls.ca)[0] == 502
+    lines = _log_lines(server, 3, 15)
+    assert len(lines) == 3, server.log()
+    # (path and method logged are the error page's: nginx redirects internally to it with GET)
+    assert [(json.loads(line)["method"], json.loads(line)["status"]) for line in lines] == [("GET", 502)] * 3
+
+    unbuffered = nginx_factory(dict(_server_vars(tls), webapi_access_log_buffer=""))
+    assert request(unbuffered.port, "POST", "/v1/complete", body=b"{}", ca=tls.ca)[0] == 502
+    assert [json.loads(line)["status"] for line in _log_lines(unbuffered, 1, 10)] == [502]
