@@ -6,9 +6,9 @@
     from ansible_collections.hcp.core.plugins.module_utils.identity.client import Client
     client = Client()
     signature = client.sign(b"message")          # key "default" (ECDSA P-256), made on first use
-    assert client.verify(b"message", signature)
+    ok = client.verify(b"message", signature)    # True
     box = client.encrypt(b"secret")              # AES-256-GCM key "default-aead", made on first use
-    assert client.decrypt(box) == b"secret"
+    plain = client.decrypt(box)                  # b"secret"
 
 Smart defaults: sockets from ``$HCP_IDENTITY_PROVIDER_SOCKET`` / ``$HCP_IDENTITY_SECSVC_SOCKET``
 (else /run/hcp-identity/{provider,secsvc}.sock); the token is fetched from the identity provider

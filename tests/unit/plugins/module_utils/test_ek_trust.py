@@ -174,6 +174,7 @@ def _render_role_config(role, template):
         variables = yaml.safe_load(handle)
     with open(os.path.join(ROOT, "roles", role, "vars", "main.yml")) as handle:
         variables.update(yaml.safe_load(handle))
+    variables.setdefault("inventory_hostname", "test-host")  # a magic variable of Ansible's
     env = jinja2.Environment()
     env.filters["to_nice_json"] = lambda value, sort_keys=True: json.dumps(value, sort_keys=sort_keys, indent=4)
     # Ansible's bool filter ("False" is false) and its lazy templating of variables that are templates
