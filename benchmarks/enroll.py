@@ -126,7 +126,7 @@ def breakdown(count=20):
             "policy": {"file": os.path.join(ROOT, "examples", "policy", "enrollment-policy.json")}})
         service.enrollment_config()
         eks = [simulated_ek() for _i in range(count)]
-        assets = [a for a in PROFILE["assets"]]
+        assets = list(PROFILE["assets"])
         profiler = cProfile.Profile()
         start = time.perf_counter()
         profiler.enable()

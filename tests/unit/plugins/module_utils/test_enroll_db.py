@@ -213,7 +213,8 @@ def test_generations_and_gc_over_many_commits(db):
     for n in range(enroll_db.GC_EVERY + 2):
         heads.add(db.add(h(n), "n%d.example.test" % n, {"x": b"%d\n" % n}))
         assert db.generation() == n + 2
-        assert db.head() == db.head_from_refs() in heads
+        assert db.head() == db.head_from_refs()
+        assert db.head() in heads
     packs = [name for name in os.listdir(os.path.join(db.path, "objects", "pack")) if name.endswith(".pack")]
     assert len(packs) <= 4 + 2
     assert db.by_hostname("n3.example.test") == h(3)
