@@ -72,6 +72,8 @@ class NotEnrolledError(EnrollDbError):
 
 # The commit's generation (docs/enrollment-db.md): one decimal line at the root of every commit.
 GENERATION_FILE = "GENERATION"
+# how often (in commits) a writer asks ``git gc --auto`` to repack (see _commit)
+GC_EVERY = 16
 GENERATION_RE = re.compile(r"[1-9][0-9]{0,17}")
 
 
@@ -201,16 +203,23 @@ class EnrollmentDb(object):
         server asks once per request), or None."""
         return read_head(self.path, branch)
 
+    def _generation_from(self, raw, rev):
+        """The generation of ``rev`` from its ``GENERATION`` bytes ``raw`` (None: absent, then
+        counted as :meth:`generation` does)."""
+        if raw is None:
+            return self.generation(rev=rev) if rev else 0
+        text = raw.decode("ascii", "replace").strip()
+        if not GENERATION_RE.fullmatch(text):
+            raise EnrollDbError("%s holds a malformed %s" % (self.path, GENERATION_FILE))
+        return int(text)
+
     def generation(self, rev=None):
         """The generation of ``rev`` (default: the branch head): the number of commits in its
         first-parent history, 0 before the first commit. Read from ``GENERATION`` (written by every
         commit); a commit from before that file counts its history once (``git rev-list --count``)."""
         raw = self.read_file(GENERATION_FILE, rev=rev)
         if raw is not None:
-            text = raw.decode("ascii", "replace").strip()
-            if not GENERATION_RE.fullmatch(text):
-                raise EnrollDbError("%s holds a malformed %s" % (self.path, GENERATION_FILE))
-            return int(text)
+            return self._generation_from(raw, rev)
         if rev is None and self.head() is None:
             return 0
         return int(self._git("rev-list", "--count", "--first-parent", rev or self.ref).decode("ascii").strip())
@@ -261,8 +270,12 @@ class EnrollmentDb(object):
         proc.wait()
         if proc.returncode != 0:
             raise EnrollDbError("commit failed in %s: %s" % (self.path, err.decode("utf-8", "replace").strip()[:500]))
-        self._git("gc", "--auto", "--quiet")
-        return self.head()
+        # fast-import writes one pack per commit; ``gc --auto`` repacks once there are more than
+        # gc.autoPackLimit (50) of them. Asking it every GC_EVERY commits instead of after each
+        # one keeps the pack count below 50 + GC_EVERY and saves a git process per commit.
+        if generation % GC_EVERY == 0:
+            self._git("gc", "--auto", "--quiet")
+        return self.head_from_refs() or self.head()
 
     # -- reads ----------------------------------------------------------------
     def read_file(self, path, rev=None):
@@ -271,6 +284,31 @@ class EnrollmentDb(object):
             return self._git("cat-file", "blob", "%s:%s" % (rev or self.ref, path))
         except EnrollDbError:
             return None
+
+    def read_files(self, paths, rev=None):
+        """{path: bytes or None (absent, or not a file)} of ``paths`` at ``rev`` (default: the
+        branch head) with one git process (``read_file`` takes one per path)."""
+        if not paths:
+            return {}
+        rev = rev or self.ref
+        names = ["%s:%s" % (rev, path) for path in paths]
+        for name in names:
+            if "\n" in name or not name.isprintable():
+                raise EnrollDbError("invalid path %r" % (name,))
+        out = self._git("cat-file", "--batch", input="".join(name + "\n" for name in names).encode("utf-8"))
+        result, pos = {}, 0
+        for path, name in zip(paths, names):
+            header_end = out.index(b"\n", pos)
+            header = out[pos:header_end].split(b" ")
+            if header[-1] == b"missing" or len(header) != 3:
+                result[path] = None
+                pos = header_end + 1
+                continue
+            size = int(header[2])
+            start = header_end + 1
+            result[path] = out[start:start + size] if header[1] == b"blob" else None
+            pos = start + size + 1
+        return result
 
     def _ls(self, path, recursive=False, rev=None):
         args = ["ls-tree", "-z", "--full-tree"]
@@ -418,10 +456,16 @@ class EnrollmentDb(object):
         self._check_files(files)
         base = entry_dir(ekpubhash)
         with self.lock():
-            existing = self.read_file(base + "/ekpubhash")
+            # one git process reads what the checks need, at the head this writer builds on
+            # (the lock is held: nothing moves it until the commit below)
+            head = self.head_from_refs() or self.head()
+            shard = hostname_shard(hostname)
+            current = self.read_files([base + "/ekpubhash", shard, GENERATION_FILE], rev=head) if head else {}
+            existing = current.get(base + "/ekpubhash")
             if existing is not None and existing.strip().decode() != ekpubhash:
                 raise EnrollDbError("ekpubhash prefix collision with %s" % existing.strip().decode())
-            owner = self.by_hostname(hostname)
+            shard_rows = json.loads(current[shard]) if current.get(shard) else []
+            owner = next((e["ekpubhash"] for e in shard_rows if e["hostname"] == hostname), None)
             if replace:
                 if existing is None:
                     raise NotEnrolledError("no enrollment for ekpubhash %s" % ekpubhash)
@@ -432,7 +476,7 @@ class EnrollmentDb(object):
                     raise AlreadyEnrolledError("TPM %s is already enrolled" % ekpubhash)
                 if owner is not None:
                     raise AlreadyEnrolledError("hostname %s is already enrolled with TPM %s" % (hostname, owner))
-            generation = self.generation() + 1
+            generation = self._generation_from(current.get(GENERATION_FILE), head) + 1
             if finalize is not None:
                 files = dict(files)
                 files.update(finalize(generation))
@@ -445,8 +489,7 @@ class EnrollmentDb(object):
             if replace:
                 deletes.append(base)
             else:
-                path = hostname_shard(hostname)
-                out[path] = self._shard_bytes(self._shard_rows(path) + [{"hostname": hostname, "ekpubhash": ekpubhash}])
+                out[shard] = self._shard_bytes(shard_rows + [{"hostname": hostname, "ekpubhash": ekpubhash}])
             verb = "reenroll" if replace else "add"
             return self._commit(message or "%s: %s %s" % (verb, hostname, ekpubhash), out, deletes, generation=generation)
 

@@ -329,9 +329,13 @@ class EnrollmentService(object):
         """``before_generate`` of an add: refuse (409) a TPM or hostname already enrolled before
         any generator runs, so a refused enrollment never re-keys the enrolled host's principals.
         db.add checks again under the DB lock."""
-        if self.db.read_file(enroll_db.entry_dir(ekpubhash) + "/ekpubhash") is not None:
+        head = self.db.head_from_refs() or self.db.head()
+        shard = enroll_db.hostname_shard(hostname)
+        current = self.db.read_files([enroll_db.entry_dir(ekpubhash) + "/ekpubhash", shard], rev=head) if head else {}
+        if current.get(enroll_db.entry_dir(ekpubhash) + "/ekpubhash") is not None:
             raise enroll_db.AlreadyEnrolledError("TPM %s is already enrolled" % ekpubhash)
-        owner = self.db.by_hostname(hostname)
+        rows = json.loads(current[shard]) if current.get(shard) else []
+        owner = next((e["ekpubhash"] for e in rows if e["hostname"] == hostname), None)
         if owner is not None:
             raise enroll_db.AlreadyEnrolledError("hostname %s is already enrolled with TPM %s" % (hostname, owner))
 

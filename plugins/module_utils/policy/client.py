@@ -80,6 +80,29 @@ class PolicyClient:
             self.url, response.status, (": %s" % body["error"]) if isinstance(body.get("error"), str) else ""))
 
 
+# Loaded policies by (sha256 of the file's bytes, limits): the enrollment service builds a
+# LocalPolicy per request, which re-read and re-validated the file (and started with an empty
+# {VAR} cache) every time. Sound: a Policy is a function of those bytes and limits only and never
+# changes after load; a changed file has another digest (a miss: loaded and validated again, an
+# invalid one refused as before, never cached). Bounded: cleared past _LOADED_MAX entries.
+_LOADED = {}
+_LOADED_MAX = 8
+_LOADED_LOCK = threading.Lock()
+
+
+def _load_by_content(raw, digest, limits):
+    key = (digest, tuple(sorted((limits or {}).items())))
+    with _LOADED_LOCK:
+        policy = _LOADED.get(key)
+    if policy is None:
+        policy = load_policy(raw, limits)
+        with _LOADED_LOCK:
+            if len(_LOADED) >= _LOADED_MAX:
+                _LOADED.clear()
+            _LOADED[key] = policy
+    return policy
+
+
 class LocalPolicy:
     """The same ``check`` API on a policy file evaluated in-process. The file is re-read when
     its size, mtime or content changes; a new version that does not validate is ignored (the
@@ -121,7 +144,7 @@ class LocalPolicy:
                 self.stale_error = None
                 return self.policy
             try:
-                policy = load_policy(raw, self.limits)
+                policy = _load_by_content(raw, digest, self.limits)
             except PolicyValidationError as exc:
                 self.stale_error = "policy file %s (sha256 %s) is invalid: %s" % (self.path, digest, "; ".join(exc.problems))
                 return self.policy

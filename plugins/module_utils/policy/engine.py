@@ -151,19 +151,17 @@ def _strip_comments(value):
 
 
 def _check_depth(value, limit):
-    """Raise when nesting exceeds ``limit`` (iterative, so hostile depth cannot recurse)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
+    """Raise when nesting exceeds ``limit`` (iterative, level by level over the containers
+    only, so hostile depth cannot recurse and leaves cost nothing but one type test)."""
+    level, depth = ([value] if isinstance(value, (dict, list)) else []), 1
+    while level:
         if depth > limit:
             raise PolicyEvaluationError("data nested deeper than %d levels" % limit)
-        stack.extend((child, depth + 1) for child in children)
+        children = []
+        for item in level:
+            children.extend(item.values() if isinstance(item, dict) else item)
+        level = [child for child in children if isinstance(child, (dict, list))]
+        depth += 1
 
 
 # ---------------------------------------------------------------- {VAR} expansion
@@ -195,6 +193,47 @@ def _expand(value, env):
     return value
 
 
+def _prepare(value, env):
+    """``_expand(_strip_comments(value), env)`` in one walk (``env`` may be empty: strip only)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "_":
+                continue
+            if env and "{" in key:
+                new_key = _expand_str(key, env)
+                key = new_key if isinstance(new_key, str) else key
+            out[key] = _prepare(item, env)
+        return out
+    if isinstance(value, list):
+        return [_prepare(item, env) for item in value]
+    if env and isinstance(value, str):
+        return _expand_str(value, env)
+    return value
+
+
+def _prepare_top(data, extra, env):
+    """The top level of :func:`_prepare`, with ``extra`` (hookname, request_uid) written in the
+    stripped data before expansion, in place of a key of the same name or after the others, as
+    the engine always did (so a later key expanding to the same name still wins over it)."""
+    items = []
+    for key, item in data.items():
+        if key == "_":
+            continue
+        if key in extra:
+            items.append((key, _expand(extra[key], env) if env else extra[key]))
+        else:
+            items.append((key, _prepare(item, env)))
+    items.extend((key, _expand(value, env) if env else value) for key, value in extra.items() if key not in data)
+    out = {}
+    for key, item in items:
+        if env and "{" in key:
+            new_key = _expand_str(key, env)
+            key = new_key if isinstance(new_key, str) else key
+        out[key] = item
+    return out
+
+
 def _variables(data):
     """``data.__env`` self-expanded to a fixpoint (at most 10 passes, else an error)."""
     env = data.get("__env") if isinstance(data, dict) else None
@@ -208,6 +247,36 @@ def _variables(data):
             return env
         env = new
     raise PolicyEvaluationError("__env variables do not reach a fixpoint in %d passes" % _ENV_PASSES)
+
+
+def _var_names(value, found=None):
+    """Every NAME of a ``{NAME}`` in the strings (keys too) of ``value``."""
+    found = set() if found is None else found
+    if isinstance(value, str):
+        found.update(VAR_RE.findall(value))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _var_names(key, found)
+            _var_names(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _var_names(item, found)
+    return found
+
+
+def _structure_has_vars(doc):
+    """True when a filter name (a ``filters`` key or a ``name``), ``start`` or a jump/call/next
+    target holds a {VAR}: then expansion can change the filter graph and the whole expanded
+    policy is validated again."""
+    if _has_vars(doc.get("start")):
+        return True
+    for key, value in doc["filters"].items():
+        if _has_vars(key):
+            return True
+        for raw in value if isinstance(value, list) else [value]:
+            if isinstance(raw, dict) and any(_has_vars(raw.get(ref)) for ref in ("name", "jump", "call", "next")):
+                return True
+    return False
 
 
 def _has_vars(value):
@@ -388,6 +457,60 @@ def _flatten_filters(filters, problems):
     return entries, aliases
 
 
+def _compile_filter(name, loc, raw, problems):
+    """One filter (``raw`` after chain linking) compiled; problems appended to ``problems``."""
+    flt = _Filter()
+    flt.name, flt.loc = name, loc
+    for key in raw:
+        if key not in FILTER_KEYS:
+            problems.append('%s: unknown key "%s"' % (loc, key))
+    action = raw.get("action")
+    if action not in ACTIONS:
+        problems.append("%s.action: %s" % (loc, "required" if action is None else 'unknown action %s' % json.dumps(action)))
+    flt.action = action
+    flt.target = None
+    if action in ("jump", "call"):
+        flt.target = raw.get(action)
+        if not isinstance(flt.target, str):
+            problems.append('%s.%s: action "%s" needs a target filter name' % (loc, action, action))
+    for key in ("jump", "call"):
+        if key in raw and action != key:
+            problems.append('%s.%s: only valid with action "%s"' % (loc, key, key))
+    flt.scope = None
+    if "scope" in raw:
+        if action != "call":
+            problems.append('%s.scope: only valid with action "call"' % loc)
+        else:
+            flt.scope = _compile_scope(raw["scope"], loc + ".scope", problems)
+    flt.on_return = raw.get("on-return")
+    if flt.on_return is not None:
+        if action != "call":
+            problems.append('%s.on-return: only valid with action "call"' % loc)
+        elif flt.on_return not in ON_RETURN:
+            problems.append("%s.on-return: must be accept or reject" % loc)
+    flt.otherwise = raw.get("otherwise")
+    if flt.otherwise is not None and flt.otherwise not in OTHERWISE:
+        problems.append("%s.otherwise: must be one of %s" % (loc, ", ".join(OTHERWISE)))
+    conds = raw.get("if", [])
+    if isinstance(conds, dict):
+        conds = [conds]
+    flt.conds = []
+    if not isinstance(conds, list):
+        problems.append("%s.if: a condition or a list of conditions" % loc)
+    else:
+        for index, cond in enumerate(conds):
+            test = _compile_condition(cond, "%s.if[%d]" % (loc, index), problems)
+            if test is not None:
+                flt.conds.append(test)
+    if flt.otherwise is not None and not conds:
+        problems.append("%s.otherwise: useless without if" % loc)
+    flt.next = raw.get("next")
+    if flt.next is not None and not isinstance(flt.next, str):
+        problems.append("%s.next: must be a filter name" % loc)
+        flt.next = None
+    return flt
+
+
 def _compile(doc, deferred_refs):
     """Validate and compile ``doc`` (comments stripped). Returns (start, default, filters).
     With ``deferred_refs``, references that still hold a ``{VAR}`` are not checked (the policy
@@ -420,56 +543,7 @@ def _compile(doc, deferred_refs):
         if name in compiled:
             problems.append('%s: duplicate filter name "%s" (also %s)' % (loc, name, compiled[name].loc))
             continue
-        flt = _Filter()
-        flt.name, flt.loc = name, loc
-        for key in raw:
-            if key not in FILTER_KEYS:
-                problems.append('%s: unknown key "%s"' % (loc, key))
-        action = raw.get("action")
-        if action not in ACTIONS:
-            problems.append("%s.action: %s" % (loc, "required" if action is None else 'unknown action %s' % json.dumps(action)))
-        flt.action = action
-        flt.target = None
-        if action in ("jump", "call"):
-            flt.target = raw.get(action)
-            if not isinstance(flt.target, str):
-                problems.append('%s.%s: action "%s" needs a target filter name' % (loc, action, action))
-        for key in ("jump", "call"):
-            if key in raw and action != key:
-                problems.append('%s.%s: only valid with action "%s"' % (loc, key, key))
-        flt.scope = None
-        if "scope" in raw:
-            if action != "call":
-                problems.append('%s.scope: only valid with action "call"' % loc)
-            else:
-                flt.scope = _compile_scope(raw["scope"], loc + ".scope", problems)
-        flt.on_return = raw.get("on-return")
-        if flt.on_return is not None:
-            if action != "call":
-                problems.append('%s.on-return: only valid with action "call"' % loc)
-            elif flt.on_return not in ON_RETURN:
-                problems.append("%s.on-return: must be accept or reject" % loc)
-        flt.otherwise = raw.get("otherwise")
-        if flt.otherwise is not None and flt.otherwise not in OTHERWISE:
-            problems.append("%s.otherwise: must be one of %s" % (loc, ", ".join(OTHERWISE)))
-        conds = raw.get("if", [])
-        if isinstance(conds, dict):
-            conds = [conds]
-        flt.conds = []
-        if not isinstance(conds, list):
-            problems.append("%s.if: a condition or a list of conditions" % loc)
-        else:
-            for index, cond in enumerate(conds):
-                test = _compile_condition(cond, "%s.if[%d]" % (loc, index), problems)
-                if test is not None:
-                    flt.conds.append(test)
-        if flt.otherwise is not None and not conds:
-            problems.append("%s.otherwise: useless without if" % loc)
-        flt.next = raw.get("next")
-        if flt.next is not None and not isinstance(flt.next, str):
-            problems.append("%s.next: must be a filter name" % loc)
-            flt.next = None
-        compiled[name] = flt
+        compiled[name] = _compile_filter(name, loc, raw, problems)
     for alias, name in aliases.items():
         if alias in compiled:
             problems.append('filters.%s: chain name "%s" is also the name of %s' % (alias, alias, compiled[alias].loc))
@@ -508,29 +582,48 @@ def _outcomes(flt):
     return out
 
 
+def _exit_alternatives(flt):
+    """The actions whose outcome decides whether ``flt`` can exit: its action and, with an ``if``,
+    what it does on no match (a call counts as exiting when its callee can exit)."""
+    return (flt.action, flt.otherwise or "next") if flt.conds else (flt.action,)
+
+
 def _stuck(compiled):
-    """Filters from which no accept/reject/return (nor a call that may decide) is reachable."""
+    """Filters from which no accept/reject/return (nor a call that may decide) is reachable.
+
+    Backward reachability from the filters that exit by themselves, over the reversed
+    jump/call/next edges: linear in the number of filters and edges, whatever the order of the
+    filters (a fixpoint over the filter list was quadratic in chain length when callers
+    precede callees). A reference to no filter (a ``{VAR}`` target checked after expansion)
+    counts as an exit, as before."""
+    callers = {}
     can_exit = set()
-    changed = True
-    while changed:
-        changed = False
-        for flt in compiled.values():
-            if flt.name in can_exit:
-                continue
-            exits = _leads_out(flt.action, flt, compiled, can_exit)
-            if flt.conds:
-                exits = exits or _leads_out(flt.otherwise or "next", flt, compiled, can_exit)
-            if exits:
-                can_exit.add(flt.name)
-                changed = True
-    return {flt.name for flt in compiled.values()} - can_exit
-
-
-def _leads_out(action, flt, compiled, can_exit):
-    if action in ("accept", "reject", "return"):
-        return True
-    ref = {"jump": flt.target, "call": flt.target, "next": flt.next}.get(action)
-    return ref is not None and (ref not in compiled or compiled[ref].name in can_exit)
+    todo = []
+    for flt in compiled.values():
+        if flt.name in callers:
+            continue  # a chain alias of a filter already seen under its own name
+        callers[flt.name] = []
+    for name in callers:
+        flt = compiled[name]
+        for action in _exit_alternatives(flt):
+            if action in ("accept", "reject", "return"):
+                exits = True
+            else:
+                ref = {"jump": flt.target, "call": flt.target, "next": flt.next}.get(action)
+                if ref is None:
+                    continue
+                exits = ref not in compiled
+                if not exits:
+                    callers[compiled[ref].name].append(name)
+            if exits and name not in can_exit:
+                can_exit.add(name)
+                todo.append(name)
+    while todo:
+        for caller in callers[todo.pop()]:
+            if caller not in can_exit:
+                can_exit.add(caller)
+                todo.append(caller)
+    return set(callers) - can_exit
 
 
 # ---------------------------------------------------------------- scope execution
@@ -620,19 +713,87 @@ class Policy:
         self.has_vars = _has_vars(doc)
         self.start, self.default, self.filters = _compile(doc, deferred_refs=self.has_vars)
         self._cache = {}
+        # {VAR} expansion of the policy reads only the variables it names: the cache key
+        self._var_names = tuple(sorted(_var_names(doc))) if self.has_vars else ()
+        self._templates = None
+        if self.has_vars and not _structure_has_vars(doc):
+            # Names, start and every jump/call/next target are fixed: the load-time validation
+            # above is the whole validation (no reference was deferred) and no expansion can
+            # change the filter graph (actions, otherwise, on-return, operators, paths and
+            # types cannot hold a {VAR}: they fail to load). Only the filters whose values
+            # hold a {VAR} are compiled again per variable set, from their raw form.
+            self._templates = self._template_filters(doc)
+
+    def _template_filters(self, doc):
+        """[(name, keys, var_conds, var_scope)] of the filters whose conditions or scope hold a
+        {VAR} (``keys``: its name and chain aliases; ``var_conds``: [(index, location, raw
+        condition)]), or None when a {VAR} sits anywhere else (the whole policy is then
+        expanded and validated again per variable set, as before)."""
+        keys_of = {}
+        for key, flt in self.filters.items():
+            keys_of.setdefault(flt.name, []).append(key)
+        entries, _aliases = _flatten_filters(doc["filters"], [])
+        templates = []
+        for name, loc, raw in entries:
+            if not _has_vars(raw):
+                continue
+            if any(_has_vars(value) for key, value in raw.items() if key not in ("if", "scope")):
+                return None
+            conds = raw.get("if", [])
+            conds = [conds] if isinstance(conds, dict) else conds
+            var_conds = [(index, "%s.if[%d]" % (loc, index), cond) for index, cond in enumerate(conds) if _has_vars(cond)]
+            var_scope = raw["scope"] if _has_vars(raw.get("scope")) else None
+            templates.append((name, keys_of[name], var_conds, var_scope))
+        return templates
 
     @property
     def filter_names(self):
         return sorted({flt.name for flt in self.filters.values()})
 
+    def _expand_filters(self, env):
+        """(start, default, filters) with the {VAR}-holding conditions and scopes compiled from
+        their expanded raw form; everything else (other filters, chain aliases, actions, links)
+        is the load-time objects."""
+        problems = []
+        filters = dict(self.filters)
+        for name, keys, var_conds, var_scope in self._templates:
+            base = self.filters[name]
+            flt = _Filter()
+            for slot in _Filter.__slots__:
+                setattr(flt, slot, getattr(base, slot))
+            if var_conds:
+                flt.conds = list(base.conds)
+                for index, loc, cond in var_conds:
+                    test = _compile_condition(_expand(cond, env), loc, problems)
+                    flt.conds[index] = test
+            if var_scope is not None:
+                flt.scope = _compile_scope(_expand(var_scope, env), base.loc + ".scope", problems)
+            for key in keys:
+                filters[key] = flt
+        if problems:  # not reachable from a policy that loaded; kept fail-closed
+            raise PolicyValidationError(problems)
+        return self.start, self.default, filters
+
     def _compiled_for(self, env):
+        """The compiled policy for the variables ``env``.
+
+        Cache (at most _CACHE_SIZE entries, cleared when full): keyed by the values (a string,
+        else its JSON) of the variables the policy names (``self._var_names``), present in ``env`` or not, which is
+        everything {VAR} expansion of the policy reads (_expand_str looks up only the names
+        in the text), so equal keys give equal expanded policies. Nothing else invalidates it:
+        a Policy never changes after load (a new policy file is a new Policy with an empty
+        cache)."""
         if not self.has_vars:
             return self.start, self.default, self.filters
-        key = json.dumps(env, sort_keys=True)
+        key = tuple(("s", env[name]) if isinstance(env.get(name), str) else ("j", json.dumps(env[name], sort_keys=True))
+                    if name in env else ("m",) for name in self._var_names)
         hit = self._cache.get(key)
         if hit is None:
             try:
-                hit = _compile(_expand(self.document, env), deferred_refs=False)
+                if self._templates is not None:
+                    hit = self._expand_filters(env)
+                else:
+                    hit = _compile(_expand(self.document, env), deferred_refs=False)
             except PolicyValidationError as exc:
                 raise PolicyEvaluationError("policy invalid after {VAR} expansion: %s" % "; ".join(exc.problems)) from None
             if len(self._cache) >= _CACHE_SIZE:
@@ -658,25 +819,28 @@ class Policy:
         if not isinstance(data, dict):
             raise PolicyEvaluationError("data must be a JSON object")
         self.check_data(data, _size)
-        data = _strip_comments(data)
+        extra = {}
         if hookname is not None:
-            data["hookname"] = hookname
+            extra["hookname"] = hookname
         if request_uid is not None:
-            data["request_uid"] = request_uid
-        env = _variables(data)
+            extra["request_uid"] = request_uid
+        raw_env = _strip_comments(data["__env"]) if "__env" in data else None
+        env = _variables({"__env": raw_env})
+        # one pass: comments stripped, then {VAR}s expanded (the same result as stripping the
+        # whole data, writing hookname/request_uid, then expanding everything but __env)
+        data = _prepare_top(data, extra, env)
         if env:
-            raw_env = data.get("__env")
-            data = _expand(data, env)
             data["__env"] = raw_env
         start, default, filters = self._compiled_for(env)
         trace = []
         state = {"steps": 0}
-        result = self._run(filters, data, start, 1, trace, state)
+        result = self._run(filters, data, start, 0, trace, state)
         if result is None:
             return Decision(default, "default", trace, "no filter decided; policy default")
         return Decision(result[0], result[1], trace, result[2])
 
     def _run(self, filters, data, cursor, depth, trace, state):
+        # ``depth``: the number of nested calls (0 at top level); max_call_depth of them are allowed
         if depth > self.limits["max_call_depth"]:
             raise PolicyEvaluationError("call depth exceeds %d" % self.limits["max_call_depth"])
         max_steps = self.limits["max_steps"]

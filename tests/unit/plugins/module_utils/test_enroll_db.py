@@ -186,3 +186,35 @@ def test_command_line_init_and_log(tmp_path):
     assert cfg.stdout.strip() == b"false"
     bad = subprocess.run(cmd + ["frob", path], capture_output=True, env=env, check=False)
     assert bad.returncode == 2 and b"usage" in bad.stderr
+
+
+def test_read_files_one_process_same_answers_as_read_file(db):
+    db.add(h(1), "a.example.test", {"x": b"1\n", "nl": b"two\nlines\n\n", "empty": b""})
+    base = enroll_db.entry_dir(h(1))
+    paths = [base + "/x", base + "/nl", base + "/empty", base + "/absent", base, "hn2ek", enroll_db.hostname_shard("a.example.test"),
+             enroll_db.GENERATION_FILE]
+    got = db.read_files(paths)
+    assert got == dict((p, db.read_file(p)) for p in paths)
+    assert got[base + "/nl"] == b"two\nlines\n\n" and got[base + "/empty"] == b"" and got[base] is None
+    first = db.head()
+    db.add(h(2), "b.example.test", {"x": b"2\n"})
+    # at a given commit: what that commit held
+    assert db.read_files([enroll_db.GENERATION_FILE], rev=first) == {enroll_db.GENERATION_FILE: b"2\n"}
+    assert db.read_files([enroll_db.GENERATION_FILE]) == {enroll_db.GENERATION_FILE: b"3\n"}
+    with pytest.raises(EnrollDbError):
+        db.read_files(["a\nb"])
+
+
+def test_generations_and_gc_over_many_commits(db):
+    # gc --auto runs every GC_EVERY commits (not after each): generations stay exact, the
+    # branch head is read from the ref files, and the packs are repacked when gc.autoPackLimit is passed
+    subprocess.run(["git", "--git-dir", db.path, "config", "gc.autoPackLimit", "4"], check=True)
+    heads = set()
+    for n in range(enroll_db.GC_EVERY + 2):
+        heads.add(db.add(h(n), "n%d.example.test" % n, {"x": b"%d\n" % n}))
+        assert db.generation() == n + 2
+        assert db.head() == db.head_from_refs()
+        assert db.head() in heads
+    packs = [name for name in os.listdir(os.path.join(db.path, "objects", "pack")) if name.endswith(".pack")]
+    assert len(packs) <= 4 + 2
+    assert db.by_hostname("n3.example.test") == h(3)

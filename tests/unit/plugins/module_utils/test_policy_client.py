@@ -132,3 +132,23 @@ def test_local_policy_first_load_must_succeed(tmp_path):
     write(path, {"start": 1})
     with pytest.raises(PolicyValidationError, match="invalid"):
         LocalPolicy(path)
+
+
+def test_local_policy_per_request_shares_the_loaded_policy_by_content(tmp_path):
+    # the enrollment service builds a LocalPolicy per request: the same bytes (and limits) give
+    # the same loaded Policy (and its {VAR} cache); new bytes are loaded and validated again
+    path = str(tmp_path / "p.json")
+    write(path, POLICY)
+    first, second = LocalPolicy(path), LocalPolicy(path)
+    assert first.policy is second.policy
+    assert LocalPolicy(path, limits={"max_steps": 50}).policy is not first.policy
+    write(path, {"start": "r", "filters": {"r": {"action": "reject"}}}, bump=1)
+    changed = LocalPolicy(path)
+    assert changed.policy is not first.policy
+    assert not changed.check("h", "u", {"hostname": "x"}).accepted
+    assert first.check("h", "u", {"hostname": "x"}).accepted is False  # the old instance reloads too
+    write(path, {"start": "r"}, bump=2)
+    with pytest.raises(PolicyValidationError, match="invalid"):
+        LocalPolicy(path)
+    write(path, POLICY, bump=3)
+    assert LocalPolicy(path).check("h", "u", {"hostname": "x"}).accepted

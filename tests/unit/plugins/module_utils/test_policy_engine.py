@@ -423,3 +423,109 @@ def test_chain_key_names_first_entry_even_when_it_has_a_name():
     assert decide(pol, {"x": 1}) == ("accept", "first")
     assert decide(pol, {}) == ("reject", "c_2")
     assert problems_of({"start": "c", "filters": {"c": [{"name": "first", "action": "accept"}], "d": {"name": "c", "action": "reject"}}})
+
+
+# ---------------------------------------------------------------- load-time graph check, call depth, {VAR} cache
+
+def test_long_chain_with_callers_before_callees_loads():
+    # the "never exits" check was a fixpoint over the filter list: quadratic when each filter
+    # refers to one listed after it (4,000 filters took seconds); it is a linear walk now
+    count = 4000
+    filters = dict(("f%d" % i, {"action": "jump", "jump": "f%d" % (i + 1)}) for i in range(count - 1))
+    filters["f%d" % (count - 1)] = {"if": {"exist": ".ok"}, "action": "accept", "otherwise": "reject"}
+    pol = load_policy({"start": "f0", "filters": filters})
+    assert decide(pol, {"ok": 1}) == ("accept", "f%d" % (count - 1))
+    assert decide(pol, {}) == ("reject", "f%d" % (count - 1))
+    # the same chain closed into a loop without exit is still refused, every filter named
+    filters["f%d" % (count - 1)] = {"action": "jump", "jump": "f0"}
+    problems = problems_of({"start": "f0", "filters": filters})
+    assert len(problems) == count and all("never exits" in p for p in problems)
+
+
+def test_never_exits_through_calls_and_aliases():
+    # a call counts as exiting when its callee can; a chain alias is followed to its filter
+    pol = load_policy({"start": "a", "filters": {"a": {"action": "call", "call": "c", "on-return": "accept"},
+                                                 "c": [{"name": "c0", "action": "return"}]}})
+    assert decide(pol, {}) == ("accept", "a")
+    problems = problems_of({"start": "a", "filters": {"a": {"action": "call", "call": "c", "on-return": "accept"},
+                                                      "c": [{"name": "c0", "action": "jump", "jump": "c"}]}})
+    assert problems == ["filters.a: never exits (every path loops without accept, reject or return)",
+                        "filters.c[0]: never exits (every path loops without accept, reject or return)"]
+
+
+def nested_calls(depth):
+    """A policy making ``depth`` nested calls before accepting."""
+    filters = dict(("c%d" % i, {"action": "call", "call": "c%d" % (i + 1), "on-return": "reject"}) for i in range(depth))
+    filters["c%d" % depth] = {"action": "accept"}
+    return {"start": "c0", "filters": filters}
+
+
+@pytest.mark.parametrize("limit", [3, 32])
+def test_call_depth_limit_is_the_documented_number_of_nested_calls(limit):
+    # docs/policy-language.md: max_call_depth (default 32) nested calls are allowed
+    limits = None if limit == 32 else {"max_call_depth": limit}
+    assert decide(load_policy(nested_calls(limit), limits=limits), {}) == ("accept", "c%d" % limit)
+    with pytest.raises(PolicyEvaluationError, match="call depth exceeds %d" % limit):
+        load_policy(nested_calls(limit + 1), limits=limits).evaluate({})
+
+
+HOST_POLICY = {"start": "main", "filters": {"main": [
+    {"name": "own-name", "if": {"equal": ".hostname", "value": "{HOST}"}, "action": "jump", "jump": "check", "otherwise": "reject"},
+], "check": [
+    {"if": {"elementof": ".domain", "value": ["{DOMAIN}", "x.{DOMAIN}"]}, "action": "call", "call": "scoped",
+     "scope": [{"set": ".want", "value": {"p": "host/{HOST}"}}, {"import": ".got", "source": ".principal"}], "on-return": "accept",
+     "otherwise": "reject"},
+    {"name": "unreached", "action": "reject"},
+], "scoped": {"if": {"equal": ".got", "value": "host/{HOST}"}, "action": "return", "otherwise": "reject"}}}
+
+
+def host_data(host, domain="example.test", principal=None, **env):
+    return {"hostname": host, "domain": domain, "principal": principal or "host/" + host,
+            "__env": dict({"HOST": host, "DOMAIN": "example.test"}, **env)}
+
+
+def test_var_cache_follows_the_variables():
+    # the compiled policy is cached per value of the variables the policy names: a new host
+    # (new HOST) is never decided with another host's expansion, and a variable the policy
+    # does not name (REQUEST) shares the entry
+    pol = load_policy(HOST_POLICY)
+    assert decide(pol, host_data("a.example.test")) == ("accept", "check")
+    assert decide(pol, dict(host_data("b.example.test"), hostname="a.example.test")) == ("reject", "own-name")
+    assert decide(pol, host_data("b.example.test", principal="host/a.example.test")) == ("reject", "scoped")
+    assert decide(pol, host_data("a.example.test", domain="other.test")) == ("reject", "check")
+    assert decide(pol, host_data("a.example.test", domain="x.example.test")) == ("accept", "check")
+    cached = len(pol._cache)  # pylint: disable=protected-access
+    assert cached == 2
+    for n in range(5):
+        assert decide(pol, host_data("a.example.test", REQUEST="r%d" % n)) == ("accept", "check")
+    assert len(pol._cache) == cached  # pylint: disable=protected-access
+    # a variable that is absent, a string or another JSON value are different keys
+    # unknown {HOST} stays as written on both sides (and matches itself)
+    assert decide(pol, {"hostname": "{HOST}", "__env": {"DOMAIN": "example.test"}}) == ("reject", "check")
+    assert decide(pol, {"hostname": 1, "domain": "example.test", "principal": "host/1", "__env": {"HOST": 1, "DOMAIN": "example.test"}}) == \
+        ("reject", "scoped")
+    assert decide(pol, {"hostname": "1", "__env": {"HOST": "1", "DOMAIN": "example.test"}}) == ("reject", "check")
+
+
+def test_var_fast_path_decides_as_full_expansion():
+    # the per-filter re-compilation (vars only in values) decides exactly as expanding and
+    # validating the whole policy again does
+    fast = load_policy(HOST_POLICY)
+    full = load_policy(HOST_POLICY)
+    assert fast._templates and full._templates  # pylint: disable=protected-access
+    full._templates = None  # pylint: disable=protected-access
+    cases = [host_data("a.example.test"), host_data("b.example.test", principal="host/a.example.test"),
+             host_data("a.example.test", domain="x.example.test"), host_data("a.example.test", DOMAIN="x.example.test"),
+             {"hostname": "a", "__env": {"HOST": ["a"]}}, {"hostname": ["a"], "__env": {"HOST": ["a"]}}, {"hostname": "a"}]
+    for data in cases:
+        one_way, other = fast.evaluate(copy.deepcopy(data)), full.evaluate(copy.deepcopy(data))
+        assert (one_way.action, one_way.rule, one_way.trace) == (other.action, other.rule, other.trace)
+
+
+def test_var_in_a_target_still_revalidates_everything():
+    pol = load_policy({"start": "a", "filters": {"a": {"if": {"equal": ".x", "value": "{X}"}, "action": "jump", "jump": "{T}", "otherwise": "reject"},
+                                                 "b": {"action": "accept"}}})
+    assert pol._templates is None  # pylint: disable=protected-access
+    assert decide(pol, {"x": "1", "__env": {"X": "1", "T": "b"}}) == ("accept", "b")
+    with pytest.raises(PolicyEvaluationError, match="after {VAR} expansion"):
+        pol.evaluate({"x": "1", "__env": {"X": "1", "T": "zz"}})
