@@ -119,12 +119,30 @@ def render_all(root):
             covered.add(role)
             out[label] = {_unit_name(role, name, extra): render(root, role, name, extra) for name in templates[role]}
     for role in set(templates) - covered:
-        out[role] = {_unit_name(role, name, {}): render(root, role, name, {}) for name in templates[role]}
+        out[role] = {}
+        for name in templates[role]:
+            for extra in _loop_items(root, role, name):
+                out[role][_unit_name(role, name, extra)] = render(root, role, name, extra)
     return out
+
+
+# Unit templates a role installs once per item of a list in its vars (loop_control: item):
+# {(role, template): vars/main.yml list name}; each item's key "unit" names the unit.
+LOOPED = {("identity", "hcp-identity.service.j2"): "__identity_components"}
+
+
+def _loop_items(root, role, name):
+    key = LOOPED.get((role, name))
+    if key is None:
+        return [{}]
+    items = _vars_file(DataLoader(), os.path.join(root, "roles", role, "vars", "main.yml"))[key]
+    return [{"item": dict(item)} for item in items]
 
 
 def _unit_name(role, name, extra):
     unit = name[:-len(".j2")]
+    if "item" in extra:  # a LOOPED template: the item names its unit
+        return extra["item"]["unit"] + ".service"
     if role == "webapi":  # installed as hcp-webapi-<name>.service
         unit = unit.replace("hcp-webapi", "hcp-webapi-" + extra["webapi_name"])
     return unit
