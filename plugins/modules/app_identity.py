@@ -12,7 +12,7 @@ module: app_identity
 short_description: Declare which systemd service is an application with its own identity on this host
 description:
   - Writes (or removes) the definition file C(<apps_dir>/<name>.json) (format v1, C(docs/identity.md)) that the
-    orchestrator adapter of role M(hcp.core.identity) reads. When the unit O(unit) runs as user O(user), the adapter
+    orchestrator adapter of role P(hcp.core.identity#role) reads. When the unit O(unit) runs as user O(user), the adapter
     vouches for it to the identity provider (AddClient, ProveClient with the process's uid/gid from C(/proc) and the
     host's attestation result), and the application's processes can fetch tokens for
     C(spiffe://<site>/<host>/<name>) and use their own keys in the security service.
@@ -53,7 +53,7 @@ options:
     choices: [present, absent]
     default: present
   apps_dir:
-    description: The adapter's definitions directory (role M(hcp.core.identity), C(identity_apps_dir)); created 0755 when missing.
+    description: The adapter's definitions directory (role P(hcp.core.identity#role), C(identity_apps_dir)); created 0755 when missing.
     type: path
     default: /etc/hcp/identity/apps
 """
