@@ -309,9 +309,16 @@ def test_used_ticket_purge_is_periodic_and_keeps_the_window(tmp_path):
     assert os.path.exists(stale)  # not before the purge time
     with pytest.raises(attest.ReplayError, match="seen by a replica"):
         other.consume("%032x" % 5, start, now=start + 1)
+    # mixed versions: a replica of an earlier version made an empty file, this one a directory;
+    # each one's create fails on the other's entry
+    open(os.path.join(directory, "e" * 32), "wb").close()  # pylint: disable=consider-using-with
+    with pytest.raises(attest.ReplayError, match="seen by a replica"):
+        used.consume("e" * 32, start, now=start + 1)
+    with pytest.raises(FileExistsError):
+        os.open(os.path.join(directory, "%032x" % 7), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     used._next_purge = start  # pylint: disable=protected-access  # the purge time has come
     used.consume("f" * 32, start, now=start + 1)  # the expired file goes, the 2001 in the window stay
-    assert not os.path.exists(stale) and len(os.listdir(directory)) == 1 + 2001
+    assert not os.path.exists(stale) and len(os.listdir(directory)) == 1 + 2002
     assert used._next_purge == start + 1 + used.purge_interval  # pylint: disable=protected-access
     with pytest.raises(attest.ReplayError, match="seen by a replica"):
         other.consume("f" * 32, start, now=start + 2)
