@@ -5,8 +5,12 @@
 reason, per EK (ekpubhash), bounded (docs/monitoring.md).
 
 Stored in SQLite (the standard library's, a well-kept engine): ``<metrics_dir>/freshness.sqlite``
-when the server has a ``metrics_dir`` (shared by its uwsgi workers: WAL, one short transaction per
-attestation, no fsync: freshness need not survive a power loss), else in memory (per process).
+when the server has a ``metrics_dir`` (shared by its uwsgi workers: WAL, no fsync: freshness need
+not survive a power loss), else in memory (per process). Successes (every attestation) are kept in
+the worker's memory and written in one transaction at most every ``flush_interval`` seconds, before
+any read (status, metrics) or failure write of the worker, and at clean exit: a read sees its own
+worker's latest data, other workers' as of their last flush (within one interval of their last
+request). Failures (rare, and needing the table for their checks) are written at once.
 
 Bounds: at most ``max_hosts`` rows (default 10,000); a new host beyond that evicts the least
 recently updated one (counted in ``evicted``). Successes are always recorded (the host name
@@ -20,6 +24,7 @@ last-success time only moves on a completed attestation.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import sqlite3
@@ -32,6 +37,7 @@ STATUS_FORMAT = "hcp.core.attest.status"
 STATUS_VERSION = 1
 DEFAULT_MAX_HOSTS = 10000
 DEFAULT_MAX_SERIES = 1000
+DEFAULT_FLUSH_INTERVAL = 1.0
 MAX_REASON_CHARS = 200
 MAX_HOSTNAME_CHARS = 253
 DB_NAME = "freshness.sqlite"
@@ -67,7 +73,7 @@ def host_key(hostname, ekpubhash):
 class FreshnessStore(object):
     """Per-host last success / last result (thread-safe; safe across processes with a file)."""
 
-    def __init__(self, directory=None, max_hosts=DEFAULT_MAX_HOSTS):
+    def __init__(self, directory=None, max_hosts=DEFAULT_MAX_HOSTS, flush_interval=DEFAULT_FLUSH_INTERVAL):
         if isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or not 1 <= max_hosts <= 1000000:
             raise FreshnessError("freshness_max_hosts must be an integer in 1..1000000")
         self.max_hosts = max_hosts
@@ -76,7 +82,12 @@ class FreshnessStore(object):
         self._conn = None
         self._pid = None
         self._seen = set()
+        self._pending = {}
+        self._owner = os.getpid()
+        self._flushed = 0.0
+        self.flush_interval = flush_interval
         self.write_errors = 0
+        atexit.register(self.flush)
 
     def _db(self):
         """This process's connection (a forked worker opens its own), under the lock."""
@@ -102,6 +113,8 @@ class FreshnessStore(object):
         if success:
             return self._write_success(ekpubhash, hostname, now)
         with self._lock:
+            # pending successes first: the failure's checks and ordering see them
+            self._flush_locked()
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -111,14 +124,12 @@ class FreshnessStore(object):
                     return False
                 if row is None:
                     conn.execute("INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?)",
-                                 (ekpubhash, hostname, now if success else None, now, result, reason))
+                                 (ekpubhash, hostname, None, now, result, reason))
                     self._evict(conn)
-                elif success:
-                    conn.execute("UPDATE hosts SET hostname = ?, last_success = ?, last_attempt = ?, last_result = ?, "
-                                 "reason = NULL WHERE ekpubhash = ?", (hostname, now, now, result, ekpubhash))
                 else:
+                    # never overwrite a newer attempt another worker flushed meanwhile
                     conn.execute("UPDATE hosts SET last_attempt = ?, last_result = ?, reason = ?, hostname = COALESCE(?, hostname) "
-                                 "WHERE ekpubhash = ?", (now, result, reason, hostname, ekpubhash))
+                                 "WHERE ekpubhash = ? AND last_attempt <= ?", (now, result, reason, hostname, ekpubhash, now))
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 conn.execute("ROLLBACK")
@@ -126,26 +137,71 @@ class FreshnessStore(object):
         return True
 
     def _write_success(self, ekpubhash, hostname, now):
-        """The hot path (every attestation): one UPSERT in autocommit; the eviction check only
-        for an EK this process has not written yet (its set of EKs is as bounded as the table)."""
+        """The hot path (every attestation): kept in this process's memory (one dict entry per
+        EK, at most ``max_hosts``) and written by :meth:`flush` at most every ``flush_interval``
+        seconds, before any read or failure write of this process, and at clean exit. Another
+        worker's reads see it within one interval of this worker's last request."""
         with self._lock:
-            conn = self._db()
-            conn.execute("INSERT INTO hosts VALUES (?, ?, ?, ?, 'ok', NULL) ON CONFLICT(ekpubhash) DO UPDATE SET "
-                         "hostname = excluded.hostname, last_success = excluded.last_success, "
-                         "last_attempt = excluded.last_attempt, last_result = 'ok', reason = NULL",
-                         (ekpubhash, hostname, now, now))
-            if ekpubhash not in self._seen:
-                if len(self._seen) >= self.max_hosts:
-                    self._seen.clear()
-                self._seen.add(ekpubhash)
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._evict(conn)
-                    conn.execute("COMMIT")
-                except sqlite3.Error:
-                    conn.execute("ROLLBACK")
-                    raise
+            self._own_pending()
+            previous = self._pending.get(ekpubhash)
+            if previous is None or previous[1] <= now:
+                self._pending[ekpubhash] = (hostname, now)
+            if len(self._pending) >= self.max_hosts or time.monotonic() - self._flushed >= self.flush_interval:
+                self._flush_locked()
         return True
+
+    def _own_pending(self):
+        """Under the lock: a forked worker starts with nothing pending (its parent's rows are
+        the parent's to write)."""
+        if self._owner != os.getpid():
+            self._owner = os.getpid()
+            self._pending.clear()
+            self._flushed = 0.0
+
+    def flush(self):
+        """Write the pending successes now (never raises: an error is counted)."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self):
+        """Under the lock: :meth:`_flush_rows`, an error counted (a monitoring write never fails
+        an attestation nor a read)."""
+        try:
+            self._flush_rows()
+        except (sqlite3.Error, FreshnessError, OSError):
+            self.write_errors += 1
+
+    def _flush_rows(self):
+        """Under the lock: the pending successes in one transaction. A row's fields move only
+        forward: the last success is the latest of both, the last attempt (result, reason, host
+        name) the store's when a worker wrote a newer one meanwhile. The eviction check runs
+        when an EK this process has not written yet is among them."""
+        self._own_pending()
+        self._flushed = time.monotonic()
+        if not self._pending:
+            return
+        rows = [(ekpubhash, hostname, now, now) for ekpubhash, (hostname, now) in self._pending.items()]
+        new = [ekpubhash for ekpubhash in self._pending if ekpubhash not in self._seen]
+        self._pending.clear()
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO hosts VALUES (?, ?, ?, ?, 'ok', NULL) ON CONFLICT(ekpubhash) DO UPDATE SET "
+                "last_success = MAX(COALESCE(last_success, 0), excluded.last_success), "
+                "hostname = CASE WHEN excluded.last_attempt >= last_attempt THEN excluded.hostname ELSE hostname END, "
+                "last_result = CASE WHEN excluded.last_attempt >= last_attempt THEN 'ok' ELSE last_result END, "
+                "reason = CASE WHEN excluded.last_attempt >= last_attempt THEN NULL ELSE reason END, "
+                "last_attempt = MAX(last_attempt, excluded.last_attempt)", rows)
+            if new:
+                if len(self._seen) + len(new) > self.max_hosts:
+                    self._seen.clear()
+                self._seen.update(new)
+                self._evict(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
 
     def _evict(self, conn):
         over = conn.execute("SELECT COUNT(*) FROM hosts").fetchone()[0] - self.max_hosts
@@ -180,6 +236,7 @@ class FreshnessStore(object):
     def hosts(self):
         """Every host row as a dict, stalest success first (never-succeeded first of all)."""
         with self._lock:
+            self._flush_locked()
             rows = self._db().execute(
                 "SELECT ekpubhash, hostname, last_success, last_attempt, last_result, reason FROM hosts "
                 "ORDER BY last_success IS NOT NULL, last_success, ekpubhash").fetchall()
@@ -188,6 +245,7 @@ class FreshnessStore(object):
 
     def evicted(self):
         with self._lock:
+            self._flush_locked()
             row = self._db().execute("SELECT value FROM meta WHERE key = 'evicted'").fetchone()
         return row[0] if row else 0
 

@@ -46,11 +46,12 @@ def _bounded_int(config, key, default, maximum):
 class AttestMonitoring(object):
     """The attestation app's monitoring: freshness store, request counters, routes."""
 
-    def __init__(self, app, config, attestor, state_path):
+    def __init__(self, app, config, attestor, state_path, flush_interval=freshness.DEFAULT_FLUSH_INTERVAL):
         self.attestor = attestor
         self.state_path = state_path
         self.store = freshness.FreshnessStore(config.get("metrics_dir") or None,
-                                              _bounded_int(config, "freshness_max_hosts", freshness.DEFAULT_MAX_HOSTS, 1000000))
+                                              _bounded_int(config, "freshness_max_hosts", freshness.DEFAULT_MAX_HOSTS, 1000000),
+                                              flush_interval)
         self.max_series = _bounded_int(config, "freshness_max_series", freshness.DEFAULT_MAX_SERIES, 100000)
         self.stale_after = _bounded_int(config, "stale_after", status_page.DEFAULT_STALE_AFTER, 365 * 86400)
         self.name = str(config.get("server_name") or socket.gethostname())[:253]
@@ -128,8 +129,9 @@ class AttestMonitoring(object):
         return out.text()
 
 
-def install(app, config, attestor, state_path):
-    """The AttestMonitoring of ``app`` (kept as ``app.extensions["hcp_attest_monitoring"]``)."""
-    monitor = AttestMonitoring(app, config, attestor, state_path)
+def install(app, config, attestor, state_path, flush_interval=freshness.DEFAULT_FLUSH_INTERVAL):
+    """The AttestMonitoring of ``app`` (kept as ``app.extensions["hcp_attest_monitoring"]``);
+    successes reach the shared store at most every ``flush_interval`` seconds (freshness)."""
+    monitor = AttestMonitoring(app, config, attestor, state_path, flush_interval)
     app.extensions["hcp_attest_monitoring"] = monitor
     return monitor

@@ -293,6 +293,37 @@ def test_golden_pcrs_and_one_time_policy(new_swtpm, tmp_path):
             attest_client.attest(tpm, attest_client.attestor_transport(narrow), site["signer"], unseal=False)
 
 
+def test_used_ticket_purge_is_periodic_and_keeps_the_window(tmp_path):
+    """Files are purged by time (at most every purge_interval per process), never within the
+    window: a ticket used at another replica stays refused until it expires."""
+    directory = str(tmp_path / "used")
+    used = attest.UsedTickets(10, directory)
+    other = attest.UsedTickets(10, directory)  # another worker or replica
+    start = time.time()
+    assert used.purge_interval == attest.MIN_PURGE_INTERVAL and used._next_purge > start  # pylint: disable=protected-access
+    stale = os.path.join(directory, "0" * 32)
+    open(stale, "wb").close()  # pylint: disable=consider-using-with
+    os.utime(stale, (start - 3600, start - 3600))
+    for i in range(2000):  # the old cadence purged every 1024 tickets
+        used.consume("%032x" % (i + 1), start, now=start)
+    assert os.path.exists(stale)  # not before the purge time
+    with pytest.raises(attest.ReplayError, match="seen by a replica"):
+        other.consume("%032x" % 5, start, now=start + 1)
+    # mixed versions: a replica of an earlier version made an empty file, this one a directory;
+    # each one's create fails on the other's entry
+    open(os.path.join(directory, "e" * 32), "wb").close()  # pylint: disable=consider-using-with
+    with pytest.raises(attest.ReplayError, match="seen by a replica"):
+        used.consume("e" * 32, start, now=start + 1)
+    with pytest.raises(FileExistsError):
+        os.open(os.path.join(directory, "%032x" % 7), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    used._next_purge = start  # pylint: disable=protected-access  # the purge time has come
+    used.consume("f" * 32, start, now=start + 1)  # the expired file goes, the 2001 in the window stay
+    assert not os.path.exists(stale) and len(os.listdir(directory)) == 1 + 2002
+    assert used._next_purge == start + 1 + used.purge_interval  # pylint: disable=protected-access
+    with pytest.raises(attest.ReplayError, match="seen by a replica"):
+        other.consume("f" * 32, start, now=start + 2)
+
+
 def test_ticket_key_file_and_used_ticket_bounds(tmp_path):
     path = str(tmp_path / "ticket.key")
     kid = attest.write_ticket_key_file(path)

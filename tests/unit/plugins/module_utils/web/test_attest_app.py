@@ -191,6 +191,9 @@ def _worker(directory, results, queue):
     for result, seconds in results:
         metrics.initiate()
         metrics.observe(result, seconds)
+    # a worker's clean exit runs Metrics.flush (atexit: test_clean_exit_loses_nothing); a
+    # multiprocessing child leaves with os._exit, so it flushes here
+    metrics.flush()
     queue.put(os.getpid())
 
 
@@ -228,6 +231,26 @@ def test_metrics_are_summed_over_processes_dead_ones_included(tmp_path):
     assert got["hcp_attest_metrics_errors"] == "0"
     # any other process renders the same sum
     assert samples(Metrics(directory).render({}))["hcp_attest_complete_seconds_count"] == "6"
+
+
+def test_metrics_are_flushed_by_interval_and_before_reads(tmp_path):
+    """A worker writes its file at most every flush_interval (not per request), and before it
+    answers a read; other processes' counts are summed from their flushed files."""
+    directory = str(tmp_path)
+    metrics = Metrics(directory, 3600)
+    own = os.path.join(directory, "%d.json" % os.getpid())
+    metrics.observe("ok", 0.002)  # the first write of a process goes at once
+    metrics.observe("ok", 0.002)
+    metrics.initiate()
+    assert json.loads(open(own, "rb").read())["count"] == 1  # pylint: disable=consider-using-with
+    _run_workers(directory, [[("replay", 0.03)], [("ok", 0.7), ("ok", 0.1)]])  # they flush at exit
+    got = samples(metrics.render({}))
+    assert got['hcp_attest_total{result="ok"}'] == "4" and got['hcp_attest_total{result="replay"}'] == "1"
+    assert got["hcp_attest_initiate_total"] == "4" and got["hcp_attest_complete_seconds_count"] == "5"
+    saved = json.loads(open(own, "rb").read())  # pylint: disable=consider-using-with
+    assert saved["count"] == 2 and saved["initiated"] == 1
+    with pytest.raises(attest.AttestError, match="metrics_flush_interval"):
+        create_app({"db": "x", "ticket_key_file": "x", "metrics_flush_interval": -1})
 
 
 def test_corrupt_metrics_files_are_skipped_and_counted(tmp_path):

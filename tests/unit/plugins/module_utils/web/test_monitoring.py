@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from urllib.parse import quote
 
 import pytest
@@ -185,6 +186,65 @@ def test_store_and_series_are_bounded(tmp_path):
     for bad in (0, -1, True, "10"):
         with pytest.raises(freshness.FreshnessError):
             freshness.FreshnessStore(None, max_hosts=bad)
+
+
+def test_freshness_is_flushed_by_interval_and_before_reads(tmp_path):
+    """Successes wait in the worker's memory (flush_interval), a worker's own read sees them at
+    once, another worker's after the flush; a failure written meanwhile by another worker is
+    never overwritten by an older pending success, and a failure sees its own worker's pending
+    success (the enrolled-host check)."""
+    one = freshness.FreshnessStore(str(tmp_path), flush_interval=3600)
+    two = freshness.FreshnessStore(str(tmp_path), flush_interval=3600)
+    h1, h2 = "1" * 64, "2" * 64
+    assert one.success(h1, "first", now=100)  # the first write of a process goes at once
+    assert one.success(h2, "second", now=110)  # pending
+    assert [row["hostname"] for row in two.hosts()] == ["first"]
+    assert [row["hostname"] for row in one.hosts()] == ["first", "second"]  # own read: flushed
+    assert [row["hostname"] for row in two.hosts()] == ["first", "second"]
+    assert one.success(h1, "first", now=200)  # pending, older than the failure below
+    assert two.failure(h1, "quote_rejected", "bad quote", now=300)
+    one.flush()
+    row = [r for r in two.hosts() if r["ekpubhash"] == h1][0]
+    assert row["last_success"] == 200 and row["last_attempt"] == 300 and row["last_result"] == "quote_rejected"
+    h3 = "3" * 64
+    assert one.success(h3, "third", now=400)  # pending
+    assert one.failure(h3, "quote_rejected", "x", now=500)  # known through the pending success
+    row = [r for r in two.hosts() if r["ekpubhash"] == h3][0]
+    assert row["last_success"] == 400 and row["last_result"] == "quote_rejected" and one.write_errors == 0
+
+
+def test_freshness_pending_successes_are_bounded(tmp_path):
+    store = freshness.FreshnessStore(str(tmp_path), max_hosts=3, flush_interval=3600)
+    for i in range(7):
+        assert store.success("%064x" % i, "host%d" % i, now=1000 + i)
+        assert len(store._pending) < 3  # pylint: disable=protected-access
+    assert [row["hostname"] for row in store.hosts()] == ["host4", "host5", "host6"] and store.evicted() == 4
+
+
+def test_freshness_and_counters_survive_a_clean_exit(site, tmp_path):
+    """Two worker processes with a long flush interval: what each counted reaches the shared
+    files at its clean exit (atexit), nothing lost; the app's /metrics and /v1/status sum them."""
+    script = (
+        "import sys\n"
+        "from ansible_collections.hcp.core.plugins.module_utils.attestation import freshness\n"
+        "from ansible_collections.hcp.core.plugins.module_utils.web.attest_app import Metrics\n"
+        "metrics = Metrics(sys.argv[1], 3600)\n"
+        "store = freshness.FreshnessStore(sys.argv[1], flush_interval=3600)\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    metrics.initiate()\n"
+        "    metrics.observe('ok', 0.002)\n"
+        "    store.success('%064x' % (i + int(sys.argv[3])), 'worker-host-%d' % (i + int(sys.argv[3])))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    for count, first in ((5, 1), (7, 100)):
+        done = subprocess.run([sys.executable, "-c", script, site["cfg"]["metrics_dir"], str(count), str(first)],
+                              env=env, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+    client = site["app"].test_client()
+    text = client.get("/metrics", environ_base=site["prometheus"]).get_data(as_text=True)
+    assert 'hcp_attest_total{result="ok"} 12' in text and "hcp_attest_initiate_total 12" in text
+    assert "hcp_attest_hosts 12" in text and "hcp_attest_metrics_errors 0" in text
+    doc = client.get("/v1/status", environ_base=site["prometheus"]).get_json()
+    assert len(doc["hosts"]) == 12 and "worker-host-106" in doc["hosts"] and "worker-host-5" in doc["hosts"]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) not installed")
