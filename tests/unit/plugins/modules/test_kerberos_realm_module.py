@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -201,12 +202,22 @@ def test_exports_make_a_working_secondary(world, run_module):
                                  "--database=" + os.path.join(world["db"], "heimdal"), "--hostname=localhost",
                                  "--port=%d" % iprop_port])
         start(confs["primary"], [KDC_BINARY, "--config-file=" + confs["primary"]])
+        # ipropd-slave backs off 20-45 s at random when its first connection is refused: start it
+        # once ipropd-master listens (on a loaded machine the master may take seconds to start)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", iprop_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "ipropd-master never listened"
+                time.sleep(0.1)
         os.mkdir(secondary_db, 0o700)
         os.chown(secondary_db, owner.pw_uid, owner.pw_gid)
         start(confs["secondary"], ["/usr/sbin/ipropd-slave", "--config-file=" + confs["secondary"], "--realm=" + REALM,
                                    "--keytab=FILE:" + replica_keytab, "--hostname=kdc2.example.test", "--port=%d" % iprop_port,
                                    "--status-file=" + os.path.join(secondary_db, "status"), "localhost"])
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while not os.path.exists(os.path.join(secondary_db, "heimdal.db")) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "iprop/kdc2.example.test@" + REALM in replica_names()
