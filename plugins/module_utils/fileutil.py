@@ -61,6 +61,29 @@ def atomic_write(path, data, mode=0o600, fsync=True):
             os.unlink(tmp)
 
 
+def create_new(path, data, mode=0o600):
+    """Create ``path`` with ``data`` atomically and durably, never replacing anything: a private
+    temporary file (O_EXCL | O_NOFOLLOW, ``mode``) in the same directory, fsynced, hard-linked to
+    ``path`` (link(2) fails when ``path`` exists: FileExistsError, the existing file untouched),
+    then the directory fsynced. Readers see nothing or the whole file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, ".tmp-%s" % secrets.token_hex(8))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    finally:
+        os.unlink(tmp)
+
+
 # --- root-safe installation -----------------------------------------------------------------
 # A root process that writes into a tree other users can change (their homes, a directory a
 # service account owns) must never resolve that path by name: a user can plant a symbolic

@@ -35,7 +35,7 @@ import re
 import secrets
 import threading
 
-from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils import fileutil, jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError
 from ansible_collections.hcp.core.plugins.module_utils.identity import trust
 from ansible_collections.hcp.core.plugins.module_utils.identity.errors import IdentityError
@@ -170,8 +170,7 @@ class KeyStore(object):
                 wrapping = secrets.token_bytes(32)
                 key_holder.save(wrapping)
             record = {"format": FORMAT, "version": VERSION, "key_check": self._check(wrapping)}
-            from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
-            atomic_write(os.path.join(store_dir, STORE_FILE), (json.dumps(record, sort_keys=True) + "\n").encode("ascii"))
+            fileutil.atomic_write(os.path.join(store_dir, STORE_FILE), (json.dumps(record, sort_keys=True) + "\n").encode("ascii"))
         if record.get("format") != FORMAT or record.get("version") != VERSION:
             raise IdentityError(500, "bad-store", "%s is not a v1 identity key store" % store_dir)
         if wrapping is None or not hmac.compare_digest(self._check(wrapping), str(record.get("key_check"))):
@@ -241,24 +240,10 @@ class KeyStore(object):
         record["nonce"] = _b64(nonce)
         record["ciphertext"] = _b64(self._aead.encrypt(nonce, material, self._aad(record)))
         data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-        tmp = os.path.join(directory, ".tmp-%s" % secrets.token_hex(8))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(tmp, self._record_path(namespace, name))  # never replaces an existing key
-            except FileExistsError:
-                raise IdentityError(409, "key-exists", "a key named %s exists already" % name) from None
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        finally:
-            os.unlink(tmp)
+            fileutil.create_new(self._record_path(namespace, name), data)  # never replaces an existing key
+        except FileExistsError:
+            raise IdentityError(409, "key-exists", "a key named %s exists already" % name) from None
         return {"name": name, "type": key_type}
 
     def _record(self, namespace, name):

@@ -32,12 +32,11 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import threading
 import time
 import uuid
 
-from ansible_collections.hcp.core.plugins.module_utils import jsonutil
+from ansible_collections.hcp.core.plugins.module_utils import fileutil, jsonutil
 from ansible_collections.hcp.core.plugins.module_utils.errors import HcpError, MissingDependencyError, TpmUnavailableError
 from ansible_collections.hcp.core.plugins.module_utils.identity import wire
 from ansible_collections.hcp.core.plugins.module_utils.identity.errors import IdentityError
@@ -142,7 +141,6 @@ class SealedFile(object):
             raise IdentityError(500, "sealed-key", "the TPM-sealed key %s cannot be opened: %s" % (self.path, exc)) from None
 
     def save(self, secret):
-        from ansible_collections.hcp.core.plugins.module_utils import fileutil
         from ansible_collections.hcp.core.plugins.module_utils.tpm import envelope
         try:
             with self._tpm() as tpm:
@@ -286,21 +284,6 @@ def _within_validity(cert, slack=LEEWAY):
             <= cert.not_valid_after_utc + datetime.timedelta(seconds=slack))
 
 
-def _write_new(path, data):
-    """Create ``path`` (0600) atomically; FileExistsError when it exists (a pin is never replaced)."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, ".tmp-%s" % secrets.token_hex(8))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
-
-
 def _read_state(path, limit=64 * 1024):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -405,7 +388,7 @@ class TrustingSide(object):
                                 "an operator resets it with reset-trust (docs/identity.md)")
         record = {"format": ROOT_FORMAT, "version": 1, "spki_sha256": fingerprint, "certificate": _pem(cert)}
         try:
-            _write_new(self.root_path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("ascii"))
+            fileutil.create_new(self.root_path, (json.dumps(record, sort_keys=True, indent=1) + "\n").encode("ascii"))
         except FileExistsError:  # another process pinned meanwhile: that pin wins
             raise IdentityError(409, "root-already-pinned", "a root was pinned concurrently") from None
         self._root = (fingerprint, cert)
@@ -424,8 +407,7 @@ class TrustingSide(object):
                 return {"root": False, "fingerprint": kid, "changed": False}
             if cert.not_valid_before_utc < self._intermediate[1].not_valid_before_utc:
                 raise IdentityError(409, "stale-intermediate", "the intermediate is older than the current one (replayed)")
-        from ansible_collections.hcp.core.plugins.module_utils.fileutil import atomic_write
-        atomic_write(self.intermediate_path, _pem(cert).encode("ascii"), mode=0o600)
+        fileutil.atomic_write(self.intermediate_path, _pem(cert).encode("ascii"), mode=0o600)
         self._intermediate = (kid, cert, cert.public_key())  # the previous one is invalid from here on
         return {"root": False, "fingerprint": kid, "changed": True}
 
