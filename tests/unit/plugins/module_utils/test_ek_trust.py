@@ -220,6 +220,7 @@ def test_tofu_is_never_a_default(eks, swtpm, tmp_path):
         enroll_service.EnrollmentService(dict(enroll_config, **base))
     attest_config = _render_role_config("attestation_server", "attest.json.j2")
     assert attest_config["ek_trust"] == "vendor_ca" and attest_config["vendor_ca_dir"] is None
+    assert attest_app.flush_interval(attest_config) == 1  # attestation_server_metrics_flush_interval
     with pytest.raises(attest.AttestError, match="needs at least one TPM vendor CA"):
         attest_app.build_attestor(dict(attest_config, asset_signer_pub=None, **attest_base))
     # with the vendor CAs (the default mode), the bare key of a genuine EK is refused: 400, nothing stored
