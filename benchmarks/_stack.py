@@ -157,9 +157,10 @@ class Stack(object):
 
     ``env``: {name: value} for the app (e.g. HCP_ATTEST_CONFIG); ``cred_paths``: ``server_cert``,
     ``server_key``, ``ca_cert`` (verifies the health check); ``client_ca``: PEM file of the CA(s) whose
-    client certificates nginx requires (``ssl_verify_client on``), None = no client certificates."""
+    client certificates nginx requires (``ssl_verify_client on``), None = no client certificates;
+    ``pythonpath``: the directory holding ansible_collections/ (default the repo's stage, collections/)."""
 
-    def __init__(self, workdir, module, env, cred_paths, workers=2, client_ca=None, name="bench"):
+    def __init__(self, workdir, module, env, cred_paths, workers=2, client_ca=None, name="bench", pythonpath=None):
         self.workdir = workdir
         self.module = module
         self.env = env
@@ -167,6 +168,7 @@ class Stack(object):
         self.workers = workers
         self.client_ca = client_ca
         self.name = name
+        self.pythonpath = pythonpath or os.path.join(REPO, "collections")
         self.port = free_port()
         self.url = "https://localhost:%d" % self.port
         self.socket = os.path.join(workdir, "app.sock")
@@ -184,7 +186,7 @@ class Stack(object):
         """Start and wait for /healthcheck; its JSON. ``health_cert``: (cert, key) when nginx requires one."""
         env = "\n".join("env = %s=%s" % item for item in sorted(self.env.items()))
         ini = write(os.path.join(self.workdir, "uwsgi.ini"), UWSGI_INI.format(
-            venv=sys.prefix, pythonpath=os.path.join(REPO, "collections"), module=self.module,
+            venv=sys.prefix, pythonpath=self.pythonpath, module=self.module,
             socket=self.socket, workers=self.workers, env=env))
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             os.makedirs(os.path.join(self.workdir, name), mode=0o700, exist_ok=True)
