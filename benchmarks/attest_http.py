@@ -27,9 +27,7 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +39,9 @@ import requests
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "collections"))
+sys.path.insert(0, HERE)
+
+import _stack  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.hcp.core.plugins.module_utils import pki  # noqa: E402
 from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest  # noqa: E402
@@ -55,18 +56,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 CLIENTS = (1, 4, 16)
 WORKERS = 2
-UWSGI_PLUGIN = "/usr/lib/uwsgi/plugins/python3_plugin.so"
-UWSGI_PARAMS = "/etc/nginx/uwsgi_params"
-# the webapi role's nginx-site.conf.j2 cipher list
-CIPHERS = ":".join((
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "ECDHE-RSA-CHACHA20-POLY1305",
-))
-APP_MODULE = "ansible_collections.hcp.core.plugins.module_utils.web.attest_app:application"
 
 
 def _bench_attest():
@@ -77,173 +66,14 @@ def _bench_attest():
     return module
 
 
-def _find(*names):
-    for name in names:
-        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
-        if found:
-            return found
-    return None
-
-
-def _missing_tools():
-    missing = []
-    for tool, names in (("nginx", ("nginx",)), ("uwsgi", ("uwsgi-core", "uwsgi")), ("swtpm", ("swtpm",)),
-                        ("swtpm_setup", ("swtpm_setup",))):
-        if not _find(*names):
-            missing.append(tool)
-    if not os.path.isfile(UWSGI_PLUGIN):
-        missing.append("uwsgi python3 plugin")
-    if not os.path.isfile(UWSGI_PARAMS):
-        missing.append(UWSGI_PARAMS)
-    return missing
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _write(path, text):
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return path
+    return _stack.write(path, text)
 
 
-UWSGI_INI = """[uwsgi]
-plugin = python3
-strict = true
-master = true
-need-app = true
-die-on-term = true
-vacuum = true
-disable-logging = true
-log-4xx = true
-log-5xx = true
-virtualenv = {venv}
-pythonpath = {pythonpath}
-module = {module}
-socket = {socket}
-chmod-socket = 660
-processes = {workers}
-threads = 1
-harakiri = 60
-limit-post = 1048576
-buffer-size = 16384
-env = HCP_ATTEST_CONFIG={config}
-"""
-
-NGINX_CONF = """daemon off;
-master_process on;
-worker_processes auto;
-{user}pid {prefix}/nginx.pid;
-error_log {prefix}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    include /etc/nginx/mime.types;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    log_format hcp_webapi_attest escape=json
-      '{{"time":"$time_iso8601","remote":"$remote_addr","method":"$request_method",'
-      '"path":"$uri","status":$status,"bytes":$body_bytes_sent,"duration":$request_time,'
-      '"client_verify":"$ssl_client_verify"}}';
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name localhost;
-        server_tokens off;
-        access_log {prefix}/access.log hcp_webapi_attest;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_ciphers {ciphers};
-        ssl_prefer_server_ciphers off;
-        ssl_session_cache shared:hcp_webapi_attest:1m;
-        ssl_session_timeout 1h;
-        ssl_session_tickets off;
-        client_max_body_size 1m;
-        location / {{
-            include {params};
-            uwsgi_param HTTP_X_FORWARDED_PROTO https;
-            uwsgi_param SSL_CLIENT_CERT "";
-            uwsgi_param SSL_CLIENT_VERIFY "";
-            uwsgi_param SSL_CLIENT_S_DN "";
-            uwsgi_read_timeout 65s;
-            uwsgi_pass unix:{socket};
-        }}
-    }}
-}}
-"""
-
-
-class Stack(object):
-    """uwsgi + nginx serving the attestation app from ``workdir``; ``url`` once started."""
-
-    def __init__(self, workdir, config_path, cred_paths):
-        self.workdir = workdir
-        self.config_path = config_path
-        self.cred = cred_paths
-        self.port = _free_port()
-        self.url = "https://localhost:%d" % self.port
-        self.socket = os.path.join(workdir, "attest.sock")
-        self.procs = []
-        self.logs = []
-
-    def _spawn(self, argv, log_name):
-        log = open(os.path.join(self.workdir, log_name), "wb")
-        self.logs.append(log)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        return proc
-
-    def start(self):
-        ini = _write(os.path.join(self.workdir, "uwsgi.ini"), UWSGI_INI.format(
-            venv=os.path.join(REPO, ".venv"), pythonpath=os.path.join(REPO, "collections"), module=APP_MODULE,
-            socket=self.socket, workers=WORKERS, config=self.config_path))
-        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            os.makedirs(os.path.join(self.workdir, name), mode=0o700, exist_ok=True)
-        # as root, nginx workers would drop to nobody and lose the 0700 temp dir and socket
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        conf = _write(os.path.join(self.workdir, "nginx.conf"), NGINX_CONF.format(
-            user=user, prefix=self.workdir, port=self.port, cert=self.cred["server_cert"], key=self.cred["server_key"],
-            params=UWSGI_PARAMS, socket=self.socket, ciphers=CIPHERS))
-        self._spawn([_find("uwsgi-core", "uwsgi"), "--ini", ini], "uwsgi.log")
-        self._spawn([_find("nginx"), "-p", self.workdir, "-e", os.path.join(self.workdir, "nginx-error.log"),
-                     "-c", conf], "nginx.log")
-        deadline = time.monotonic() + 60
-        last = None
-        while time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError("%s exited (%d): see %s" % (proc.args[0], proc.returncode, self.workdir))
-            try:
-                resp = requests.get(self.url + "/healthcheck", verify=self.cred["ca_cert"], timeout=5)
-                if resp.status_code == 200:
-                    return resp.json()
-                last = resp.status_code
-            except requests.RequestException as exc:
-                last = type(exc).__name__
-            time.sleep(0.2)
-        raise RuntimeError("the stack did not answer /healthcheck (last: %s)" % last)
-
-    def stop(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self.logs:
-            log.close()
-        self.procs = []
+def Stack(workdir, config_path, cred_paths):  # pylint: disable=invalid-name  # the class it was
+    """uwsgi + nginx serving the attestation app from ``workdir`` (benchmarks/_stack.py)."""
+    return _stack.Stack(workdir, _stack.ATTEST_APP, {"HCP_ATTEST_CONFIG": config_path}, cred_paths, workers=WORKERS,
+                        name="attest")
 
 
 def record(server, tpm, h, ekpub, cert_der, count):
@@ -395,7 +225,7 @@ def run(bench, swtpm, workdir, pairs):
 
 def main():
     warnings.simplefilter("ignore")
-    missing = _missing_tools()
+    missing = _stack.missing_tools(extra=("swtpm", "swtpm_setup"))
     if missing:
         print("SKIP attest_http: missing %s (Debian: apt-get install nginx-light uwsgi-core uwsgi-plugin-python3 "
               "swtpm swtpm-tools)" % ", ".join(missing))
