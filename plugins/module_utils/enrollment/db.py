@@ -346,17 +346,20 @@ class EnrollmentDb(object):
         entries.sort(key=lambda e: (e["hostname"], e["ekpubhash"]))
         return entries
 
-    def _entry_hashes(self, prefix, rev=None):
-        """Full ekpubhashes of entries whose hash starts with ``prefix``."""
+    @staticmethod
+    def _prefix_base(prefix):
+        """The tree to list for the entries whose ekpubhash starts with ``prefix`` (checked)."""
         if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix):
             raise EnrollDbError("ekpubhash prefix must be lowercase hex (at most 64 characters)")
         if len(prefix) >= 6:
-            base = "ekpubhash/%s/%s/" % (prefix[:2], prefix[:6])
-        elif len(prefix) >= 2:
-            base = "ekpubhash/%s/" % prefix[:2]
-        else:
-            base = "ekpubhash/"
-        rows = [r for r in self._ls(base, recursive=True, rev=rev) if r[2].endswith("/ekpubhash")]
+            return "ekpubhash/%s/%s/" % (prefix[:2], prefix[:6])
+        if len(prefix) >= 2:
+            return "ekpubhash/%s/" % prefix[:2]
+        return "ekpubhash/"
+
+    def _entry_hashes(self, prefix, rev=None):
+        """Full ekpubhashes of entries whose hash starts with ``prefix``."""
+        rows = [r for r in self._ls(self._prefix_base(prefix), recursive=True, rev=rev) if r[2].endswith("/ekpubhash")]
         rows = [r for r in rows if r[2].split("/")[3].startswith(prefix[:32])]
         hashes = [h.decode().strip() for h in self._read_blobs([r[1] for r in rows])]
         return sorted(h for h in hashes if h.startswith(prefix))
@@ -387,15 +390,34 @@ class EnrollmentDb(object):
         return files
 
     def query(self, prefix="", nofiles=False, rev=None):
-        """Entries whose ekpubhash starts with ``prefix``: [{ekpubhash, hostname, files}]."""
+        """Entries whose ekpubhash starts with ``prefix``: [{ekpubhash, hostname, files}], sorted
+        by ekpubhash. One ls-tree and one batched blob read whatever the number of entries (an
+        entry's file names come from the listing; only its ekpubhash and hostname files are
+        read): with two git processes per entry, as before, the whole query took 10 s at 1,000
+        hosts (benchmarks/fleet_1000.py)."""
+        entries = {}
+        for kind, oid, path in self._ls(self._prefix_base(prefix), recursive=True, rev=rev):
+            if kind != "blob" or path.count("/") != 4:  # ekpubhash/aa/aabbcc/<entry>/<file>
+                continue
+            directory, name = path.rsplit("/", 1)
+            if directory.split("/")[3].startswith(prefix[:32]):
+                entries.setdefault(directory, {})[name] = oid
+        wanted = [(d, n) for d in sorted(entries) for n in ("ekpubhash", "hostname") if n in entries[d]]
+        blobs = dict(zip(wanted, self._read_blobs([entries[d][n] for d, n in wanted])))
         result = []
-        for h in self._entry_hashes(prefix, rev=rev):
-            files = self.get(h, rev=rev) or {}
-            entry = {"ekpubhash": h, "hostname": files.get("hostname", b"").decode().strip()}
+        for directory in sorted(entries):
+            if (directory, "ekpubhash") not in blobs:
+                continue
+            ekpubhash = blobs[(directory, "ekpubhash")].decode().strip()
+            if not ekpubhash.startswith(prefix):
+                continue
+            consistent = entry_dir(ekpubhash) == directory  # else: what get() refuses, an entry without files
+            entry = {"ekpubhash": ekpubhash,
+                     "hostname": blobs.get((directory, "hostname"), b"").decode().strip() if consistent else ""}
             if not nofiles:
-                entry["files"] = sorted(files)
+                entry["files"] = sorted(entries[directory]) if consistent else []
             result.append(entry)
-        return result
+        return sorted(result, key=lambda e: e["ekpubhash"])
 
     def find(self, hostname_regex, rev=None):
         """Entries whose hostname matches ``hostname_regex`` anywhere (RE2 syntax, at most

@@ -218,3 +218,35 @@ def test_generations_and_gc_over_many_commits(db):
     packs = [name for name in os.listdir(os.path.join(db.path, "objects", "pack")) if name.endswith(".pack")]
     assert len(packs) <= 4 + 2
     assert db.by_hostname("n3.example.test") == h(3)
+
+
+def test_query_reads_any_number_of_entries_with_two_git_processes(db, monkeypatch):
+    """query() answers what reading every entry with get() answers, for each prefix length,
+    with one ls-tree and one cat-file whatever the number of entries (it used two per entry:
+    10 s at 1,000 hosts)."""
+    hashes = [h(n) for n in range(40)]
+    for n, e in enumerate(hashes):
+        db.add(e, "n%d.example.test" % n, {"ek.pub": b"EK%d" % n} if n % 2 else {"ek.pub": b"EK", "cert.pem": b"PEM"})
+    first = db.head()
+    db.delete(hashes[0])
+
+    def by_get(prefix, nofiles, rev=None):
+        rows = []
+        for e in sorted(hashes):
+            files = db.get(e, rev=rev)
+            if e.startswith(prefix) and files is not None:
+                row = {"ekpubhash": e, "hostname": files["hostname"].decode().strip()}
+                if not nofiles:
+                    row["files"] = sorted(files)
+                rows.append(row)
+        return rows
+
+    for prefix in ("", hashes[1][:1], hashes[1][:2], hashes[1][:5], hashes[1][:6], hashes[1][:40], hashes[1], hashes[0]):
+        for nofiles in (False, True):
+            assert db.query(prefix, nofiles=nofiles) == by_get(prefix, nofiles)
+    assert len(db.query("", rev=first)) == 40 and db.query("", rev=first) == by_get("", False, rev=first)
+    calls = []
+    real = db._git
+    monkeypatch.setattr(db, "_git", lambda *args, **kwargs: calls.append(args[0]) or real(*args, **kwargs))
+    assert len(db.query("")) == 39
+    assert calls == ["ls-tree", "cat-file"]
