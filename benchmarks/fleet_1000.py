@@ -246,9 +246,12 @@ def write_inventory(workdir, hosts, paths, enroll_url, attest_url, jobs):
     return _stack.write(os.path.join(workdir, "inventory.json"), json.dumps(inventory, indent=1))
 
 
-def run_playbook(workdir, inventory, forks, sampler):
+def run_playbook(workdir, inventory, forks, sampler, strategy="linear"):
     times = os.path.join(workdir, "times.json")
     env = dict(os.environ)
+    if strategy == "mitogen":  # the strategy molecule uses (.config/molecule/config.yml)
+        env.update({"ANSIBLE_STRATEGY_PLUGINS": os.path.join(REPO, "tools", "ansible-plugins", "strategy"),
+                    "ANSIBLE_STRATEGY": "mitogen_linear"})
     env.update({
         "ANSIBLE_CONFIG": os.path.join(REPO, "ansible.cfg"),
         "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
@@ -437,6 +440,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--hosts", type=int, default=1000, help="simulated hosts (default 1000)")
     parser.add_argument("--forks", type=int, default=12, help="ansible-playbook --forks (default 12)")
+    parser.add_argument("--strategy", choices=("linear", "mitogen"), default="linear",
+                        help="Ansible's linear strategy (default) or Mitogen's mitogen_linear (one interpreter per host)")
     parser.add_argument("--workers", type=int, default=2, help="uwsgi worker processes per service (default 2)")
     parser.add_argument("--swtpm-jobs", type=int, default=8, help="swtpm instances started in parallel (default 8)")
     parser.add_argument("--queries", type=int, default=50, help="queries per latency figure (default 50)")
@@ -471,7 +476,7 @@ def main(argv=None):
         sampler = Sampler([p for s in stacks for p in s.pids()] + [writer.pid], os.path.join(workdir, "tpm"))
         sampler.start()
         load_before = "%.2f %.2f %.2f" % os.getloadavg()
-        rc, wall, usage, timing, log_path = run_playbook(workdir, inventory, args.forks, sampler)
+        rc, wall, usage, timing, log_path = run_playbook(workdir, inventory, args.forks, sampler, args.strategy)
         load_after = "%.2f %.2f %.2f" % os.getloadavg()
         sampler.stop()
         server_cpu = _cpu_seconds(sorted(sampler.server_pids))
