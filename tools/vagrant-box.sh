@@ -28,7 +28,8 @@ SUITE=bookworm
 DISK_GIB=2
 # The VM's base: boot (kernel, initramfs), systemd + udev (networkd waits for udev), DHCP from
 # systemd-networkd, sshd (+ sftp for Ansible's file transfer), python3 for Ansible.
-PACKAGES=(linux-image-cloud-amd64 initramfs-tools systemd systemd-sysv udev openssh-server openssh-sftp-server python3)
+# sudo: vagrant runs its guest commands through it, even as root.
+PACKAGES=(linux-image-cloud-amd64 initramfs-tools systemd systemd-sysv udev openssh-server openssh-sftp-server python3 sudo)
 
 # runtime_packages of roles/runtime/defaults/main.yml (the role's public package list).
 runtime_packages() {
@@ -82,8 +83,9 @@ debootstrap --variant=minbase --include="${all}" "${SUITE}" "${ROOTFS}" "${MIRRO
 }
 
 log "configuring the guest"
+# Root mounted read-write from the start, no fsck (a VM lives minutes; less work under TCG).
 cat >"${ROOTFS}/etc/fstab" <<'EOF'
-/dev/vda1 / ext4 errors=remount-ro 0 1
+/dev/vda1 / ext4 errors=remount-ro 0 0
 EOF
 echo hcp-vm >"${ROOTFS}/etc/hostname"
 : >"${ROOTFS}/etc/machine-id"
@@ -122,7 +124,7 @@ TIMEOUT 0
 LABEL debian
   LINUX /boot/vmlinuz-${kver}
   INITRD /boot/initrd.img-${kver}
-  APPEND root=/dev/vda1 ro console=ttyS0 quiet
+  APPEND root=/dev/vda1 rw console=ttyS0 quiet
 EOF
 chroot "${ROOTFS}" apt-get clean
 rm -rf "${ROOTFS}"/var/lib/apt/lists/* "${ROOTFS}"/var/cache/apt/*.bin "${ROOTFS}"/tmp/* "${ROOTFS}"/var/log/*.log
