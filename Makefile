@@ -28,7 +28,7 @@ export DEBIAN_FRONTEND := noninteractive
 export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help setup host-packages venv docker lab-image wheelhouse install get-pip \
+.PHONY: help setup host-packages venv docker libvirt vagrant-box lab-image wheelhouse install get-pip \
 	lint sanity units changelog-lint docs-lint alert-rules build install-check molecule \
 	check test demo bench lab-base lab-up lab-down clean distclean
 
@@ -36,7 +36,7 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-zA-Z_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # ---- set-up (idempotent; stamps and hashes under .cache/) ---------------------------
-setup: host-packages venv docker wheelhouse lab-image ## host packages, .venv, docker engine, wheelhouse, lab images
+setup: host-packages venv docker libvirt wheelhouse lab-image vagrant-box ## host packages, .venv, docker engine, libvirtd, wheelhouse, lab images, vagrant box
 
 host-packages: ## apt packages (apt-get update only when something is missing)
 	@tools/host-packages.sh
@@ -46,6 +46,12 @@ venv: host-packages ## .venv from requirements-dev.txt (re-done when requirement
 
 docker: host-packages ## start dockerd when no engine answers
 	@tools/docker-up.sh
+
+libvirt: host-packages ## start virtlogd + libvirtd when none answers (qemu runs as root; molecule/vagrant)
+	@tools/libvirt-up.sh
+
+vagrant-box: libvirt venv ## the local vagrant box of molecule/vagrant (debootstrap; when its inputs changed)
+	@tools/vagrant-box.sh
 
 wheelhouse: venv ## .cache/wheelhouse from requirements.txt
 	@tools/wheelhouse.sh
@@ -98,7 +104,7 @@ check: ## the inner loop: lint, sanity, units, changelog-lint, alert-rules (no l
 	@tools/test-all.sh host-packages venv install lint+sanity+changelog-lint,alert-rules+units
 
 test: ## the whole suite (what CI runs): setup, then every gate, with a summary
-	@tools/test-all.sh host-packages docker venv+lab-base wheelhouse lab-image install \
+	@tools/test-all.sh host-packages docker libvirt venv+lab-base wheelhouse lab-image+vagrant-box install \
 		units,sanity,lint,changelog-lint,alert-rules,docs-lint,install-check+molecule
 
 # ---- lab --------------------------------------------------------------------------

@@ -15,10 +15,14 @@ PACKAGES=(
   openssh-server
   libkrb5-dev
   prometheus chromium
+  libvirt-daemon-system qemu-system-x86 qemu-utils vagrant vagrant-libvirt extlinux fdisk
 )
 # prometheus: for promtool only (make alert-rules); its server stays off. chromium: the headless
 # browser of the status page test (tests/unit/plugins/module_utils/web/test_status_page_browser.py).
 # wrk: the compiled load generator of benchmarks/attest_load.py (make bench; Debian 12 has 4.1.0).
+# libvirt-daemon-system, qemu-system-x86, vagrant, vagrant-libvirt: the vagrant scenario (molecule/vagrant:
+# a VM under qemu/TCG with libvirt's swtpm as its TPM); tools/libvirt-up.sh starts the daemons by hand.
+# qemu-utils (qemu-img), extlinux, fdisk (sfdisk): tools/vagrant-box.sh builds that VM's box.
 # libkrb5-dev: build dependency of the gssapi wheel (requirements.txt; PyPI has no Linux wheel, its
 # build runs krb5-config). It installs next to Heimdal without removing anything.
 # Not krb5-user (MIT kinit/klist): it Conflicts with heimdal-clients, and installing it would
@@ -52,5 +56,12 @@ fi
 # prometheus is here for promtool only: the system Prometheus server stays off.
 if [[ " ${missing[*]} " == *" prometheus "* ]]; then
   systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+# libvirt is here for the vagrant scenario: its system services stay off (tools/libvirt-up.sh starts
+# libvirtd and virtlogd when a scenario needs them, the same on machines with and without systemd).
+if [[ " ${missing[*]} " == *" libvirt-daemon-system "* ]]; then
+  systemctl disable --now libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+    virtlogd.service virtlogd.socket virtlogd-admin.socket virtlockd.service virtlockd.socket \
+    libvirt-guests.service >/dev/null 2>&1 || true
 fi
 log "host packages installed"

@@ -25,7 +25,7 @@ record() { # NAME RC SECONDS
   else
     failed=$((failed + 1))
     case "$1" in
-      setup | install | host-packages | docker | venv | lab-base | wheelhouse | lab-image) stop=1 ;;
+      setup | install | host-packages | docker | libvirt | venv | lab-base | wheelhouse | lab-image | vagrant-box) stop=1 ;;
     esac
   fi
 }
