@@ -104,8 +104,8 @@ check: ## the inner loop: lint, sanity, units, changelog-lint, alert-rules (no l
 	@tools/test-all.sh host-packages venv install lint+sanity+changelog-lint,alert-rules+units
 
 test: ## the whole suite (what CI runs): setup, then every gate, with a summary
-	@tools/test-all.sh host-packages docker libvirt venv+lab-base wheelhouse lab-image+vagrant-box install \
-		units,sanity,lint,changelog-lint,alert-rules,docs-lint,install-check+molecule
+	@tools/test-all.sh host-packages docker libvirt venv+lab-base wheelhouse install \
+		units,sanity,lint,changelog-lint,alert-rules,docs-lint,install-check+lab-image,molecule+vagrant-box
 
 # ---- lab --------------------------------------------------------------------------
 lab-up: setup install ## start the lab containers (playbooks/lab.yml)

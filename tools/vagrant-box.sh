@@ -6,22 +6,32 @@
 # (no route to a mirror), so the role must find them present and only copy the wheelhouse and build
 # the venv. Then one ext4 partition in a raw disk populated without mounting (mke2fs -d), extlinux
 # as boot loader, qcow2, and a libvirt box (metadata.json + box.img) added to vagrant under
-# VAGRANT_HOME=.cache/vagrant.d as hcp-lab/bookworm-vm-HASH.
+# VAGRANT_HOME=/var/cache/hcp-lab/vagrant/vagrant.d as hcp-lab/bookworm-vm-HASH. Machine-wide, like
+# the lab images in docker: every checkout (and every CI clone) uses the one box of its inputs.
 #
 # HASH covers the inputs (this script, the runtime package list, the SSH public key): nothing is
 # rebuilt while they are unchanged (FORCE=1 rebuilds). The box name carries the hash because
 # vagrant-libvirt keeps each box's disk in the libvirt pool under the box's name: a new name is
 # the only way a changed box reaches new VMs. Older boxes and their pool volumes are removed.
-# Login: root with the key .cache/vagrant-box/id_ed25519 (made once here; vagrant's insecure key
+# Login: root with the key /var/cache/hcp-lab/vagrant/box/id_ed25519 (made once here; vagrant's insecure key
 # is not used, and nothing needs to be swapped at `vagrant up`). Each VM makes its own SSH host
 # keys at first boot. Needs root (chroot, loop mount for extlinux).
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
-take_lock vagrant-box
 
-OUT="${HCP_CACHE}/vagrant-box"
-export VAGRANT_HOME="${VAGRANT_HOME:-${HCP_CACHE}/vagrant.d}"
+# Also in molecule/vagrant/molecule.yml (VAGRANT_HOME) and molecule/vagrant/vars/main.yml.
+VAGRANT_CACHE=/var/cache/hcp-lab/vagrant
+OUT="${VAGRANT_CACHE}/box"
+export VAGRANT_HOME="${VAGRANT_CACHE}/vagrant.d"
+mkdir -p -m 0700 "${VAGRANT_CACHE}"
+# One build at a time on the machine (molecule/vagrant/create.yml also runs this script, and may
+# start while `make test` builds the box in another lane: it waits here, then finds the box).
+exec 9>"${VAGRANT_CACHE}/build.lock"
+if ! flock -n 9; then
+  log "waiting for another build of the box"
+  flock -w "${LOCK_TIMEOUT:-900}" 9 || die "lock ${VAGRANT_CACHE}/build.lock not obtained"
+fi
 export VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_DEFAULT_PROVIDER=libvirt
 BOX_PREFIX=hcp-lab/bookworm-vm
 SUITE=bookworm
