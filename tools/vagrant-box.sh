@@ -24,7 +24,7 @@ source "$(dirname "$0")/lib.sh"
 VAGRANT_CACHE=/var/cache/hcp-lab/vagrant
 OUT="${VAGRANT_CACHE}/box"
 export VAGRANT_HOME="${VAGRANT_CACHE}/vagrant.d"
-mkdir -p -m 0700 "${VAGRANT_CACHE}"
+mkdir -p "${VAGRANT_CACHE%/*}" && install -d -m 0700 "${VAGRANT_CACHE}"
 # One build at a time on the machine (molecule/vagrant/create.yml also runs this script, and may
 # start while `make test` builds the box in another lane: it waits here, then finds the box).
 exec 9>"${VAGRANT_CACHE}/build.lock"
