@@ -152,7 +152,56 @@ NO_CLIENT_PARAMS = """            uwsgi_param SSL_CLIENT_CERT "";
 """
 
 
-class Stack(object):
+class Processes(object):
+    """Long-running processes of a benchmark stack started in ``workdir`` (each with its own log
+    there): start them with _spawn, wait with wait_healthy, end them with stop."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.procs = []
+        self.logs = []
+
+    def _spawn(self, argv, log_name):
+        log = open(os.path.join(self.workdir, log_name), "wb")  # pylint: disable=consider-using-with  # closed in stop()
+        self.logs.append(log)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # pylint: disable=consider-using-with
+        self.procs.append(proc)
+        return proc
+
+    def wait_healthy(self, url, ca_file, cert=None, timeout=60):
+        """GET ``url`` + /healthcheck until 200 (its JSON); RuntimeError when a process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError("%s exited (%d): see %s" % (proc.args[0], proc.returncode, self.workdir))
+            try:
+                resp = requests.get(url + "/healthcheck", verify=ca_file, cert=cert, timeout=5)
+                if resp.status_code == 200:
+                    return resp.json()
+                last = resp.status_code
+            except requests.RequestException as exc:
+                last = type(exc).__name__
+            time.sleep(0.2)
+        raise RuntimeError("the stack did not answer /healthcheck (last: %s)" % last)
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in self.logs:
+            log.close()
+        self.procs = []
+
+
+class Stack(Processes):
     """uwsgi + nginx serving ``module`` (uwsgi ``module =``) from ``workdir``; ``url`` once started.
 
     ``env``: {name: value} for the app (e.g. HCP_ATTEST_CONFIG); ``cred_paths``: ``server_cert``,
@@ -161,7 +210,7 @@ class Stack(object):
     ``pythonpath``: the directory holding ansible_collections/ (default the repo's stage, collections/)."""
 
     def __init__(self, workdir, module, env, cred_paths, workers=2, client_ca=None, name="bench", pythonpath=None):
-        self.workdir = workdir
+        super().__init__(workdir)
         self.module = module
         self.env = env
         self.cred = cred_paths
@@ -172,15 +221,6 @@ class Stack(object):
         self.port = free_port()
         self.url = "https://localhost:%d" % self.port
         self.socket = os.path.join(workdir, "app.sock")
-        self.procs = []
-        self.logs = []
-
-    def _spawn(self, argv, log_name):
-        log = open(os.path.join(self.workdir, log_name), "wb")  # pylint: disable=consider-using-with
-        self.logs.append(log)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # pylint: disable=consider-using-with
-        self.procs.append(proc)
-        return proc
 
     def start(self, health_cert=None):
         """Start and wait for /healthcheck; its JSON. ``health_cert``: (cert, key) when nginx requires one."""
@@ -200,36 +240,8 @@ class Stack(object):
         self._spawn([find("uwsgi-core", "uwsgi"), "--ini", ini], "uwsgi.log")
         self._spawn([find("nginx"), "-p", self.workdir, "-e", os.path.join(self.workdir, "nginx-error.log"),
                      "-c", conf], "nginx.log")
-        deadline = time.monotonic() + 60
-        last = None
-        while time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError("%s exited (%d): see %s" % (proc.args[0], proc.returncode, self.workdir))
-            try:
-                resp = requests.get(self.url + "/healthcheck", verify=self.cred["ca_cert"], cert=health_cert, timeout=5)
-                if resp.status_code == 200:
-                    return resp.json()
-                last = resp.status_code
-            except requests.RequestException as exc:
-                last = type(exc).__name__
-            time.sleep(0.2)
-        raise RuntimeError("the stack did not answer /healthcheck (last: %s)" % last)
+        return self.wait_healthy(self.url, self.cred["ca_cert"], cert=health_cert)
 
     def pids(self):
         """The pids of nginx, uwsgi and their worker processes."""
         return [p.pid for p in self.procs if p.poll() is None]
-
-    def stop(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self.logs:
-            log.close()
-        self.procs = []

@@ -58,8 +58,6 @@ import json
 import os
 import re
 import resource
-import shutil
-import socket
 import ssl
 import statistics
 import struct
@@ -75,6 +73,9 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "collections"))
+sys.path.insert(0, HERE)
+
+import _stack  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.hcp.core.plugins.module_utils import pki  # noqa: E402
 from ansible_collections.hcp.core.plugins.module_utils.attestation import server as attest  # noqa: E402
@@ -95,7 +96,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
 ROLE = os.path.join(REPO, "roles", "webapi")
-UWSGI_PLUGIN = "/usr/lib/uwsgi/plugins/python3_plugin.so"
 PROFILE = {"assets": ["hostname", "rootfs-key", "https-server", "issuer-ca"]}
 # what the attestation_server role gives the webapi role (roles/attestation_server/tasks/main.yml)
 ATTEST_SITE = {"webapi_app": "attest_app", "webapi_auth": "none", "webapi_max_body": "320k",
@@ -207,28 +207,6 @@ def record(recorder, hosts, count, offset=0):
 
 # -- the stack --------------------------------------------------------------------------------
 
-def _find(*names):
-    for name in names:
-        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
-        if found:
-            return found
-    return None
-
-
-def _missing_tools():
-    missing = [tool for tool, names in (("wrk", ("wrk",)), ("nginx", ("nginx",)), ("uwsgi", ("uwsgi-core", "uwsgi")))
-               if not _find(*names)]
-    if not os.path.isfile(UWSGI_PLUGIN):
-        missing.append("uwsgi python3 plugin")
-    return missing
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _write(path, data, mode=0o644):
     with open(path, "wb") as handle:
         handle.write(data.encode() if isinstance(data, str) else data)
@@ -279,16 +257,14 @@ http {{
 """
 
 
-class Stack(object):
+class Stack(_stack.Processes):
     """nginx + uwsgi from the role's templates, serving attest_app with ``config_path``."""
 
     def __init__(self, workdir, config_path, cred, overrides):
-        self.dir = workdir
-        self.port = _free_port()
+        super().__init__(workdir)
+        self.port = _stack.free_port()
         self.url = "https://localhost:%d" % self.port
         self.cred = cred
-        self.procs = []
-        self.logs = []
         os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
         for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             os.makedirs(os.path.join(workdir, name), mode=0o700, exist_ok=True)
@@ -309,35 +285,14 @@ class Stack(object):
         self.processes = int(self.variables["webapi_processes"])
         self.threads = int(self.variables.get("webapi_threads", 1))
 
-    def _spawn(self, argv, log_name):
-        log = open(os.path.join(self.dir, log_name), "wb")  # pylint: disable=consider-using-with  # closed in stop()
-        self.logs.append(log)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # pylint: disable=consider-using-with
-        self.procs.append(proc)
-        return proc
-
     def start(self):
-        site = _write(os.path.join(self.dir, "site.conf"), self.site)
-        ini = _write(os.path.join(self.dir, "uwsgi.ini"), self.ini)
-        conf = _write(os.path.join(self.dir, "nginx.conf"), NGINX_MAIN.format(
-            d=self.dir, site=site, user="user root;\n" if os.geteuid() == 0 else ""))
-        self._spawn([_find("uwsgi-core", "uwsgi"), "--ini", ini], "uwsgi.log")
-        self._spawn([_find("nginx"), "-p", self.dir, "-e", os.path.join(self.dir, "error.log"), "-c", conf], "nginx.log")
-        deadline = time.monotonic() + 60
-        last = None
-        while time.monotonic() < deadline:
-            for proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError("%s exited (%d): see %s" % (proc.args[0], proc.returncode, self.dir))
-            try:
-                resp = requests.get(self.url + "/healthcheck", verify=self.cred["ca_cert"], timeout=5)
-                if resp.status_code == 200:
-                    return resp.json()
-                last = resp.status_code
-            except requests.RequestException as exc:
-                last = type(exc).__name__
-            time.sleep(0.2)
-        raise RuntimeError("the stack did not answer /healthcheck (last: %s)" % last)
+        site = _write(os.path.join(self.workdir, "site.conf"), self.site)
+        ini = _write(os.path.join(self.workdir, "uwsgi.ini"), self.ini)
+        conf = _write(os.path.join(self.workdir, "nginx.conf"), NGINX_MAIN.format(
+            d=self.workdir, site=site, user="user root;\n" if os.geteuid() == 0 else ""))
+        self._spawn([_stack.find("uwsgi-core", "uwsgi"), "--ini", ini], "uwsgi.log")
+        self._spawn([_stack.find("nginx"), "-p", self.workdir, "-e", os.path.join(self.workdir, "error.log"), "-c", conf], "nginx.log")
+        return self.wait_healthy(self.url, self.cred["ca_cert"])
 
     def pids(self):
         """{pid: "uwsgi" or "nginx"} of every process of the stack (the two masters and their descendants)."""
@@ -370,21 +325,6 @@ class Stack(object):
                 continue
             times[pid] = (program, (int(fields[11]) + int(fields[12])) / tick)
         return times
-
-    def stop(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self.logs:
-            log.close()
-        self.procs = []
-
 
 def cpu_delta(before, after):
     """{program: seconds of CPU} the stack used between two Stack.cpu() snapshots (new processes
@@ -488,7 +428,7 @@ def run_wrk(stack, workdir, bodies, connections, duration, threads=1):
     script = _write(os.path.join(workdir, "attest_load.lua"), WRK_LUA)
     # any enrolled EK will do for the initiate requests: the first body's
     initiate_body = json.dumps({"ekpubhash": _body_hash(bodies[0])})
-    argv = [_find("wrk"), "-t", str(threads), "-c", str(connections), "-d", "%ds" % duration, "--timeout", "10s",
+    argv = [_stack.find("wrk"), "-t", str(threads), "-c", str(connections), "-d", "%ds" % duration, "--timeout", "10s",
             "-s", script, stack.url, "--", prefix, initiate_body]
     before = stack.cpu()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
@@ -856,7 +796,7 @@ def report(args, stack, health, setup_s, record_us, results, open_loop, floor, l
 
 def _wrk_version():
     try:
-        out = subprocess.run([_find("wrk"), "-v"], capture_output=True, check=False, timeout=10).stdout.decode()
+        out = subprocess.run([_stack.find("wrk"), "-v"], capture_output=True, check=False, timeout=10).stdout.decode()
     except (OSError, subprocess.SubprocessError):
         return "?"
     found = re.search(r"wrk (\S+)", out)
@@ -879,7 +819,7 @@ def main():
     parser.add_argument("--set", action="append", help="webapi_<var>=<YAML> for the role templates")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.levels.split(",") if x]
-    missing = _missing_tools()
+    missing = _stack.missing_tools(extra=("wrk",))
     if missing:
         print("SKIP attest_load: missing %s (Debian: apt-get install wrk nginx-light uwsgi-core uwsgi-plugin-python3)"
               % ", ".join(missing))
