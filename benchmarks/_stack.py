@@ -65,6 +65,30 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None when it is gone."""
+    try:
+        with open("/proc/%s/stat" % pid, "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def parents():
+    """{pid: ppid} of every process."""
+    table = {}
+    for name in os.listdir("/proc"):
+        fields = proc_stat(name) if name.isdigit() else None
+        if fields:
+            table[int(name)] = int(fields[1])
+    return table
+
+
+def cpu_seconds(fields):
+    """utime + stime of a proc_stat() answer, in seconds."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write(path, text):
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)

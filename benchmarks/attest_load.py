@@ -296,15 +296,7 @@ class Stack(_stack.Processes):
 
     def pids(self):
         """{pid: "uwsgi" or "nginx"} of every process of the stack (the two masters and their descendants)."""
-        parents = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open("/proc/%s/stat" % name, "rb") as handle:
-                        fields = handle.read().rsplit(b")", 1)[1].split()
-                    parents[int(name)] = int(fields[1])
-                except (OSError, IndexError, ValueError):
-                    continue
+        parents = _stack.parents()
         found = dict((p.pid, os.path.basename(p.args[0]).split("-")[0]) for p in self.procs if p.poll() is None)
         grew = True
         while grew:
@@ -315,15 +307,11 @@ class Stack(_stack.Processes):
 
     def cpu(self):
         """{pid: (program, utime + stime in seconds)} of the stack's processes."""
-        tick = os.sysconf("SC_CLK_TCK")
         times = {}
         for pid, program in self.pids().items():
-            try:
-                with open("/proc/%d/stat" % pid, "rb") as handle:
-                    fields = handle.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            times[pid] = (program, (int(fields[11]) + int(fields[12])) / tick)
+            fields = _stack.proc_stat(pid)
+            if fields:
+                times[pid] = (program, _stack.cpu_seconds(fields))
         return times
 
 def cpu_delta(before, after):

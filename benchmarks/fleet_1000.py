@@ -64,20 +64,6 @@ def _percentile(values, fraction):
     return ordered[max(0, min(len(ordered) - 1, int(round(len(ordered) * fraction)) - 1))]
 
 
-def _proc_table():
-    """{pid: ppid} of every process."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name, "rb") as handle:
-                    stat = handle.read()
-                table[int(name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
-            except (OSError, ValueError):
-                pass
-    return table
-
-
 def _tree(roots, table):
     """The pids of ``roots`` and all their descendants."""
     children = {}
@@ -117,17 +103,7 @@ def _rollup_kb(pid):
 
 
 def _cpu_seconds(pids):
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/stat" % pid, "rb") as handle:
-                stat = handle.read()
-            fields = stat[stat.rindex(b")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / tick
+    return sum(_stack.cpu_seconds(fields) for fields in map(_stack.proc_stat, pids) if fields)
 
 
 class Sampler(threading.Thread):
@@ -147,7 +123,7 @@ class Sampler(threading.Thread):
         self.total_pss_at = 0
 
     def _sample(self):
-        table = _proc_table()
+        table = _stack.parents()
         servers = _tree(self.server_roots, table)
         self.server_pids.update(servers)
         self.peak["servers_kb"] = max(self.peak["servers_kb"], sum(_status_kb(p, "VmRSS") for p in servers))
