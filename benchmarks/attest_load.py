@@ -67,7 +67,6 @@ import tempfile
 import time
 import warnings
 
-import requests
 import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -313,6 +312,7 @@ class Stack(_stack.Processes):
             if fields:
                 times[pid] = (program, _stack.cpu_seconds(fields))
         return times
+
 
 def cpu_delta(before, after):
     """{program: seconds of CPU} the stack used between two Stack.cpu() snapshots (new processes
